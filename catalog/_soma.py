@@ -1,0 +1,189 @@
+"""The TileDB-SOMA part of a catalog: obs (one row per pair), var (gene union), X/counts.
+
+Rows are appended under the catalog lock with explicitly allocated ``soma_joinid``s.
+Visibility is decided by the manifests, not by SOMA: a reader only ever asks for the
+rows of committed ingests (obs filtered by ``ingest_id``), so rows of an unfinished
+or crashed ingest are never seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+
+__all__ = [
+    "MEASUREMENT",
+    "OBS_SCHEMA",
+    "X_LAYER",
+    "append_rows",
+    "create_experiment",
+    "read_X",
+    "read_obs",
+    "read_var",
+]
+
+MEASUREMENT = "RNA"
+X_LAYER = "counts"
+
+OBS_SCHEMA = pa.schema(
+    [
+        ("obs_id", pa.large_string()),
+        ("sample_id", pa.large_string()),
+        ("ingest_id", pa.large_string()),
+        ("barcode", pa.large_string()),
+        ("organ", pa.large_string()),
+        ("technology", pa.large_string()),
+        ("species", pa.large_string()),
+        ("patient", pa.large_string()),
+        ("in_tissue", pa.int8()),
+        ("array_row", pa.int32()),
+        ("array_col", pa.int32()),
+        ("x_px", pa.float64()),
+        ("y_px", pa.float64()),
+        ("x_um", pa.float64()),
+        ("y_um", pa.float64()),
+        ("pixel_size_um", pa.float64()),
+        ("spot_size_um", pa.float64()),
+        ("patch_index", pa.int64()),
+    ]
+)
+VAR_SCHEMA = pa.schema([("var_id", pa.large_string()), ("gene_id", pa.large_string())])
+
+
+def _soma():  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tiledbsoma
+
+    return tiledbsoma
+
+
+def create_experiment(uri: Path) -> None:
+    soma = _soma()
+    exp = soma.Experiment.create(str(uri))
+    try:
+        exp.add_new_dataframe("obs", schema=OBS_SCHEMA, index_column_names=["soma_joinid"], domain=[(0, 0)])
+        ms = exp.add_new_collection("ms", soma.Collection)
+        rna = ms.add_new_collection(MEASUREMENT, soma.Measurement)
+        rna.add_new_dataframe("var", schema=VAR_SCHEMA, index_column_names=["soma_joinid"], domain=[(0, 0)])
+        x = rna.add_new_collection("X", soma.Collection)
+        x.add_new_sparse_ndarray(X_LAYER, type=pa.float32(), shape=(1, 1))
+    finally:
+        exp.close()
+
+
+def _count(df) -> int:  # type: ignore[no-untyped-def]
+    return int(df.count)
+
+
+def append_rows(
+    uri: Path, obs: pd.DataFrame, counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str]
+) -> tuple[int, dict[str, int]]:
+    """Append ``obs`` rows (columns of ``OBS_SCHEMA``) with their ``counts`` (rows x genes).
+
+    The caller holds the catalog lock. Returns the first allocated ``soma_joinid`` (rows
+    get consecutive ids) and the var joinid of every gene.
+    """
+    soma = _soma()
+    n = len(obs)
+    with soma.open(str(uri / "obs"), "r") as o:
+        start = _count(o)
+    with soma.open(str(uri / "ms" / MEASUREMENT / "var"), "r") as vr:
+        var = vr.read(column_names=["soma_joinid", "var_id"]).concat().to_pandas()
+    known = dict(zip(var["var_id"].astype(str), var["soma_joinid"].astype(np.int64), strict=True))
+    n_var_old = len(known)
+    new = [(g, gid) for g, gid in zip(genes, gene_ids, strict=True) if g not in known]
+    for k, (g, _) in enumerate(new):
+        known[g] = n_var_old + k
+    n_var = n_var_old + len(new)
+    gene_map = {g: int(known[g]) for g in genes}
+    # 1. grow the domains (a schema change: its own open/close)
+    with soma.open(str(uri), "w") as exp:
+        rna = exp.ms[MEASUREMENT]
+        if new:
+            rna.var.tiledbsoma_resize_soma_joinid_shape(n_var)
+        if n:
+            exp.obs.tiledbsoma_resize_soma_joinid_shape(start + n)
+        X = rna.X[X_LAYER]
+        shape = tuple(X.shape)
+        new_shape = (max(shape[0], start + n), max(shape[1], n_var))
+        if new_shape != shape:
+            X.resize(new_shape)
+    # 2. write the rows
+    with soma.open(str(uri), "w") as exp:
+        rna = exp.ms[MEASUREMENT]
+        if new:
+            rna.var.write(
+                pa.table(
+                    {
+                        "soma_joinid": np.arange(n_var_old, n_var, dtype=np.int64),
+                        "var_id": pa.array([g for g, _ in new], type=pa.large_string()),
+                        "gene_id": pa.array([str(gid) for _, gid in new], type=pa.large_string()),
+                    }
+                )
+            )
+        if n:
+            cols: dict[str, object] = {"soma_joinid": np.arange(start, start + n, dtype=np.int64)}
+            for f in OBS_SCHEMA:
+                cols[f.name] = obs[f.name].to_numpy()
+            exp.obs.write(pa.Table.from_pydict(cols, schema=pa.schema([("soma_joinid", pa.int64()), *OBS_SCHEMA])))
+        coo = counts.tocoo()
+        if coo.nnz:
+            col_map = np.array([gene_map[g] for g in genes], dtype=np.int64)
+            rna.X[X_LAYER].write(
+                pa.Table.from_pydict(
+                    {
+                        "soma_dim_0": coo.row.astype(np.int64) + start,
+                        "soma_dim_1": col_map[coo.col],
+                        "soma_data": coo.data.astype(np.float32),
+                    }
+                )
+            )
+    return start, gene_map
+
+
+def read_obs(uri: Path, ingest_ids: Sequence[str], value_filter: str | None = None) -> pd.DataFrame:
+    """Obs rows of the given committed ingests (and an optional extra SOMA filter)."""
+    soma = _soma()
+    if not ingest_ids:
+        return pd.DataFrame({"soma_joinid": pd.Series([], dtype=np.int64)} | {f.name: [] for f in OBS_SCHEMA})
+    quoted = ", ".join("'" + i.replace("'", "") + "'" for i in ingest_ids)
+    filt = f"ingest_id in [{quoted}]"
+    if value_filter:
+        filt = f"({filt}) and ({value_filter})"
+    with soma.open(str(uri / "obs"), "r") as obs:
+        tbl = obs.read(value_filter=filt).concat()
+    df = tbl.to_pandas()
+    return df.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+
+
+def read_var(uri: Path) -> pd.DataFrame:
+    soma = _soma()
+    with soma.open(str(uri / "ms" / MEASUREMENT / "var"), "r") as var:
+        return var.read().concat().to_pandas()
+
+
+def read_X(uri: Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
+    """Counts for the given rows and genes, as CSR in the order given."""
+    soma = _soma()
+    obs_j = np.asarray(obs_joinids, dtype=np.int64)
+    var_j = np.asarray(var_joinids, dtype=np.int64)
+    out_shape = (len(obs_j), len(var_j))
+    if not len(obs_j) or not len(var_j):
+        return sp.csr_matrix(out_shape, dtype=np.float32)
+    with soma.open(str(uri / "ms" / MEASUREMENT / "X" / X_LAYER), "r") as X:
+        tbl = X.read(coords=(np.unique(obs_j), np.unique(var_j))).tables().concat()
+    r = tbl["soma_dim_0"].to_numpy()
+    c = tbl["soma_dim_1"].to_numpy()
+    d = tbl["soma_data"].to_numpy()
+    o_sorter = np.argsort(obs_j, kind="stable")
+    v_sorter = np.argsort(var_j, kind="stable")
+    ri = o_sorter[np.searchsorted(obs_j, r, sorter=o_sorter)]
+    ci = v_sorter[np.searchsorted(var_j, c, sorter=v_sorter)]
+    return sp.csr_matrix((d.astype(np.float32), (ri, ci)), shape=out_shape)

@@ -1,0 +1,57 @@
+"""A torch Dataset over a :class:`~catalog.views.PairView`, safe for many DataLoader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+from .views import PairView
+
+__all__ = ["PairDataset", "default_image_transform"]
+
+
+def default_image_transform(patch: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
+
+
+class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
+    """Items are ``(image, expression)``.
+
+    ``image`` is ``transform(patch)`` (default: float tensor CHW in [0, 1]);
+    ``expression`` is a float32 tensor over the view's genes, raw counts passed through
+    ``expression_transform`` (e.g. ``np.log1p``) if given. With ``preload_expression``
+    (default) the counts of the whole view are read once, here, as a sparse matrix;
+    patches are always read lazily. Zarr handles are opened per worker process.
+    """
+
+    def __init__(
+        self,
+        view: PairView,
+        *,
+        transform: Callable[[np.ndarray], Any] | None = None,
+        expression_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        preload_expression: bool = True,
+    ) -> None:
+        self.view = view
+        self.transform = transform or default_image_transform
+        self.expression_transform = expression_transform
+        self._X: sp.csr_matrix | None = view.expression() if preload_expression else None
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        patch = self.view.patch(i)
+        if self._X is not None:
+            e = np.asarray(self._X[i].toarray()).ravel().astype(np.float32)
+        else:
+            e = self.view._row_expression(self.view._index(i))
+        if self.expression_transform is not None:
+            e = np.asarray(self.expression_transform(e), dtype=np.float32)
+        return self.transform(patch), torch.from_numpy(e)

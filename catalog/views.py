@@ -1,0 +1,165 @@
+"""Lazy views over the pairs of a catalog."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from hestkit.patches import PairSpec
+
+from . import _soma
+
+if TYPE_CHECKING:
+    from .torch import PairDataset
+
+__all__ = ["PairView"]
+
+_BLOCK_ROWS = 512
+
+
+class PairView:
+    """A selection of spot-patch pairs. Holds obs and ids only; pixels and counts are read
+    when asked: ``view[i]``, :meth:`patch`, :meth:`expression`, :meth:`to_torch`.
+
+    ``obs`` has one row per pair (``sample_id``, ``barcode``, ``x_px``/``y_px`` = spot
+    centre in level-0 px of that sample's WSI, ``patch_index``, ...). Views pickle
+    cheaply (paths, not open handles), so DataLoader workers can share one.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        obs: pd.DataFrame,
+        genes: list[str],
+        var_joinids: np.ndarray,
+        patch_arrays: dict[str, str],
+        spec: PairSpec,
+    ) -> None:
+        self.root = Path(root)
+        self.obs = obs
+        self.genes = list(genes)
+        self._var_j = np.asarray(var_joinids, dtype=np.int64)
+        self._patch_arrays = dict(patch_arrays)
+        self.spec = spec
+        self._obs_j = obs["soma_joinid"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
+        self._samples = obs["sample_id"].to_numpy() if len(obs) else np.zeros(0, object)
+        self._pidx = obs["patch_index"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
+        self._arrays: dict[str, Any] = {}
+        self._pid = os.getpid()
+        self._cache: OrderedDict[int, sp.csr_matrix] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        state["_cache"] = OrderedDict()
+        return state
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    def __repr__(self) -> str:
+        ns = self.obs["sample_id"].nunique() if len(self.obs) else 0
+        return f"PairView({len(self)} pairs from {ns} samples, {len(self.genes)} genes)"
+
+    # -- selection -------------------------------------------------------------
+    def subset(self, rows: np.ndarray | slice | list[int]) -> PairView:
+        """A view of some rows (positions), keeping the genes."""
+        obs = self.obs.iloc[rows].reset_index(drop=True)
+        keep = set(obs["sample_id"].unique())
+        arrays = {k: v for k, v in self._patch_arrays.items() if k in keep}
+        return PairView(self.root, obs, self.genes, self._var_j, arrays, self.spec)
+
+    def with_genes(self, genes: list[str]) -> PairView:
+        pos = {g: i for i, g in enumerate(self.genes)}
+        missing = [g for g in genes if g not in pos]
+        if missing:
+            from .errors import QueryError
+
+            raise QueryError(f"gene(s) not in this view: {', '.join(missing[:20])}")
+        idx = [pos[g] for g in genes]
+        return PairView(self.root, self.obs, list(genes), self._var_j[idx], self._patch_arrays, self.spec)
+
+    # -- reading ---------------------------------------------------------------
+    def expression(self, genes: list[str] | None = None) -> sp.csr_matrix:
+        """Raw counts, n_pairs x n_genes (CSR, float32), columns in the order of ``genes``
+        (default: :attr:`genes`)."""
+        view = self if genes is None else self.with_genes(genes)
+        return _soma.read_X(self.root / "soma", view._obs_j, view._var_j)
+
+    def _array(self, sample_id: str) -> Any:
+        import zarr
+
+        import catalog._jpeg  # noqa: F401 - registers the codec
+
+        if os.getpid() != self._pid:
+            self._arrays = {}
+            self._cache = OrderedDict()
+            self._pid = os.getpid()
+        arr = self._arrays.get(sample_id)
+        if arr is None:
+            arr = zarr.open_array(self._patch_arrays[sample_id], mode="r")
+            self._arrays[sample_id] = arr
+        return arr
+
+    def patch(self, i: int) -> np.ndarray:
+        """The (size, size, 3) uint8 patch of pair ``i``, centred on its spot."""
+        i = self._index(i)
+        return np.asarray(self._array(str(self._samples[i]))[int(self._pidx[i])])
+
+    def _row_expression(self, i: int) -> np.ndarray:
+        b = i // _BLOCK_ROWS
+        blk = self._cache.get(b)
+        if blk is None:
+            lo, hi = b * _BLOCK_ROWS, min((b + 1) * _BLOCK_ROWS, len(self))
+            blk = _soma.read_X(self.root / "soma", self._obs_j[lo:hi], self._var_j)
+            self._cache[b] = blk
+            while len(self._cache) > 8:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(b)
+        return np.asarray(blk[i - b * _BLOCK_ROWS].toarray()).ravel().astype(np.float32)
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"pair index {i} out of range for a view of {n} pairs")
+        return int(i % n)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(patch, expression)``: a (size, size, 3) uint8 patch and float32 raw counts over
+        :attr:`genes`."""
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index pairs with an int, got {type(i).__name__}; use .subset() for many")
+        i = self._index(int(i))
+        return self.patch(i), self._row_expression(i)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for i in range(len(self)):
+            yield self[i]
+
+    def to_torch(self, **kwargs: Any) -> PairDataset:
+        """A :class:`catalog.torch.PairDataset` over this view (see its arguments)."""
+        from .torch import PairDataset
+
+        return PairDataset(self, **kwargs)
+
+    def to_anndata(self) -> Any:
+        """Expression with obs as an AnnData (``obsm['spatial']`` = centres, level-0 px)."""
+        import anndata as ad
+
+        obs = self.obs.copy()
+        obs.index = obs["obs_id"].astype(str).to_numpy() if "obs_id" in obs else obs.index.astype(str)
+        a = ad.AnnData(X=self.expression(), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, name="gene")))
+        a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)
+        a.uns["hestkit"] = {
+            "patch_size_px": self.spec.patch_size_px,
+            "pixel_size_um": self.spec.pixel_size_um,
+            "coordinates": "obsm['spatial'] = spot centre (x, y) in level-0 px of each sample's WSI",
+        }
+        return a

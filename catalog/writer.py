@@ -1,0 +1,449 @@
+"""Ingest: stage each sample (patches, then SOMA rows), then commit it with its manifest.
+
+A sample is visible only once its manifest file exists; the manifest is written last,
+atomically, under the catalog lock. Work runs on dask.distributed: an in-process
+threaded cluster by default, or an existing cluster given by its scheduler address.
+Samples are pipelined: at most ``2 x workers`` samples are in flight at once, and
+each sample's slide blocks are separate tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hestkit.errors import HestkitError
+from hestkit.patches import PairSpec, PatchPlan, cut_block, plan_patches
+from hestkit.readers import get_reader
+from hestkit.sample import SampleRef, SampleSource
+from hestkit.slide import open_slide
+
+from . import _soma
+from ._store import (
+    MANIFEST_ENCODING,
+    MANIFEST_VERSION,
+    PATCHES_ENCODING,
+    PATCHES_VERSION,
+    CatalogLock,
+    Layout,
+    atomic_write_json,
+    check_sample_id,
+    new_ingest_id,
+    read_json,
+)
+from .errors import CatalogError, SampleExistsError
+
+__all__ = ["SHARD_PATCHES", "IngestReport", "SampleResult", "ingest_refs"]
+
+#: Patches per zarr shard (one patch per chunk).
+SHARD_PATCHES = 64
+#: Fault injection for tests: kill this process at the named point of a commit.
+_KILL_ENV = "HESTKIT_TEST_KILL_AT"
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    sample_id: str
+    status: str  # "ingested" | "skipped" | "failed"
+    message: str = ""
+    n_pairs: int = 0
+    n_dropped_outside: int = 0
+    pixel_size_um: float | None = None
+    pixel_size_source: str | None = None
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+@dataclass
+class IngestReport:
+    results: list[SampleResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SampleResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def ingested(self) -> list[SampleResult]:
+        return [r for r in self.results if r.status == "ingested"]
+
+    @property
+    def skipped(self) -> list[SampleResult]:
+        return [r for r in self.results if r.status == "skipped"]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([r.__dict__ for r in self.results])
+
+
+@dataclass(frozen=True)
+class _PatchJob:
+    """What a block task needs (small: no expression)."""
+
+    image_path: Path
+    centres_px: np.ndarray
+    plan: PatchPlan
+    spec: PairSpec
+    array_path: Path
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    ref: SampleRef
+    source: SampleSource
+    ingest_id: str
+    job: _PatchJob
+    n_spots_total: int
+    n_in_tissue: int
+    group_path: Path
+    image_size: tuple[int, int]
+    seconds: float
+
+
+def fingerprint(ref: SampleRef) -> str:
+    """Identity of an input: reader, path and sample id (for resuming re-runs)."""
+    h = hashlib.sha1(f"{ref.reader}|{Path(ref.path).resolve()}|{ref.sample_id}".encode())
+    return h.hexdigest()[:16]
+
+
+def _maybe_kill(point: str) -> None:
+    if os.environ.get(_KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prepare(root: str, ref: SampleRef, spec: PairSpec) -> _Prepared:
+    import zarr
+
+    import catalog._jpeg  # noqa: F401 - registers the codec on this worker
+
+    t0 = time.perf_counter()
+    layout = Layout(root)
+    source = get_reader(ref.reader).load(ref)
+    n_total = source.n_spots
+    keep = source.spots["in_tissue"].to_numpy() > 0
+    spots = source.spots[keep].reset_index(drop=True)
+    counts = source.counts[np.flatnonzero(keep)]
+    source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
+    ingest_id = new_ingest_id()
+    with open_slide(source.image_path) as slide:
+        plan = plan_patches(slide, source.centres_px(), source.pixel_size.value, spec, slot_align=SHARD_PATCHES)
+        thumb, thumb_ds = slide.thumbnail(1024)
+        size = (slide.width, slide.height)
+        level_ds = slide.levels[plan.level].downsample
+    gpath = layout.patches(source.sample_id, ingest_id)
+    group = zarr.open_group(str(gpath), mode="w", zarr_format=3)
+    group.attrs.update(
+        {
+            "encoding-type": PATCHES_ENCODING,
+            "encoding-version": PATCHES_VERSION,
+            "sample_id": source.sample_id,
+            "ingest_id": ingest_id,
+            "patch_size_px": spec.patch_size_px,
+            "pixel_size_um": spec.pixel_size_um,
+            "source_level": plan.level,
+            "source_level_downsample": level_ds,
+            "centre_convention": "patch i is centred on obs x_px/y_px (level-0 px) of the row with patch_index i",
+        }
+    )
+    from ._jpeg import JpegCodec
+
+    p = spec.patch_size_px
+    group.create_array(
+        "patches",
+        shape=(max(plan.n_slots, 1), p, p, 3),
+        chunks=(1, p, p, 3),
+        shards=(SHARD_PATCHES, p, p, 3),
+        dtype="uint8",
+        serializer=JpegCodec(quality=spec.jpeg_quality),
+        compressors=None,
+        fill_value=0,
+        dimension_names=["pair", "y", "x", "c"],
+    )
+    tarr = group.create_array("thumbnail", shape=thumb.shape, chunks=thumb.shape, dtype="uint8", dimension_names=["y", "x", "c"])
+    tarr[:] = thumb
+    tarr.attrs["downsample"] = thumb_ds
+    job = _PatchJob(source.image_path, source.centres_px(), plan, spec, gpath / "patches")
+    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+
+
+def _cut(job: _PatchJob, block_index: int) -> int:
+    import zarr
+
+    import catalog._jpeg  # noqa: F401
+
+    block = job.plan.blocks[block_index]
+    with open_slide(job.image_path) as slide:
+        patches = cut_block(slide, job.plan, block, job.centres_px, job.spec)
+    arr = zarr.open_array(str(job.array_path), mode="r+")
+    arr[block.slot_start : block.slot_start + len(patches)] = patches
+    return len(patches)
+
+
+def _obs_frame(prep: _Prepared) -> pd.DataFrame:
+    s = prep.source
+    kept = prep.job.plan.kept
+    spots = s.spots.iloc[kept].reset_index(drop=True)
+    md = s.metadata
+
+    def text(key: str) -> str:
+        v = md.get(key)
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+    n = len(spots)
+    return pd.DataFrame(
+        {
+            "obs_id": [f"{s.sample_id}/{prep.ingest_id}/{b}" for b in spots["barcode"]],
+            "sample_id": s.sample_id,
+            "ingest_id": prep.ingest_id,
+            "barcode": spots["barcode"].astype(str),
+            "organ": text("organ"),
+            "technology": s.technology,
+            "species": text("species"),
+            "patient": text("patient"),
+            "in_tissue": spots["in_tissue"].astype(np.int8),
+            "array_row": spots["array_row"].astype(np.int32),
+            "array_col": spots["array_col"].astype(np.int32),
+            "x_px": spots["x_px"].astype(float),
+            "y_px": spots["y_px"].astype(float),
+            "x_um": spots["x_um"].astype(float),
+            "y_um": spots["y_um"].astype(float),
+            "pixel_size_um": np.full(n, s.pixel_size.value),
+            "spot_size_um": np.full(n, s.spot_diameter_um),
+            "patch_index": prep.job.plan.slots.astype(np.int64),
+        }
+    )
+
+
+def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool, version: str) -> SampleResult:
+    layout = Layout(root)
+    s = prep.source
+    plan = prep.job.plan
+    if sum(written) != plan.n_pairs:
+        raise CatalogError(f"{s.sample_id}: wrote {sum(written)} patches, planned {plan.n_pairs}")
+    obs = _obs_frame(prep)
+    counts = s.counts[plan.kept]
+    mpath = layout.manifest(s.sample_id)
+    old_patches: Path | None = None
+    with CatalogLock(layout.lock):
+        if mpath.exists():
+            if not overwrite:
+                raise SampleExistsError(
+                    f"{s.sample_id}: already in the catalog (committed meanwhile); pass --overwrite to replace it"
+                )
+            old_patches = layout.root / read_json(mpath)["patches_path"]
+        start, _gene_map = _soma.append_rows(layout.soma, obs, counts, s.genes, s.gene_ids)
+        _maybe_kill("after-soma")
+        md = s.metadata
+        manifest: dict[str, Any] = {
+            "encoding-type": MANIFEST_ENCODING,
+            "encoding-version": MANIFEST_VERSION,
+            "sample_id": s.sample_id,
+            "ingest_id": prep.ingest_id,
+            "technology": s.technology,
+            "organ": md.get("organ"),
+            "species": md.get("species"),
+            "patient": md.get("patient"),
+            "n_spots": prep.n_spots_total,
+            "n_in_tissue": prep.n_in_tissue,
+            "n_pairs": plan.n_pairs,
+            "n_dropped_outside_image": len(plan.dropped_outside),
+            "n_genes": len(s.genes),
+            "pixel_size_um": s.pixel_size.value,
+            "pixel_size_source": s.pixel_size.source,
+            "pixel_size_um_embedded": s.pixel_size.embedded,
+            "pixel_size_um_estimated": s.pixel_size.estimated,
+            "spot_diameter_um": s.spot_diameter_um,
+            "spot_shape": s.spot_shape,
+            "image_path": str(s.image_path),
+            "image_width": prep.image_size[0],
+            "image_height": prep.image_size[1],
+            "source_level": plan.level,
+            "source_level_downsample": plan.level_downsample,
+            "patches_path": str(prep.group_path.relative_to(layout.root)),
+            "n_slots": plan.n_slots,
+            "soma_joinid_start": start,
+            "soma_joinid_stop": start + len(obs),
+            "genes": s.genes,
+            "reader": prep.ref.reader,
+            "source_paths": s.source_paths,
+            "source_fingerprint": fingerprint(prep.ref),
+            "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hestkit_version": version,
+            "warnings": s.warnings,
+            "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
+        }
+        layout.manifest_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(mpath, manifest)
+    if old_patches is not None and old_patches.exists() and old_patches != prep.group_path:
+        shutil.rmtree(old_patches, ignore_errors=True)
+    return SampleResult(
+        s.sample_id,
+        "ingested",
+        n_pairs=plan.n_pairs,
+        n_dropped_outside=len(plan.dropped_outside),
+        pixel_size_um=s.pixel_size.value,
+        pixel_size_source=s.pixel_size.source,
+        warnings=tuple(s.warnings),
+    )
+
+
+def _discard(prep: _Prepared) -> None:
+    shutil.rmtree(prep.group_path, ignore_errors=True)
+
+
+def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-untyped-def]
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="30s"), None
+        except OSError as exc:
+            raise CatalogError(
+                f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address (tcp://HOST:8786)"
+            ) from exc
+    import logging
+
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    n = workers or min(os.cpu_count() or 1, 8)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=40)
+    return Client(cluster), cluster
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, HestkitError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
+
+
+def ingest_refs(
+    root: str | Path,
+    refs: Sequence[SampleRef],
+    spec: PairSpec,
+    *,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    version: str = "",
+) -> IngestReport:
+    """Ingest already-scanned samples into the catalog at ``root``.
+
+    Existing sample ids are skipped when they come from the same input (a re-run
+    resumes), refused when they come from another one, and replaced with ``overwrite``.
+    ``progress(kind, done, total)`` is called as samples and blocks finish.
+    """
+    from distributed import as_completed
+
+    layout = Layout(root)
+    report = IngestReport()
+    seen: dict[str, SampleRef] = {}
+    todo: list[SampleRef] = []
+    conflicts: list[str] = []
+    for ref in refs:
+        check_sample_id(ref.sample_id)
+        if ref.sample_id in seen:
+            conflicts.append(
+                f"{ref.sample_id}: given twice ({seen[ref.sample_id].path} and {ref.path}); pass distinct --sample-id"
+            )
+            continue
+        seen[ref.sample_id] = ref
+        m = layout.manifest(ref.sample_id)
+        if m.exists() and not overwrite:
+            existing = read_json(m)
+            if existing.get("source_fingerprint") == fingerprint(ref):
+                report.results.append(
+                    SampleResult(ref.sample_id, "skipped", "already in the catalog (pass --overwrite to re-ingest)")
+                )
+            else:
+                conflicts.append(
+                    f"{ref.sample_id}: already in the catalog from {existing.get('source_paths', ['?'])[0]}; "
+                    "pass --overwrite to replace it or --sample-id to ingest under another id"
+                )
+            continue
+        todo.append(ref)
+    if conflicts:
+        raise SampleExistsError("refusing to ingest:\n  - " + "\n  - ".join(conflicts))
+    if not todo:
+        return report
+
+    client, cluster = _client(workers, scheduler)
+    try:
+        n_workers = max(sum(client.nthreads().values()), 1)
+        max_inflight = max(2, 2 * n_workers)
+        root_s = str(layout.root)
+        pending = list(todo)
+        ac = as_completed()
+        kinds: dict[Any, tuple[str, SampleRef, Any]] = {}
+        inflight = 0
+        done_samples = 0
+        blocks_done = blocks_total = 0
+        t_start: dict[str, float] = {}
+
+        def submit_next() -> None:
+            nonlocal inflight
+            while pending and inflight < max_inflight:
+                ref = pending.pop(0)
+                t_start[ref.sample_id] = time.perf_counter()
+                fut = client.submit(_prepare, root_s, ref, spec, pure=False, priority=-len(t_start))
+                kinds[fut] = ("prepare", ref, None)
+                ac.add(fut)
+                inflight += 1
+
+        submit_next()
+        for fut in ac:
+            kind, ref, prep_fut = kinds.pop(fut)
+            if fut.status != "finished" and kind == "block":
+                blocks_done += 1  # its commit fails with the same error and reports it
+                continue
+            if fut.status != "finished":
+                exc = fut.exception()
+                report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc)))
+                if kind == "commit" and prep_fut is not None:
+                    client.submit(_discard, prep_fut, pure=False)
+                inflight -= 1
+                done_samples += 1
+                if progress:
+                    progress("samples", done_samples, len(todo))
+                submit_next()
+                continue
+            if kind == "prepare":
+                prep: _Prepared = fut.result()
+                nb = len(prep.job.plan.blocks)
+                blocks_total += nb
+                block_futs = [client.submit(_cut, prep.job, i, pure=False, priority=10) for i in range(nb)]
+                for bf in block_futs:
+                    kinds[bf] = ("block", ref, None)
+                    ac.add(bf)
+                cf = client.submit(_commit, root_s, fut, block_futs, overwrite, version, pure=False, priority=20)
+                kinds[cf] = ("commit", ref, fut)
+                ac.add(cf)
+                if progress:
+                    progress("blocks", blocks_done, blocks_total)
+            elif kind == "block":
+                blocks_done += 1
+                if progress:
+                    progress("blocks", blocks_done, blocks_total)
+            else:
+                res: SampleResult = fut.result()
+                res = SampleResult(**{**res.__dict__, "seconds": time.perf_counter() - t_start[ref.sample_id]})
+                report.results.append(res)
+                inflight -= 1
+                done_samples += 1
+                if progress:
+                    progress("samples", done_samples, len(todo))
+                submit_next()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return report

@@ -1,0 +1,1 @@
+"""Command-line interfaces: ``hestkit`` and ``seal`` (thin layers over the libraries)."""

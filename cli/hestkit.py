@@ -1,0 +1,268 @@
+"""The ``hestkit`` command: ingest cohorts into a catalog, list, query and plot it."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import fail, handle_errors, print_table, progress_bars
+
+app = typer.Typer(
+    name="hestkit",
+    help="Spatial transcriptomics + H&E: ingest cohorts into a catalog of spot-patch pairs, query and plot it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Technology(str, Enum):
+    auto = "auto"
+    visium = "visium"
+    hest = "hest"
+
+
+def _main_summary(cat_path: Path) -> None:
+    import catalog
+
+    cat = catalog.open(cat_path)
+    df = cat.samples()
+    cols = [
+        "sample_id",
+        "technology",
+        "organ",
+        "species",
+        "patient",
+        "n_pairs",
+        "n_dropped_outside_image",
+        "n_genes",
+        "pixel_size_um",
+        "pixel_size_source",
+    ]
+    print_table(
+        df[[c for c in cols if c in df.columns]],
+        title=f"{cat_path}: {len(df)} samples, {int(df['n_pairs'].sum()) if len(df) else 0} pairs",
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Sample folders (Space Ranger outs/, HEST-1k root, ...).", show_default=False)
+    ],
+    catalog_dir: Annotated[Path, typer.Option("--catalog", "-c", help="Catalog folder (created if missing).")],
+    image: Annotated[Path | None, typer.Option(help="Full-resolution H&E image (TIFF, OME-TIFF, SVS, NDPI, PNG, ...).")] = None,
+    organ: Annotated[str | None, typer.Option(help="Organ of the sample(s), e.g. Breast.")] = None,
+    species: Annotated[str | None, typer.Option(help="Species, e.g. 'Homo sapiens'.")] = None,
+    patient: Annotated[str | None, typer.Option(help="Patient id (used for patient-level splits).")] = None,
+    sample_id: Annotated[str | None, typer.Option("--sample-id", help="Sample id (default: the folder name).")] = None,
+    technology: Annotated[Technology, typer.Option(help="Reader to use; auto asks each reader.")] = Technology.auto,
+    ids: Annotated[list[str] | None, typer.Option("--ids", help="HEST-1k ids to ingest (default: all under the root).")] = None,
+    pixel_size_um: Annotated[
+        float | None, typer.Option("--pixel-size-um", help="Override the level-0 pixel size (um/px).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Threads of the local dask cluster (default: cores, at most 8).")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of an existing dask.distributed scheduler, e.g. tcp://host:8786.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace samples already in the catalog.")] = False,
+    patch_size: Annotated[int, typer.Option(help="Patch side in px (new catalogs only).")] = 224,
+    patch_um_per_px: Annotated[float, typer.Option(help="Patch resolution in um/px (new catalogs only).")] = 0.5,
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored patches (new catalogs only).")] = 90,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Read samples, align spots to the slide, cut patches and commit them to the catalog.
+
+    Each sample lands whole or not at all; re-running the same command resumes with the
+    samples not yet in.
+    """
+    with handle_errors():
+        import catalog
+        from hestkit.patches import PairSpec
+        from hestkit.sample import ReadOptions
+
+        spec = PairSpec(patch_size, patch_um_per_px, jpeg_quality)
+        cat = catalog.create(catalog_dir, spec)
+        opts = ReadOptions(
+            image=image,
+            sample_id=sample_id,
+            organ=organ,
+            species=species,
+            patient=patient,
+            pixel_size_um=pixel_size_um,
+            ids=tuple(ids) if ids else None,
+        )
+        with progress_bars(not quiet) as prog:
+            report = cat.ingest(
+                paths,
+                technology=technology.value,
+                options=opts,
+                overwrite=overwrite,
+                workers=workers,
+                scheduler=scheduler,
+                progress=prog,
+            )
+        for r in report.results:
+            for w in r.warnings:
+                typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+            if r.status == "skipped":
+                typer.echo(f"{r.sample_id}: {r.message}")
+        done = report.ingested
+        if done:
+            import pandas as pd
+
+            df = pd.DataFrame(
+                [
+                    {
+                        "sample_id": r.sample_id,
+                        "pairs": r.n_pairs,
+                        "dropped (outside image)": r.n_dropped_outside,
+                        "um/px": r.pixel_size_um,
+                        "pixel size from": r.pixel_size_source,
+                        "seconds": round(r.seconds, 1),
+                    }
+                    for r in done
+                ]
+            )
+            print_table(df, title=f"ingested {len(done)} sample(s) into {catalog_dir}")
+        for r in report.failed:
+            typer.secho(f"failed: {r.sample_id}:\n{r.message}", fg=typer.colors.RED, err=True)
+        if report.failed:
+            fail(
+                f"{len(report.failed)} sample(s) failed; the catalog holds only complete samples. Fix the inputs and re-run the same command to resume."
+            )
+
+
+@app.command("ls")
+def ls(
+    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    all_columns: Annotated[bool, typer.Option("--all", help="Show every column.")] = False,
+) -> None:
+    """List the samples of a catalog."""
+    with handle_errors():
+        import catalog
+
+        df = catalog.open(catalog_dir).samples()
+        if df.empty:
+            typer.echo(f"{catalog_dir}: empty catalog")
+            return
+        if not all_columns:
+            df = df[
+                [
+                    "sample_id",
+                    "technology",
+                    "organ",
+                    "species",
+                    "patient",
+                    "n_pairs",
+                    "n_genes",
+                    "pixel_size_um",
+                    "pixel_size_source",
+                    "ingested_at",
+                ]
+            ]
+        print_table(df, title=f"{catalog_dir}: {len(df)} samples")
+
+
+@app.command()
+def query(
+    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    organ: Annotated[list[str] | None, typer.Option(help="Organ(s) to keep.")] = None,
+    technology: Annotated[list[str] | None, typer.Option(help="Technology(ies): visium, visium-hd, xenium, st.")] = None,
+    species: Annotated[list[str] | None, typer.Option(help="Species to keep.")] = None,
+    sample: Annotated[list[str] | None, typer.Option("--sample", help="Sample id(s) to keep.")] = None,
+    patient: Annotated[list[str] | None, typer.Option(help="Patient(s) to keep.")] = None,
+    gene: Annotated[list[str] | None, typer.Option(help="Gene(s) to keep in the export (default all).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection (expression + obs) as .h5ad.")] = None,
+) -> None:
+    """Count the pairs a selection holds, by sample, organ and technology."""
+    with handle_errors():
+        import catalog
+
+        cat = catalog.open(catalog_dir)
+        view = cat.pairs(organ=organ, technology=technology, species=species, sample_ids=sample, patients=patient, genes=gene)
+        if len(view) == 0:
+            typer.echo("no pairs match this selection")
+        else:
+            counts = view.obs.groupby(["sample_id", "organ", "technology", "species", "patient"], dropna=False).size()
+            df = counts.rename("pairs").reset_index()
+            print_table(df, title=f"{len(view)} pairs, {len(view.genes)} genes")
+        if out is not None:
+            if out.suffix != ".h5ad":
+                fail(f"{out}: --out writes AnnData; give a path ending in .h5ad")
+            view.to_anndata().write_h5ad(out)
+            typer.echo(f"wrote {out} ({len(view)} pairs x {len(view.genes)} genes)")
+
+
+@app.command()
+def plot(
+    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    sample_id: Annotated[str, typer.Argument(help="Sample id (see hestkit ls).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    gene: Annotated[str | None, typer.Option(help="Colour by this gene (default: total counts).")] = None,
+) -> None:
+    """Plot a sample's spots over its slide thumbnail."""
+    with handle_errors():
+        import catalog
+        from catalog.plot import plot_sample
+
+        path = plot_sample(catalog.open(catalog_dir), sample_id, out, gene=gene)
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Folder for the demo cohort and its catalog.")] = Path("demo"),
+    workers: Annotated[int | None, typer.Option(help="Threads of the local dask cluster.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 0,
+) -> None:
+    """Generate a small synthetic cohort (Space Ranger 1.x/2.x and HEST-1k layouts),
+    ingest it, print the catalog and write a spatial plot."""
+    with handle_errors():
+        import shutil
+
+        import catalog
+        from catalog.plot import plot_sample
+        from hestkit.sample import ReadOptions
+        from hestkit.synthetic import make_demo_cohort
+
+        cohort_dir, cat_dir = out / "cohort", out / "catalog"
+        if cat_dir.exists():
+            shutil.rmtree(cat_dir)
+        typer.echo(f"generating a synthetic cohort in {cohort_dir} ...")
+        entries = make_demo_cohort(cohort_dir, seed=seed)
+        cat = catalog.create(cat_dir)
+        with progress_bars(True) as prog:
+            for e in entries:
+                opts = ReadOptions(
+                    image=e.image,
+                    sample_id=e.sample_id if e.kind != "hest" else None,
+                    organ=e.organ if e.kind != "hest" else None,
+                    species=e.species if e.kind != "hest" else None,
+                    patient=e.patient if e.kind != "hest" else None,
+                    ids=(e.sample_id,) if e.kind == "hest" else None,
+                )
+                rep = cat.ingest([e.path], options=opts, workers=workers, progress=prog)
+                if rep.failed:
+                    fail(rep.failed[0].message)
+        _main_summary(cat_dir)
+        first = cat.samples()["sample_id"].iloc[0]
+        png = plot_sample(cat, first, out / f"{first}_spatial.png")
+        view = cat.pairs()
+        patch, expr = view[0]
+        typer.echo(
+            f"pairs: {len(view)}; view[0] -> patch {patch.shape} {patch.dtype}, expression {expr.shape} over {len(view.genes)} genes"
+        )
+        typer.echo(f"spatial plot: {png}")
+        typer.echo(f"catalog: {cat_dir}  (try: hestkit query {cat_dir} --organ Breast)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

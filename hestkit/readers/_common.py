@@ -1,0 +1,75 @@
+"""Checks and helpers shared by the readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import Problem
+from ..slide import SLIDE_SUFFIXES, Slide
+
+__all__ = ["check_spots_inside", "find_image", "normalise_spots"]
+
+
+def normalise_spots(df: pd.DataFrame) -> pd.DataFrame:
+    """Return a spot table with exactly the columns of ``SPOT_COLUMNS`` and their dtypes."""
+    out = pd.DataFrame(
+        {
+            "barcode": df["barcode"].astype(str).to_numpy(),
+            "in_tissue": df.get("in_tissue", pd.Series(1, index=df.index)).astype("int8").to_numpy(),
+            "array_row": df.get("array_row", pd.Series(-1, index=df.index)).astype("int32").to_numpy(),
+            "array_col": df.get("array_col", pd.Series(-1, index=df.index)).astype("int32").to_numpy(),
+            "x_px": df["x_px"].astype("float64").to_numpy(),
+            "y_px": df["y_px"].astype("float64").to_numpy(),
+            "x_um": df.get("x_um", pd.Series(np.nan, index=df.index)).astype("float64").to_numpy(),
+            "y_um": df.get("y_um", pd.Series(np.nan, index=df.index)).astype("float64").to_numpy(),
+        }
+    )
+    return out
+
+
+def check_spots_inside(spots: pd.DataFrame, slide: Slide, problems: list[Problem]) -> None:
+    """Every spot centre must lie on the image; otherwise it is the wrong image (e.g. a
+    downscaled copy) or the wrong coordinates."""
+    if spots.empty:
+        return
+    x = spots["x_px"].to_numpy()
+    y = spots["y_px"].to_numpy()
+    outside = (x < 0) | (y < 0) | (x > slide.width) | (y > slide.height)
+    if outside.any():
+        n = int(outside.sum())
+        problems.append(
+            Problem(
+                slide.path,
+                f"{n} of {len(spots)} spot centres lie outside the image ({slide.width} x {slide.height} px; "
+                f"spots reach x={float(np.nanmax(x)):.0f}, y={float(np.nanmax(y)):.0f}). The image is smaller than the "
+                "spot coordinates: give the full-resolution image the spots were aligned to (not a hires/lowres "
+                "copy), or check the positions file",
+            )
+        )
+
+
+def find_image(folder: Path, explicit: Path | None, problems: list[Problem]) -> Path | None:
+    """The image given with ``--image``, or the single slide file in ``folder``."""
+    if explicit is not None:
+        if not explicit.exists():
+            problems.append(Problem(explicit, "the image given with --image does not exist"))
+            return None
+        return explicit
+    cands = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+    )
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        problems.append(
+            Problem(
+                folder, "no full-resolution image found beside the sample; pass --image PATH (TIFF, OME-TIFF, SVS, NDPI, ...)"
+            )
+        )
+    else:
+        names = ", ".join(p.name for p in cands)
+        problems.append(Problem(folder, f"several candidate images ({names}); pass --image PATH to choose one"))
+    return None

@@ -1,0 +1,85 @@
+"""What a reader hands to the rest of hestkit: one sample, in its own terms."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .geometry import PixelSizeDecision
+
+__all__ = ["SPOT_COLUMNS", "TECHNOLOGIES", "ReadOptions", "SampleRef", "SampleSource"]
+
+#: Technology names used across the catalog.
+TECHNOLOGIES = ("visium", "visium-hd", "xenium", "st")
+
+#: Columns of :attr:`SampleSource.spots`, in order. ``x_px``/``y_px`` are the spot
+#: CENTRE in level-0 pixels of the sample's WSI (continuous coordinates: pixel ``i``
+#: spans ``[i, i + 1)``); ``x_um``/``y_um`` the centre in the technology's own frame.
+SPOT_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "x_px", "y_px", "x_um", "y_um")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """User choices that apply to every sample found under one input path."""
+
+    image: Path | None = None
+    sample_id: str | None = None
+    organ: str | None = None
+    species: str | None = None
+    patient: str | None = None
+    pixel_size_um: float | None = None
+    ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """A sample found by a reader's ``scan``: cheap to make and to pickle; ``load`` reads it."""
+
+    reader: str
+    sample_id: str
+    path: Path
+    options: ReadOptions
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class SampleSource:
+    """One sample read from vendor files: expression, spots, image and geometry.
+
+    ``counts`` has one row per row of ``spots`` and one column per gene (raw counts).
+    """
+
+    sample_id: str
+    technology: str
+    counts: sp.csr_matrix
+    genes: list[str]
+    gene_ids: list[str]
+    spots: pd.DataFrame
+    image_path: Path
+    pixel_size: PixelSizeDecision
+    spot_diameter_um: float
+    spot_shape: Literal["circle", "square"]
+    metadata: dict[str, Any]
+    source_paths: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.counts.shape != (len(self.spots), len(self.genes)):
+            raise ValueError(
+                f"{self.sample_id}: counts shape {self.counts.shape} does not match "
+                f"{len(self.spots)} spots x {len(self.genes)} genes"
+            )
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spots)
+
+    def centres_px(self) -> np.ndarray:
+        """(N, 2) spot centres (x, y) in level-0 pixels."""
+        return self.spots[["x_px", "y_px"]].to_numpy(dtype=float)

@@ -1,0 +1,340 @@
+"""Whole-slide images: pyramid levels, embedded pixel size and block reads.
+
+Slides are never decoded whole. :meth:`Slide.read_region` decodes only the tiles (or
+strips) that intersect the requested rectangle of one pyramid level. Three backends:
+
+* TIFF family (generic pyramidal TIFF/BigTIFF, OME-TIFF, SVS, NDPI, flat TIFF), read
+  with ``tifffile`` through its zarr view of the tiles;
+* any other format OpenSlide opens (MRXS, SCN, VMS, ...), with ``openslide``;
+* small flat PNG/JPEG images, with Pillow (these are decoded once, whole: they are
+  thumbnails or small images, never gigapixel slides).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ImageError
+
+__all__ = ["PLAUSIBLE_PIXEL_SIZE_UM", "SLIDE_SUFFIXES", "Level", "Slide", "open_slide"]
+
+#: Suffixes recognised as slide images when searching a folder.
+SLIDE_SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".btf",
+    ".svs",
+    ".ndpi",
+    ".scn",
+    ".mrxs",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
+_PIL_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".svs", ".ndpi", ".bif"}
+
+#: Pixel sizes outside this range (um/px) are treated as absent (e.g. the 72 dpi default).
+PLAUSIBLE_PIXEL_SIZE_UM = (0.02, 50.0)
+
+RGB = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: its size in pixels and its downsample from level 0."""
+
+    width: int
+    height: int
+    downsample: float
+
+
+class _Backend(Protocol):
+    levels: list[Level]
+    embedded_pixel_size_um: float | None
+
+    def read(self, level: int, x0: int, y0: int, w: int, h: int) -> RGB: ...
+
+    def close(self) -> None: ...
+
+
+def _to_rgb(a: NDArray[Any]) -> RGB:
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.integer) and a.size and int(a.max()) > 255:
+            a = (a.astype(np.float32) / float(np.iinfo(a.dtype).max) * 255.0).round()
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if a.shape[2] == 1:
+        return np.repeat(a, 3, axis=2)
+    if a.shape[2] >= 3:
+        return np.ascontiguousarray(a[:, :, :3])
+    raise ValueError(f"unsupported channel layout {a.shape}")
+
+
+def _plausible(v: float | None) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+    return float(v) if lo <= v <= hi else None
+
+
+class _TiffBackend:
+    def __init__(self, path: Path) -> None:
+        import tifffile
+        import zarr
+
+        self._tf = tifffile.TiffFile(path)
+        series = self._tf.series[0]
+        self._series = series
+        self._group = zarr.open(series.aszarr(), mode="r")
+        arrays: list[Any] = []
+        levels: list[Level] = []
+        base_w = 0
+        for i, lvl in enumerate(series.levels):
+            axes = lvl.axes
+            if "Y" not in axes or "X" not in axes:
+                raise ValueError(f"level {i} has axes {axes!r}, expected Y and X")
+            h, w = lvl.shape[axes.index("Y")], lvl.shape[axes.index("X")]
+            if i == 0:
+                base_w, _base_h = w, h
+            levels.append(Level(int(w), int(h), base_w / w if w else 1.0))
+            arrays.append(self._group if isinstance(self._group, zarr.Array) else self._group[str(i)])
+        self._axes = [lvl.axes for lvl in series.levels]
+        self._arrays = arrays
+        self.levels = levels
+        self.embedded_pixel_size_um = _plausible(self._pixel_size())
+
+    def _pixel_size(self) -> float | None:
+        tf = self._tf
+        page = tf.pages.first
+        if tf.is_ome and tf.ome_metadata:
+            try:
+                root = ET.fromstring(tf.ome_metadata)
+                for el in root.iter():
+                    if el.tag.endswith("Pixels") and el.get("PhysicalSizeX"):
+                        unit = el.get("PhysicalSizeXUnit", "µm")
+                        factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+                        return float(el.get("PhysicalSizeX", "nan")) * factor.get(unit, 1.0)
+            except (ET.ParseError, ValueError):
+                pass
+        desc = page.description or ""
+        m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", desc)
+        if m:
+            return float(m.group(1))
+        try:
+            xres = page.tags.get("XResolution")
+            unit_tag = page.tags.get("ResolutionUnit")
+            if xres is None:
+                return None
+            num, den = xres.value
+            if not num or not den:
+                return None
+            px_per_unit = num / den
+            unit_v = int(unit_tag.value) if unit_tag is not None else 2
+            if unit_v == 3:  # centimetre
+                return 1e4 / px_per_unit
+            if unit_v == 2:  # inch
+                return 25400.0 / px_per_unit
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return None
+
+    def read(self, level: int, x0: int, y0: int, w: int, h: int) -> RGB:
+        axes = self._axes[level]
+        index: list[Any] = []
+        for ax in axes:
+            if ax == "Y":
+                index.append(slice(y0, y0 + h))
+            elif ax == "X":
+                index.append(slice(x0, x0 + w))
+            elif ax == "S":
+                index.append(slice(None))
+            else:
+                index.append(0)
+        a = np.asarray(self._arrays[level][tuple(index)])
+        return _to_rgb(a)
+
+    def close(self) -> None:
+        self._tf.close()
+
+
+class _OpenSlideBackend:
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._s = openslide.OpenSlide(str(path))
+        self.levels = [
+            Level(int(w), int(h), float(ds))
+            for (w, h), ds in zip(self._s.level_dimensions, self._s.level_downsamples, strict=True)
+        ]
+        mpp = self._s.properties.get("openslide.mpp-x")
+        self.embedded_pixel_size_um = _plausible(float(mpp)) if mpp else None
+
+    def read(self, level: int, x0: int, y0: int, w: int, h: int) -> RGB:
+        ds = self.levels[level].downsample
+        img = self._s.read_region((round(x0 * ds), round(y0 * ds)), level, (w, h))
+        return _to_rgb(np.asarray(img.convert("RGB")))
+
+    def close(self) -> None:
+        self._s.close()
+
+
+class _PilBackend:
+    def __init__(self, path: Path) -> None:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as im:
+            im.load()
+            dpi = im.info.get("dpi")
+            self._a = _to_rgb(np.asarray(im.convert("RGB")))
+        h, w = self._a.shape[:2]
+        self.levels = [Level(w, h, 1.0)]
+        px = None
+        if dpi and dpi[0]:
+            px = 25400.0 / float(dpi[0])
+        self.embedded_pixel_size_um = _plausible(px)
+
+    def read(self, level: int, x0: int, y0: int, w: int, h: int) -> RGB:
+        return self._a[y0 : y0 + h, x0 : x0 + w]
+
+    def close(self) -> None:
+        pass
+
+
+class Slide:
+    """A whole-slide image opened for block reads. Use :func:`open_slide`."""
+
+    def __init__(self, path: Path, backend: _Backend, backend_name: str) -> None:
+        self.path = path
+        self._b = backend
+        self.backend = backend_name
+        self._lock = threading.Lock()
+
+    @property
+    def levels(self) -> list[Level]:
+        return self._b.levels
+
+    @property
+    def width(self) -> int:
+        return self._b.levels[0].width
+
+    @property
+    def height(self) -> int:
+        return self._b.levels[0].height
+
+    @property
+    def embedded_pixel_size_um(self) -> float | None:
+        """Micrometres per level-0 pixel as stored in the file, or None."""
+        return self._b.embedded_pixel_size_um
+
+    def best_level(self, downsample: float, *, tolerance: float = 0.01) -> int:
+        """The coarsest level whose downsample does not exceed ``downsample``.
+
+        Reading from it and resampling never upsamples when ``downsample >= 1``.
+        """
+        best = 0
+        for i, lvl in enumerate(self.levels):
+            if lvl.downsample <= downsample * (1.0 + tolerance) and lvl.downsample >= self.levels[best].downsample:
+                best = i
+        return best
+
+    def read_region(self, level: int, x0: int, y0: int, w: int, h: int, *, fill: int = 255) -> RGB:
+        """Read a ``h x w`` RGB block with top-left ``(x0, y0)`` in pixels *of that level*.
+
+        Parts outside the image are filled with ``fill`` (white, like glass).
+        """
+        lvl = self.levels[level]
+        out = np.full((h, w, 3), fill, dtype=np.uint8)
+        xa, ya = max(x0, 0), max(y0, 0)
+        xb, yb = min(x0 + w, lvl.width), min(y0 + h, lvl.height)
+        if xb <= xa or yb <= ya:
+            return out
+        try:
+            with self._lock:
+                block = self._b.read(level, xa, ya, xb - xa, yb - ya)
+        except Exception as exc:
+            raise ImageError(
+                self.path,
+                f"could not decode level {level} region x={xa}..{xb}, y={ya}..{yb} ({exc})",
+                "check that the file is complete and not corrupt (re-export or re-copy it)",
+            ) from exc
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = block
+        return out
+
+    def thumbnail(self, max_size: int = 1024) -> tuple[RGB, float]:
+        """A thumbnail whose longest side is at most ``max_size``; returns it and its
+        downsample factor from level 0 (thumbnail px * factor = level-0 px)."""
+        from PIL import Image
+
+        level = len(self.levels) - 1
+        for i, lvl in enumerate(self.levels):
+            if max(lvl.width, lvl.height) <= max(4 * max_size, 4096):
+                level = i
+                break
+        lvl = self.levels[level]
+        a = self.read_region(level, 0, 0, lvl.width, lvl.height)
+        scale = max(lvl.width, lvl.height) / max_size
+        if scale > 1:
+            new = (max(1, round(lvl.width / scale)), max(1, round(lvl.height / scale)))
+            a = np.asarray(Image.fromarray(a).resize(new, Image.Resampling.BOX))
+        factor = self.width / a.shape[1]
+        return a, factor
+
+    def close(self) -> None:
+        self._b.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        lv = ", ".join(f"{lv.width}x{lv.height}" for lv in self.levels)
+        return f"Slide({str(self.path)!r}, backend={self.backend}, levels=[{lv}])"
+
+
+def open_slide(path: str | Path) -> Slide:
+    """Open a slide image, choosing a backend from the file, or raise :class:`ImageError`."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(p, "the image file does not exist", "give the path of the full-resolution H&E with --image")
+    if p.is_dir():
+        raise ImageError(p, "is a folder, not an image file", "give the path of the image file itself")
+    suffix = p.suffix.lower()
+    errors: list[str] = []
+    order: list[str]
+    if suffix in _PIL_SUFFIXES:
+        order = ["pil"]
+    elif suffix in _TIFF_SUFFIXES:
+        order = ["tifffile", "openslide"]
+    else:
+        order = ["openslide", "tifffile", "pil"]
+    for name in order:
+        try:
+            if name == "tifffile":
+                return Slide(p, _TiffBackend(p), name)
+            if name == "openslide":
+                return Slide(p, _OpenSlideBackend(p), name)
+            return Slide(p, _PilBackend(p), name)
+        except Exception as exc:  # noqa: BLE001 - each backend fails in its own way
+            errors.append(f"{name}: {exc}")
+    raise ImageError(
+        p,
+        "cannot be read as an image (" + "; ".join(errors) + ")",
+        "check that the file is a complete TIFF/OME-TIFF/SVS/NDPI/PNG/JPEG; re-copy it if it was truncated",
+    )
