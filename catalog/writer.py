@@ -176,15 +176,14 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec) -> _Prepared:
 
 
 def _cut(job: _PatchJob, block_index: int) -> int:
-    import zarr
-
     import catalog._jpeg  # noqa: F401
+
+    from ._shards import write_patches
 
     block = job.plan.blocks[block_index]
     with open_slide(job.image_path) as slide:
         patches = cut_block(slide, job.plan, block, job.centres_px, job.spec)
-    arr = zarr.open_array(str(job.array_path), mode="r+")
-    arr[block.slot_start : block.slot_start + len(patches)] = patches
+    write_patches(job.array_path, block.slot_start, patches)
     return len(patches)
 
 

@@ -140,23 +140,41 @@ def plan_patches(
     return PatchPlan(level, lds, win_l, kept, dropped, tuple(blocks), slots, max(slot, 0))
 
 
+def _resample(region: NDArray[np.uint8], x0: float, y0: float, scale: float, size: int) -> NDArray[np.uint8]:
+    """Bilinear resampling of the square with top-left ``(x0, y0)`` (continuous coordinates
+    of ``region``) and side ``scale * size`` onto ``size x size`` output pixels."""
+    import cv2
+
+    # output pixel u (centre u + 0.5) <- source x = x0 + (u + 0.5) * scale, i.e. index x - 0.5
+    m = np.array([[scale, 0.0, x0 + 0.5 * scale - 0.5], [0.0, scale, y0 + 0.5 * scale - 0.5]])
+    out = cv2.warpAffine(region, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return np.asarray(out, dtype=np.uint8)
+
+
 def cut_block(slide: Slide, plan: PatchPlan, block: Block, centres_px: NDArray[np.float64], spec: PairSpec) -> NDArray[np.uint8]:
     """Decode ``block`` once and resample every patch centred in it.
 
     Returns ``(len(block.spots), size, size, 3)`` uint8, in the order of ``block.spots``.
-    ``centres_px`` are ALL spot centres given to :func:`plan_patches` (level 0).
+    ``centres_px`` are ALL spot centres given to :func:`plan_patches` (level 0). When the
+    patch is smaller in px than its window (downsampling by ``s > 1``), the block is
+    low-pass filtered once (Gaussian, sigma = sqrt(s^2 - 1) / 2) against aliasing.
     """
-    from PIL import Image
+    import cv2
 
+    cv2.setNumThreads(1)
     region = slide.read_region(plan.level, block.x0, block.y0, block.width, block.height)
-    im = Image.fromarray(region)
     size = spec.patch_size_px
+    scale = plan.window_level_px / size
+    if scale > 1.01:
+        sigma = float(np.sqrt(scale * scale - 1.0) / 2.0)
+        region = np.asarray(
+            cv2.GaussianBlur(region, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE), dtype=np.uint8
+        )
     out = np.empty((len(block.spots), size, size, 3), dtype=np.uint8)
     cl = np.asarray(centres_px, dtype=float)[plan.kept[block.spots]] / plan.level_downsample
     h = plan.window_level_px / 2.0
     for k, (cx, cy) in enumerate(cl):
-        box = (cx - h - block.x0, cy - h - block.y0, cx + h - block.x0, cy + h - block.y0)
-        out[k] = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+        out[k] = _resample(region, cx - h - block.x0, cy - h - block.y0, scale, size)
     return out
 
 
