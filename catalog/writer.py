@@ -304,7 +304,7 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="30s"), None
+            return Client(scheduler, timeout="10s"), None
         except OSError as exc:
             raise CatalogError(
                 f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address (tcp://HOST:8786)"

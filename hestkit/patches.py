@@ -145,6 +145,10 @@ def _resample(region: NDArray[np.uint8], x0: float, y0: float, scale: float, siz
     of ``region``) and side ``scale * size`` onto ``size x size`` output pixels."""
     import cv2
 
+    xi, yi = round(x0), round(y0)
+    if abs(scale - 1.0) < 1e-9 and abs(x0 - xi) < 1e-9 and abs(y0 - yi) < 1e-9:
+        if xi >= 0 and yi >= 0 and xi + size <= region.shape[1] and yi + size <= region.shape[0]:
+            return region[yi : yi + size, xi : xi + size].copy()  # exact pixel grid: a plain copy
     # output pixel u (centre u + 0.5) <- source x = x0 + (u + 0.5) * scale, i.e. index x - 0.5
     m = np.array([[scale, 0.0, x0 + 0.5 * scale - 0.5], [0.0, scale, y0 + 0.5 * scale - 0.5]])
     out = cv2.warpAffine(region, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
