@@ -25,23 +25,27 @@ class Technology(str, Enum):
     hest = "hest"
 
 
+#: Columns of the sample tables printed by ``ingest``/``demo`` and ``ls``.
+SUMMARY_COLUMNS = [
+    "sample_id",
+    "technology",
+    "organ",
+    "species",
+    "patient",
+    "n_pairs",
+    "n_dropped_outside_image",
+    "n_genes",
+    "pixel_size_um",
+    "pixel_size_source",
+]
+
+
 def _main_summary(cat_path: Path) -> None:
     import catalog
 
     cat = catalog.open(cat_path)
     df = cat.samples()
-    cols = [
-        "sample_id",
-        "technology",
-        "organ",
-        "species",
-        "patient",
-        "n_pairs",
-        "n_dropped_outside_image",
-        "n_genes",
-        "pixel_size_um",
-        "pixel_size_source",
-    ]
+    cols = SUMMARY_COLUMNS
     print_table(
         df[[c for c in cols if c in df.columns]],
         title=f"{cat_path}: {len(df)} samples, {int(df['n_pairs'].sum()) if len(df) else 0} pairs",
@@ -150,20 +154,7 @@ def ls(
             typer.echo(f"{catalog_dir}: empty catalog")
             return
         if not all_columns:
-            df = df[
-                [
-                    "sample_id",
-                    "technology",
-                    "organ",
-                    "species",
-                    "patient",
-                    "n_pairs",
-                    "n_genes",
-                    "pixel_size_um",
-                    "pixel_size_source",
-                    "ingested_at",
-                ]
-            ]
+            df = df[[c for c in (*SUMMARY_COLUMNS, "ingested_at") if c in df.columns]]
         print_table(df, title=f"{catalog_dir}: {len(df)} samples")
 
 
