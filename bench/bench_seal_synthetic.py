@@ -27,24 +27,34 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lora-blocks", type=int, default=1, help="0 = all")
     ap.add_argument("--backbone", default="test_vit")
+    ap.add_argument("--train-patients", type=int, default=3)
+    ap.add_argument("--test-patients", type=int, default=3)
+    ap.add_argument("--grid", type=int, default=10, help="spots per side of each sample")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--morphology", choices=["colour", "texture"], default="colour")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     root = Path(tempfile.mkdtemp(prefix="hestkit-seal-"))
     cat = catalog.create(root / "cat")
     t = time.perf_counter()
-    for i in range(6):
-        make_visium(root / f"s{i}", n_rows=10, n_cols=10, seed=100 + i, pixel_size_um=1.0)
+    n_tr, n_te = args.train_patients, args.test_patients
+    for i in range(n_tr + n_te):
+        make_visium(
+            root / f"s{i}", n_rows=args.grid, n_cols=args.grid, seed=100 + i, pixel_size_um=1.0, morphology=args.morphology
+        )
         cat.ingest([root / f"s{i}"], options=ReadOptions(sample_id=f"s{i}", organ="Breast", patient=f"P{i}"), workers=2)
     print(f"ingest: {time.perf_counter() - t:.1f} s, {len(cat.pairs())} pairs")
+    train = tuple(f"s{i}" for i in range(n_tr))
+    test = tuple(f"s{i}" for i in range(n_tr, n_tr + n_te))
     cfg = FitConfig(
         backbone=args.backbone,
         epochs=args.epochs,
-        batch_size=32,
+        batch_size=args.batch_size,
         lr=args.lr,
         num_workers=0,
-        samples=("s0", "s1", "s2"),
+        samples=train,
         lora=LoraSpec(blocks=args.lora_blocks),
-        val_fraction=0.34,
+        val_fraction=1.0 / n_tr,
     )
     t = time.perf_counter()
     fit(root / "cat", cfg, root / "model", progress=False)
@@ -53,7 +63,7 @@ def main() -> None:
         root / "cat",
         [parse_encoder(f"timm:{args.backbone}"), parse_encoder(str(root / "model"))],
         root / "eval",
-        EvalConfig(samples=("s3", "s4", "s5")),
+        EvalConfig(samples=test),
     )
     for label, r in res["encoders"].items():
         extra = (

@@ -204,6 +204,28 @@ def plot(
         typer.echo(f"wrote {path}")
 
 
+class ExportFormat(str, Enum):
+    anndata = "anndata"
+    hest = "hest"
+
+
+@app.command()
+def export(
+    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    sample_id: Annotated[str, typer.Argument(help="Sample id (see hestkit ls).")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="anndata: one .h5ad; hest: the HEST-1k layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .h5ad file (anndata) or a folder (hest).")],
+) -> None:
+    """Export one sample: AnnData (obsm['spatial'] centres, uns['spatial'] scanpy-style) or
+    the HEST-1k layout (wsis/, st/, metadata/, patches/{id}.h5 with top-left coords)."""
+    with handle_errors():
+        import catalog
+        from catalog.export import export_sample
+
+        path = export_sample(catalog.open(catalog_dir), sample_id, fmt.value, out)
+        typer.echo(f"wrote {path}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="Folder for the demo cohort and its catalog.")] = Path("demo"),

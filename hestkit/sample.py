@@ -35,6 +35,11 @@ class ReadOptions:
     patient: str | None = None
     pixel_size_um: float | None = None
     ids: tuple[str, ...] | None = None
+    #: Registration file: Xenium ``*imagealignment.csv`` (3x3) or Xenium Explorer keypoints CSV.
+    alignment: Path | None = None
+    #: Side (square pseudo-spots) or diameter of the pairing unit in micrometres, for
+    #: technologies that pool (Xenium, Visium HD); None = the technology's default.
+    spot_size_um: float | None = None
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,20 @@ def _losses(
     return parts
 
 
+class _Objective(nn.Module):
+    """The training loss as a module, so that DDP sees one forward per step."""
+
+    def __init__(self, model: SealModel, cfg: FitConfig, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, img: torch.Tensor, expr: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _losses(self.model, img, expr, self.cfg, self.mean, self.std)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def _probe(
     model: SealModel, loader: DataLoader[Any], device: torch.device, cfg: FitConfig, mean: torch.Tensor, std: torch.Tensor
@@ -233,9 +247,9 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_updates, int(cfg.warmup_fraction * total_updates)))
-    ddp_model: nn.Module = model
+    objective: nn.Module = _Objective(model, cfg, mean, std).to(device)
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
     start_epoch, step = 0, 0
     if resume and ckpt_path.exists():
@@ -293,7 +307,7 @@ def fit(
             img = img.to(device, non_blocking=True)
             expr = expr.to(device, non_blocking=True)
             with _amp(device):
-                parts = _losses(model if world == 1 else ddp_model.module, img, expr, cfg, mean, std)  # type: ignore[arg-type]
+                parts = objective(img, expr)
             (parts["loss"] / cfg.grad_accum).backward()
             if (i + 1) % cfg.grad_accum == 0:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -29,7 +29,7 @@ HEST_TECHNOLOGIES = {
     "st": "st",
 }
 _DEFAULT_SPOT_UM = {"visium": 55.0, "visium-hd": 8.0, "xenium": 100.0, "st": 100.0}
-_WSI_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi")
+_WSI_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".png", ".jpg", ".jpeg")
 
 
 def _root_of(path: Path) -> Path | None:

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from ._expression import gene_table, program_activity, simulate_counts, spot_colours
+from ._expression import gene_table, program_activity, simulate_counts, spot_colours, stripe_periods_um
 from ._grid import (
     VISIUM_SPOT_DIAMETER_UM,
     VisiumGrid,
@@ -79,6 +79,7 @@ def build_visium_sample(
     in_tissue_fraction: float,
     species: str,
     seed: int,
+    morphology: str = "colour",
 ) -> BuiltSample:
     """Grid, tissue, barcodes, counts and scene of one sample, all from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -98,6 +99,7 @@ def build_visium_sample(
         painted=in_tissue,
         blob=blob,
         seed=int(rng.integers(0, 2**31 - 1)),
+        stripe_period_px=stripe_periods_um(counts) / pixel_size_um if morphology == "texture" else None,
     )
     return BuiltSample(
         grid=grid,

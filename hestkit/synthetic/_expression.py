@@ -197,3 +197,20 @@ def spot_colours(
     value = COLOUR_MIN + (COLOUR_MAX - COLOUR_MIN) * np.clip(level, 0.0, 1.0)
     out: NDArray[np.uint8] = np.rint(value).astype(np.uint8)
     return out
+
+
+def stripe_periods_um(
+    counts: NDArray[np.integer] | NDArray[np.floating] | sp.spmatrix,
+    *,
+    finest_um: float = 5.0,
+    coarsest_um: float = 20.0,
+) -> NDArray[np.float64]:
+    """Stripe period (um) of each spot for the "texture" morphology: program 3 (the one
+    the disk colour does not show) sets it, from ``coarsest_um`` (silent) down to
+    ``finest_um`` (saturated), on the same log1p scale as the colours."""
+    mat = sp.csr_matrix(counts, dtype=np.float64)
+    programs = gene_programs(int(mat.shape[1]))
+    cols = np.flatnonzero(programs == 3)
+    level = np.log1p(np.asarray(mat[:, cols].sum(axis=1)).ravel() / max(cols.size, 1)) / np.log1p(COLOUR_SATURATION)
+    out: NDArray[np.float64] = coarsest_um + (finest_um - coarsest_um) * np.clip(level, 0.0, 1.0)
+    return out

@@ -63,6 +63,9 @@ class Scene:
         painted: ``(N,)`` bool, which spots get a disk (the in-tissue ones).
         blob: the tissue region.
         seed: texture-noise seed.
+        stripe_period_px: optional ``(N,)`` level-0 period of vertical stripes inside each
+            disk (the "texture" morphology: the disk colour is modulated by
+            ``0.6 + 0.4 cos(2 pi (x - centre_x) / period)``); None = flat disks.
     """
 
     height: int
@@ -73,6 +76,7 @@ class Scene:
     painted: NDArray[np.bool_]
     blob: TissueBlob
     seed: int
+    stripe_period_px: NDArray[np.float64] | None = None
     _tree: cKDTree | None = field(init=False, repr=False, default=None)
     _index: NDArray[np.int64] = field(init=False, repr=False)
 
@@ -131,7 +135,15 @@ class Scene:
             dx2 = (xs[c_lo:c_hi] - sx) ** 2
             dy2 = (ys[r_lo:r_hi] - sy) ** 2
             inside = dy2[:, None] + dx2[None, :] < r2
-            out[r_lo:r_hi, c_lo:c_hi][inside] = self.colours[i]
+            if self.stripe_period_px is None:
+                out[r_lo:r_hi, c_lo:c_hi][inside] = self.colours[i]
+            else:
+                phase = 2.0 * np.pi * (xs[c_lo:c_hi] - sx) / float(self.stripe_period_px[i])
+                factor = 0.6 + 0.4 * np.cos(phase)
+                shade = np.clip(self.colours[i][None, :].astype(np.float64) * factor[:, None], 0, 255).astype(np.uint8)
+                block = out[r_lo:r_hi, c_lo:c_hi]
+                rows, cols = np.nonzero(inside)
+                block[rows, cols] = shade[cols]
         return out
 
     def render_scaled(self, scale: float) -> NDArray[np.uint8]:

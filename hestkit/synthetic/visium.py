@@ -34,6 +34,7 @@ def make_visium(
     species: str = "Homo sapiens",
     organ: str = "",
     sample_id: str | None = None,
+    morphology: Literal["colour", "texture"] = "colour",
 ) -> SyntheticSample:
     """Write a Space Ranger-like ``outs`` folder plus its full-resolution H&E.
 
@@ -52,6 +53,9 @@ def make_visium(
     rows, 1, 3, 5, ... on odd rows). ``origin_px`` is the level-0 pixel ``(x, y)`` of
     array position (0, 0). ``species`` sets gene naming and the genome tag; ``organ``
     and ``sample_id`` (default: the folder name) only go into the returned truth.
+    ``morphology="texture"`` adds vertical stripes inside each disk whose period is set by
+    program 3, which the disk colour does not show (see :func:`stripe_periods_um`): the
+    image then carries expression that a frozen encoder does not pass on linearly.
     Everything is a function of ``seed`` and the arguments.
     """
     if layout not in ("spaceranger1", "spaceranger2"):
@@ -70,6 +74,7 @@ def make_visium(
         in_tissue_fraction=in_tissue_fraction,
         species=species,
         seed=seed,
+        morphology=morphology,
     )
     grid = built.grid
     keep = built.in_tissue

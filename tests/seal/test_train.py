@@ -114,3 +114,50 @@ def test_without_patients_splits_by_sample(tmp_path: Path) -> None:
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["split"] == "sample"
     assert np.isfinite(log[-1]["val_loss"])
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu(small_catalog: Path, tmp_path: Path) -> None:
+    """Two processes (gloo) run the same command; rank 0 writes the model."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "cli.seal",
+        "fit",
+        str(small_catalog),
+        "--backbone",
+        "test_vit",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--max-steps-per-epoch",
+        "2",
+        "--n-genes",
+        "20",
+        "--val-fraction",
+        "0",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "encoder.safetensors").exists()
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "lr" in r]
+    assert len(steps) == 2  # only rank 0 logs
+    assert all(np.isfinite(r["loss"]) for r in steps)

@@ -1,0 +1,145 @@
+"""Export one sample of a catalog: AnnData (scanpy convention) or the HEST-1k layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .catalog import Catalog
+from .errors import CatalogError
+
+__all__ = ["HEST_TECHNOLOGY_NAMES", "export_sample", "sample_anndata"]
+
+#: Catalog technology -> HEST-1k ``st_technology``.
+HEST_TECHNOLOGY_NAMES = {"visium": "Visium", "visium-hd": "Visium HD", "xenium": "Xenium", "st": "Spatial Transcriptomics"}
+
+
+def sample_anndata(cat: Catalog, sample_id: str) -> Any:
+    """One sample as AnnData: raw counts, ``obsm['spatial']`` = spot centres (x, y) in
+    level-0 px, and ``uns['spatial'][sample_id]`` in the scanpy convention (the stored
+    thumbnail as the ``hires`` image with its scale factor)."""
+    import anndata as ad
+
+    m = cat.manifest(sample_id)
+    view = cat.pairs(sample_ids=[sample_id])
+    genes = [g for g in view.genes if g in set(m["genes"])]
+    view = view.with_genes(genes)
+    obs = view.obs.drop(columns=["soma_joinid", "obs_id", "ingest_id", "patch_index"]).copy()
+    obs.index = pd.Index(obs["barcode"].astype(str).to_numpy(), name=None)
+    obs["pxl_col_in_fullres"] = obs["x_px"]
+    obs["pxl_row_in_fullres"] = obs["y_px"]
+    gene_ids = dict(zip(*_var_ids(cat), strict=True))
+    var = pd.DataFrame({"gene_ids": [gene_ids.get(g, g) for g in genes]}, index=pd.Index(genes, name=None))
+    a = ad.AnnData(X=view.expression(), obs=obs, var=var)
+    a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)
+    thumb, ds = cat.sample_thumbnail(sample_id)
+    a.uns["spatial"] = {
+        sample_id: {
+            "images": {"hires": thumb},
+            "scalefactors": {
+                "tissue_hires_scalef": 1.0 / ds,
+                "spot_diameter_fullres": float(m["spot_diameter_um"]) / float(m["pixel_size_um"]),
+            },
+            "metadata": {
+                "source_image_path": m["image_path"],
+                "pixel_size_um": m["pixel_size_um"],
+                "technology": m["technology"],
+            },
+        }
+    }
+    return a
+
+
+def _var_ids(cat: Catalog) -> tuple[list[str], list[str]]:
+    from . import _soma
+
+    var = _soma.read_var(cat.layout.soma)
+    return [str(v) for v in var["var_id"]], [str(v) for v in var["gene_id"]]
+
+
+def _hest_metadata(m: dict[str, Any]) -> dict[str, Any]:
+    extra = m.get("metadata") or {}
+    md: dict[str, Any] = {k: v for k, v in extra.items() if not isinstance(v, (dict, list))}
+    md.update(
+        {
+            "id": m["sample_id"],
+            "organ": m.get("organ"),
+            "species": m.get("species"),
+            "patient": m.get("patient"),
+            "st_technology": HEST_TECHNOLOGY_NAMES.get(m["technology"], m["technology"]),
+            "spot_diameter": m["spot_diameter_um"],
+            "spots_under_tissue": m["n_pairs"],
+            "nb_genes": m["n_genes"],
+            "pixel_size_um_embedded": m.get("pixel_size_um_embedded"),
+            "pixel_size_um_estimated": m["pixel_size_um"],
+            "fullres_px_width": m["image_width"],
+            "fullres_px_height": m["image_height"],
+        }
+    )
+    return md
+
+
+def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
+    import h5py
+
+    m = cat.manifest(sample_id)
+    view = cat.pairs(sample_ids=[sample_id])
+    spec = cat.spec
+    src = spec.patch_size_px * spec.pixel_size_um / float(m["pixel_size_um"])  # window side, level-0 px
+    centres = view.obs[["x_px", "y_px"]].to_numpy(dtype=float)
+    top_left = np.round(centres - src / 2.0).astype(np.int64)
+    with h5py.File(path, "w") as f:
+        img = f.create_dataset(
+            "img",
+            shape=(len(view), spec.patch_size_px, spec.patch_size_px, 3),
+            dtype="uint8",
+            chunks=(1, spec.patch_size_px, spec.patch_size_px, 3),
+        )
+        for i in range(len(view)):
+            img[i] = view.patch(i)
+        f.create_dataset("coords", data=top_left)
+        f.create_dataset("barcode", data=np.array([[b.encode()] for b in view.obs["barcode"].astype(str)]))
+        f["img"].attrs["patch_size_src"] = src
+        f["img"].attrs["patch_size_target"] = spec.patch_size_px
+        f["img"].attrs["pixel_size"] = float(m["pixel_size_um"])
+        f["coords"].attrs["patch_size_level0"] = src
+        f["coords"].attrs["patch_size"] = spec.patch_size_px
+        f["coords"].attrs["level"] = 0
+        f.attrs["coordinates"] = (
+            "coords are TOP-LEFT corners in level-0 px of wsis/{id}.tif; centre = coords + patch_size_src / 2"
+        )
+
+
+def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest"], out: str | Path) -> Path:
+    """Write ``sample_id`` as ``.h5ad`` (``fmt='anndata'``; ``out`` is the file) or in the
+    HEST-1k layout under the folder ``out`` (``wsis/``, ``st/``, ``metadata/``, ``patches/``)."""
+    out = Path(out)
+    m = cat.manifest(sample_id)
+    if fmt == "anndata":
+        if out.suffix != ".h5ad":
+            raise CatalogError(f"{out}: AnnData export writes a .h5ad file; give a path ending in .h5ad")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sample_anndata(cat, sample_id).write_h5ad(out)
+        return out
+    if fmt == "hest":
+        src_img = Path(m["image_path"])
+        if not src_img.exists():
+            raise CatalogError(
+                f"{src_img}: the sample's slide is no longer there; HEST export copies it to wsis/. Restore it first"
+            )
+        for d in ("wsis", "st", "metadata", "patches"):
+            (out / d).mkdir(parents=True, exist_ok=True)
+        suffix = (
+            src_img.suffix.lower() if src_img.suffix.lower() in (".tif", ".tiff", ".svs", ".ndpi", ".btf") else src_img.suffix
+        )
+        shutil.copyfile(src_img, out / "wsis" / f"{sample_id}{suffix}")
+        sample_anndata(cat, sample_id).write_h5ad(out / "st" / f"{sample_id}.h5ad")
+        (out / "metadata" / f"{sample_id}.json").write_text(json.dumps(_hest_metadata(m), indent=1, default=str))
+        _write_hest_patches(cat, sample_id, out / "patches" / f"{sample_id}.h5")
+        return out
+    raise CatalogError(f"unknown export format {fmt!r}; use anndata or hest")
