@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=10, help="spots per side of each sample")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--morphology", choices=["colour", "texture"], default="colour")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the cohort and of training")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     root = Path(tempfile.mkdtemp(prefix="hestkit-seal-"))
@@ -40,7 +41,7 @@ def main() -> None:
     n_tr, n_te = args.train_patients, args.test_patients
     for i in range(n_tr + n_te):
         make_visium(
-            root / f"s{i}", n_rows=args.grid, n_cols=args.grid, seed=100 + i, pixel_size_um=1.0, morphology=args.morphology
+            root / f"s{i}", n_rows=args.grid, n_cols=args.grid, seed=100 + i + 1000 * args.seed, pixel_size_um=1.0, morphology=args.morphology
         )
         cat.ingest([root / f"s{i}"], options=ReadOptions(sample_id=f"s{i}", organ="Breast", patient=f"P{i}"), workers=2)
     print(f"ingest: {time.perf_counter() - t:.1f} s, {len(cat.pairs())} pairs")
@@ -51,6 +52,7 @@ def main() -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        seed=args.seed,
         num_workers=0,
         samples=train,
         lora=LoraSpec(blocks=args.lora_blocks),

@@ -115,11 +115,26 @@ def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
         )
 
 
-def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest"], out: str | Path) -> Path:
-    """Write ``sample_id`` as ``.h5ad`` (``fmt='anndata'``; ``out`` is the file) or in the
-    HEST-1k layout under the folder ``out`` (``wsis/``, ``st/``, ``metadata/``, ``patches/``)."""
+def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest", "spatialdata"], out: str | Path) -> Path:
+    """Write ``sample_id`` as ``.h5ad`` (``fmt='anndata'``; ``out`` is the file), in the
+    HEST-1k layout under the folder ``out`` (``wsis/``, ``st/``, ``metadata/``, ``patches/``),
+    or as a SpatialData zarr store (``fmt='spatialdata'``, ``out`` ending in ``.zarr``)."""
     out = Path(out)
     m = cat.manifest(sample_id)
+    if fmt == "spatialdata":
+        if out.suffix != ".zarr":
+            raise CatalogError(f"{out}: SpatialData export writes a zarr store; give a path ending in .zarr")
+        if not Path(m["image_path"]).exists():
+            raise CatalogError(
+                f"{m['image_path']}: the sample's slide is no longer there; SpatialData export includes it. Restore it first"
+            )
+        try:
+            from ._spatialdata import write_spatialdata
+        except ImportError as exc:
+            raise CatalogError(
+                f"SpatialData export needs the spatialdata package ({exc}); pip install 'hestkit[spatialdata]'"
+            ) from exc
+        return write_spatialdata(cat, sample_id, out)
     if fmt == "anndata":
         if out.suffix != ".h5ad":
             raise CatalogError(f"{out}: AnnData export writes a .h5ad file; give a path ending in .h5ad")

@@ -22,7 +22,11 @@ app = typer.Typer(
 class Technology(str, Enum):
     auto = "auto"
     visium = "visium"
+    visium_hd = "visium-hd"
+    xenium = "xenium"
+    st = "st"
     hest = "hest"
+    spatialdata = "spatialdata"
 
 
 #: Columns of the sample tables printed by ``ingest``/``demo`` and ``ls``.
@@ -65,6 +69,12 @@ def ingest(
     sample_id: Annotated[str | None, typer.Option("--sample-id", help="Sample id (default: the folder name).")] = None,
     technology: Annotated[Technology, typer.Option(help="Reader to use; auto asks each reader.")] = Technology.auto,
     ids: Annotated[list[str] | None, typer.Option("--ids", help="HEST-1k ids to ingest (default: all under the root).")] = None,
+    alignment: Annotated[
+        Path | None, typer.Option(help="Xenium: *imagealignment.csv (3x3, H&E px -> morphology px) or a keypoints CSV.")
+    ] = None,
+    spot_size_um: Annotated[
+        float | None, typer.Option("--spot-size-um", help="Xenium/Visium HD: side of the square pseudo-spots in um.")
+    ] = None,
     pixel_size_um: Annotated[
         float | None, typer.Option("--pixel-size-um", help="Override the level-0 pixel size (um/px).")
     ] = None,
@@ -98,6 +108,8 @@ def ingest(
             patient=patient,
             pixel_size_um=pixel_size_um,
             ids=tuple(ids) if ids else None,
+            alignment=alignment,
+            spot_size_um=spot_size_um,
         )
         with progress_bars(not quiet) as prog:
             report = cat.ingest(
@@ -207,17 +219,23 @@ def plot(
 class ExportFormat(str, Enum):
     anndata = "anndata"
     hest = "hest"
+    spatialdata = "spatialdata"
 
 
 @app.command()
 def export(
     catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
     sample_id: Annotated[str, typer.Argument(help="Sample id (see hestkit ls).")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="anndata: one .h5ad; hest: the HEST-1k layout.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .h5ad file (anndata) or a folder (hest).")],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", "-f", help="anndata: one .h5ad; hest: the HEST-1k layout; spatialdata: a .zarr store."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The .h5ad file (anndata), a folder (hest) or a .zarr store (spatialdata).")
+    ],
 ) -> None:
-    """Export one sample: AnnData (obsm['spatial'] centres, uns['spatial'] scanpy-style) or
-    the HEST-1k layout (wsis/, st/, metadata/, patches/{id}.h5 with top-left coords)."""
+    """Export one sample: AnnData (obsm['spatial'] centres, uns['spatial'] scanpy-style), the
+    HEST-1k layout (wsis/, st/, metadata/, patches/{id}.h5 with top-left coords), or SpatialData."""
     with handle_errors():
         import catalog
         from catalog.export import export_sample

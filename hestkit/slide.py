@@ -192,6 +192,49 @@ class _OpenSlideBackend:
         self._s.close()
 
 
+class _NgffBackend:
+    """An OME-NGFF multiscale image in a zarr group (e.g. a SpatialData image element)."""
+
+    def __init__(self, path: Path) -> None:
+        import zarr
+
+        group: Any = zarr.open_group(str(path), mode="r")
+        attrs: dict[str, Any] = dict(group.attrs)
+        ms: Any = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+        if not ms:
+            raise ValueError("zarr group without OME-NGFF 'multiscales' metadata")
+        m0 = ms[0]
+        axes = [a["name"] if isinstance(a, dict) else str(a) for a in m0["axes"]]
+        if "y" not in axes or "x" not in axes:
+            raise ValueError(f"multiscale axes {axes} lack y/x")
+        self._axes = axes
+        self._arrays: list[Any] = [group[d["path"]] for d in m0["datasets"]]
+        yi, xi = axes.index("y"), axes.index("x")
+        w0, h0 = self._arrays[0].shape[xi], self._arrays[0].shape[yi]
+        self.levels = [Level(int(a.shape[xi]), int(a.shape[yi]), w0 / a.shape[xi]) for a in self._arrays]
+        self.embedded_pixel_size_um: float | None = None
+        self._h0 = h0
+
+    def read(self, level: int, x0: int, y0: int, w: int, h: int) -> RGB:
+        index: list[Any] = []
+        for ax in self._axes:
+            if ax == "y":
+                index.append(slice(y0, y0 + h))
+            elif ax == "x":
+                index.append(slice(x0, x0 + w))
+            elif ax == "c":
+                index.append(slice(None))
+            else:
+                index.append(0)
+        a = np.asarray(self._arrays[level][tuple(index)])
+        kept = [ax for ax in self._axes if ax in ("c", "y", "x")]
+        a = np.transpose(a, [kept.index(ax) for ax in ("y", "x", "c") if ax in kept])
+        return _to_rgb(a)
+
+    def close(self) -> None:
+        pass
+
+
 class _PilBackend:
     def __init__(self, path: Path) -> None:
         from PIL import Image
@@ -314,6 +357,15 @@ def open_slide(path: str | Path) -> Slide:
     if not p.exists():
         raise ImageError(p, "the image file does not exist", "give the path of the full-resolution H&E with --image")
     if p.is_dir():
+        if (p / "zarr.json").exists() or (p / ".zattrs").exists():
+            try:
+                return Slide(p, _NgffBackend(p), "ngff")
+            except Exception as exc:
+                raise ImageError(
+                    p,
+                    f"is a zarr group but not a readable OME-NGFF image ({exc})",
+                    "point at the image element (e.g. STORE.zarr/images/NAME)",
+                ) from exc
         raise ImageError(p, "is a folder, not an image file", "give the path of the image file itself")
     suffix = p.suffix.lower()
     errors: list[str] = []

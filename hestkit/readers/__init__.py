@@ -5,12 +5,20 @@ from __future__ import annotations
 from ..sample import SampleRef, SampleSource
 from ._registry import Reader, find_reader, get_reader, list_readers, register_reader, scan
 from .hest1k import HestReader
+from .spatialdata import SpatialDataReader
+from .st import StReader
 from .visium import VisiumReader, read_tissue_positions
+from .visium_hd import VisiumHDReader
+from .xenium import XeniumReader
 
 __all__ = [
     "HestReader",
     "Reader",
+    "SpatialDataReader",
+    "StReader",
+    "VisiumHDReader",
     "VisiumReader",
+    "XeniumReader",
     "find_reader",
     "get_reader",
     "list_readers",
@@ -22,6 +30,10 @@ __all__ = [
 
 register_reader(VisiumReader())
 register_reader(HestReader())
+register_reader(SpatialDataReader())
+register_reader(StReader())
+register_reader(VisiumHDReader())
+register_reader(XeniumReader())
 
 
 def load(ref: SampleRef) -> SampleSource:

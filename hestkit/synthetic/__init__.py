@@ -12,7 +12,10 @@ from ._tiff import pyramid_shapes, write_flat_image, write_pyramidal_tiff
 from ._truth import SyntheticSample
 from .cohort import CohortEntry, make_demo_cohort
 from .hest import make_hest
+from .st import make_st
 from .visium import make_visium
+from .visium_hd import SyntheticVisiumHD, make_visium_hd
+from .xenium import SyntheticXenium, make_xenium
 
 __all__ = [
     "GLASS_RGB",
@@ -20,11 +23,16 @@ __all__ = [
     "CohortEntry",
     "Scene",
     "SyntheticSample",
+    "SyntheticVisiumHD",
+    "SyntheticXenium",
     "gene_programs",
     "gene_table",
     "make_demo_cohort",
     "make_hest",
+    "make_st",
     "make_visium",
+    "make_visium_hd",
+    "make_xenium",
     "pyramid_shapes",
     "spot_colour",
     "spot_colours",

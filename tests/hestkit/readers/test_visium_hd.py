@@ -1,0 +1,235 @@
+"""The Visium HD reader: pooling of bins into pseudo-spots, geometry, catalog ingest,
+the real VisiumIO schema fixture, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import catalog
+from hestkit.errors import ValidationError
+from hestkit.readers import find_reader, list_readers, register_reader
+from hestkit.readers.visium import VisiumReader, read_tissue_positions
+from hestkit.readers.visium_hd import VisiumHDReader, fit_bin_grid
+from hestkit.sample import ReadOptions, SampleSource
+from hestkit.synthetic.visium_hd import SyntheticVisiumHD, make_visium_hd
+
+
+def _ensure_registered() -> None:
+    if "visium-hd" not in {r.name for r in list_readers()}:
+        register_reader(VisiumHDReader())
+
+
+def _load(path: Path, **opts: object) -> SampleSource:
+    reader = VisiumHDReader()
+    (ref,) = reader.scan(path, ReadOptions(**opts))  # type: ignore[arg-type]
+    return reader.load(ref)
+
+
+@pytest.fixture(scope="module")
+def hd(tmp_path_factory: pytest.TempPathFactory) -> SyntheticVisiumHD:
+    # 150 x 130 bins: 5.4 x 4.6 blocks of 28, so the grid edge cuts blocks too; rotated, flipped.
+    return make_visium_hd(tmp_path_factory.mktemp("hd") / "run1", n_rows=150, n_cols=130, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> SyntheticVisiumHD:
+    return make_visium_hd(tmp_path_factory.mktemp("hd_small") / "run", n_rows=40, n_cols=40, seed=1)
+
+
+@pytest.fixture()
+def small_copy(small: SyntheticVisiumHD, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(small.path, dst)
+    return dst
+
+
+def _check_against_truth(src: SampleSource, truth: SyntheticVisiumHD, side_um: float, bin_um: float = 2.0) -> None:
+    k = round(side_um / bin_um)  # k bins of the size read (x_um/y_um: from the centre of that size's bin 0)
+    exp = truth.expected_pseudo_spots(side_um)
+    got = {(int(r), int(c)): i for i, (r, c) in enumerate(zip(src.spots["array_row"], src.spots["array_col"], strict=True))}
+    assert set(got) == set(exp)
+    dense = src.counts.toarray()
+    for key, e in exp.items():
+        i = got[key]
+        np.testing.assert_array_equal(dense[i], e.counts)
+        assert src.spots["x_px"].iloc[i] == pytest.approx(e.centre_px[0], abs=1e-6)
+        assert src.spots["y_px"].iloc[i] == pytest.approx(e.centre_px[1], abs=1e-6)
+        assert src.spots["barcode"].iloc[i] == f"s_{round(side_um):03d}um_{key[0]:05d}_{key[1]:05d}-1"
+        assert src.spots["x_um"].iloc[i] == pytest.approx((key[1] * k + (k - 1) / 2) * bin_um)
+        assert src.spots["y_um"].iloc[i] == pytest.approx((key[0] * k + (k - 1) / 2) * bin_um)
+    assert (src.spots["in_tissue"] == 1).all()
+    assert src.spot_diameter_um == pytest.approx(k * bin_um)
+    assert src.spot_shape == "square" and src.technology == "visium-hd"
+    assert src.genes == truth.genes
+
+
+@pytest.mark.parametrize("side_um", [56.0, 16.0])
+def test_pooled_counts_and_full_block_centres(hd: SyntheticVisiumHD, side_um: float) -> None:
+    src = _load(hd.path, spot_size_um=side_um)
+    _check_against_truth(src, hd, side_um)
+    k = round(side_um / hd.bin_um)
+    assert src.metadata["bins_per_side"] == k and src.metadata["bins_folder"] == "square_002um"
+    # partial blocks (tissue edge, grid edge) exist and their centre is not the mean of their bins
+    exp = hd.expected_pseudo_spots(side_um)
+    partial = [e for e in exp.values() if not e.complete]
+    assert len(partial) >= 5 and any(e.complete for e in exp.values())
+    offsets = [math.dist(e.centre_px, e.bins_mean_px) for e in partial]
+    assert max(offsets) > 0.1 * k * hd.bin_um / hd.pixel_size_um
+    # and the sum over pseudo-spots is the sum over the filtered bins
+    assert src.counts.sum() == hd.counts[np.flatnonzero(hd.bins["in_tissue"].to_numpy())].sum()
+
+
+def test_pixel_size_and_grid(hd: SyntheticVisiumHD) -> None:
+    src = _load(hd.path)
+    assert src.pixel_size.value == pytest.approx(0.5) and src.pixel_size.estimated == pytest.approx(0.5)
+    assert src.pixel_size.source == "embedded"  # embedded agrees with microns_per_pixel
+    assert src.metadata["microns_per_pixel"] == pytest.approx(0.5)
+    # the fitted array-to-pixel affine is the true grid: rotated 0.9 deg, array_col flipped
+    m = np.array(src.metadata["array_to_pixel_affine"])
+    np.testing.assert_allclose(m, hd.affine.to_array()[:2], atol=1e-6)
+    assert m[0, 0] < 0 and math.degrees(math.atan2(-m[1, 0], -m[0, 0])) == pytest.approx(0.9, abs=1e-6)
+    assert _load(hd.path, pixel_size_um=0.61).pixel_size.value == 0.61
+
+
+def test_microns_per_pixel_wins_over_a_wrong_embedded_value(small_copy: Path) -> None:
+    sf = small_copy / "binned_outputs" / "square_002um" / "spatial" / "scalefactors_json.json"
+    d = json.loads(sf.read_text())
+    d["microns_per_pixel"] = 0.7
+    sf.write_text(json.dumps(d))
+    src = _load(small_copy)
+    assert src.pixel_size.value == pytest.approx(0.7) and src.pixel_size.source == "estimated"
+    assert src.warnings and "0.7" in src.warnings[0]
+
+
+def test_uses_the_finest_bins_present(hd: SyntheticVisiumHD, tmp_path: Path) -> None:
+    dst = tmp_path / "run"
+    shutil.copytree(hd.path, dst)
+    shutil.rmtree(dst / "binned_outputs" / "square_002um")
+    src = _load(dst)
+    assert src.metadata["bins_folder"] == "square_008um" and src.metadata["bins_per_side"] == 7
+    # 7 x 8 um = 28 x 2 um: the same pseudo-spots, counts and centres as from the 2 um bins
+    _check_against_truth(src, hd, 56.0, bin_um=8.0)
+
+
+def test_reader_selection(small: SyntheticVisiumHD) -> None:
+    _ensure_registered()
+    assert find_reader(small.path).name == "visium-hd"
+    assert VisiumHDReader().can_open(small.path)
+    assert not VisiumReader().can_open(small.path)
+    assert not VisiumHDReader().can_open(small.path / "binned_outputs" / "square_002um")
+    pos = read_tissue_positions(small.path / "binned_outputs" / "square_002um" / "spatial" / "tissue_positions.parquet")
+    aff, resid = fit_bin_grid(pos["array_row"], pos["array_col"], pos["pxl_row_in_fullres"], pos["pxl_col_in_fullres"])
+    assert resid < 1e-6 and aff.linear_scale == pytest.approx(2.0 / 0.5)
+
+
+def test_ingest_patches_show_their_pseudo_spot(hd: SyntheticVisiumHD, tmp_path: Path) -> None:
+    _ensure_registered()
+    cat = catalog.create(tmp_path / "cat")
+    report = cat.ingest([hd.path], technology="visium-hd", options=ReadOptions(sample_id="hd1"), workers=1)
+    assert not report.failed, report.failed[0].message if report.failed else ""
+    exp = hd.expected_pseudo_spots()
+    view = cat.pairs(sample_ids=["hd1"])
+    assert len(view) == report.ingested[0].n_pairs > 0
+    by_barcode = {f"s_056um_{r:05d}_{c:05d}-1": e for (r, c), e in exp.items()}
+    assert set(view.obs["barcode"]) <= set(by_barcode)
+    # expression round-trips
+    expr = view.expression(hd.genes).toarray()
+    for i, b in enumerate(view.obs["barcode"]):
+        np.testing.assert_array_equal(expr[i], by_barcode[b].counts)
+    # pixel level: the centre of the patch of each complete block shows that block's colour
+    checked = 0
+    for i, b in enumerate(view.obs["barcode"]):
+        e = by_barcode[b]
+        if not e.complete:
+            continue
+        centre = view.patch(i)[106:118, 106:118].reshape(-1, 3).astype(float)
+        colour = hd.block_colours[(e.block_row, e.block_col)].astype(float)
+        assert np.abs(centre - colour).max() <= 14, (b, centre.mean(axis=0), colour)
+        checked += 1
+    assert checked >= 4
+    m = cat.manifest("hd1")
+    assert m["technology"] == "visium-hd" and m["spot_shape"] == "square" and m["spot_diameter_um"] == 56.0
+
+
+# -- real data: the VisiumIO 2 um schema fixture (10 bins x 10 genes, no counts) -----------
+
+
+@pytest.fixture()
+def visiumio(realdata: Path) -> Path:
+    p = realdata / "visiumhd_visiumio_2um"
+    if not p.is_dir():
+        pytest.skip("visiumhd_visiumio_2um not present")
+    return p
+
+
+def test_real_schema_and_grid(visiumio: Path) -> None:
+    b = visiumio / "binned_outputs" / "square_002um"
+    pos = read_tissue_positions(b / "spatial" / "tissue_positions.parquet")
+    assert len(pos) == 10 and pos["barcode"].str.match(r"^s_002um_\d{5}_\d{5}-1$").all()
+    aff, resid = fit_bin_grid(pos["array_row"], pos["array_col"], pos["pxl_row_in_fullres"], pos["pxl_col_in_fullres"])
+    m = aff.to_array()
+    # pxl_col = 21028.1 - 7.299 col + 0.109 row ; pxl_row = 46.8 + 0.111 col + 7.298 row
+    tol = np.array([[0.002, 0.002, 0.5], [0.002, 0.002, 0.5]])
+    assert (np.abs(m[:2] - [[-7.299, 0.109, 21028.1], [0.111, 7.298, 46.8]]) <= tol).all(), m
+    assert aff.linear_scale == pytest.approx(2.0 / 0.27382, rel=2e-3) and resid < 2.0
+    with h5py.File(b / "filtered_feature_bc_matrix.h5") as f:
+        assert list(f["matrix/shape"][:]) == [10, 10] and f["matrix/data"].shape == (0,)
+
+
+def test_real_all_zero_counts_give_no_pairs(visiumio: Path, tmp_path: Path) -> None:
+    """No counts is a clear outcome: 0 pseudo-spots with a warning; ingest commits 0 pairs."""
+    assert VisiumHDReader().can_open(visiumio)
+    img = visiumio / "binned_outputs" / "square_002um" / "spatial" / "tissue_lowres_image.png"
+    with pytest.raises(ValidationError, match="--image"):
+        _load(visiumio)
+    src = _load(visiumio, image=img)
+    assert src.n_spots == 0 and src.counts.shape == (0, 10)
+    assert any("no pseudo-spot" in w for w in src.warnings)
+    assert src.metadata["coordinate_scale"] == pytest.approx(0.02505533)
+    assert src.pixel_size.value == pytest.approx(0.2738243 / 0.02505533, rel=1e-4)
+    _ensure_registered()
+    cat = catalog.create(tmp_path / "cat")
+    report = cat.ingest([visiumio], technology="visium-hd", options=ReadOptions(sample_id="vio", image=img), workers=1)
+    assert not report.failed, report.failed[0].message if report.failed else ""
+    assert report.ingested[0].n_pairs == 0 and len(cat.pairs(sample_ids=["vio"])) == 0
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_unknown_bin_size(small_copy: Path) -> None:
+    b = small_copy / "binned_outputs"
+    shutil.rmtree(b / "square_008um")
+    shutil.rmtree(b / "square_016um")
+    (b / "square_002um").rename(b / "square_fineum")
+    sf = b / "square_fineum" / "spatial" / "scalefactors_json.json"
+    d = json.loads(sf.read_text())
+    del d["bin_size_um"]
+    sf.write_text(json.dumps(d))
+    with pytest.raises(ValidationError, match="unknown bin size") as ei:
+        _load(small_copy)
+    assert ei.value.problems[0].path == b / "square_fineum"
+
+
+def test_missing_scalefactors_and_foreign_barcodes_reported_together(small_copy: Path) -> None:
+    b = small_copy / "binned_outputs" / "square_002um"
+    (b / "spatial" / "scalefactors_json.json").unlink()
+    ppath = b / "spatial" / "tissue_positions.parquet"
+    pos = pd.read_parquet(ppath)
+    with h5py.File(b / "filtered_feature_bc_matrix.h5") as f:
+        first = f["matrix/barcodes"][0].decode()
+    pos[pos["barcode"] != first].to_parquet(ppath, index=False)
+    with pytest.raises(ValidationError) as ei:
+        _load(small_copy)
+    msgs = [str(p) for p in ei.value.problems]
+    assert len(msgs) == 2, msgs
+    assert any("scalefactors_json.json" in m and "missing" in m for m in msgs)
+    assert any("1 of" in m and first in m and "absent from tissue_positions.parquet" in m for m in msgs)
