@@ -41,7 +41,12 @@ def main() -> None:
     n_tr, n_te = args.train_patients, args.test_patients
     for i in range(n_tr + n_te):
         make_visium(
-            root / f"s{i}", n_rows=args.grid, n_cols=args.grid, seed=100 + i + 1000 * args.seed, pixel_size_um=1.0, morphology=args.morphology
+            root / f"s{i}",
+            n_rows=args.grid,
+            n_cols=args.grid,
+            seed=100 + i + 1000 * args.seed,
+            pixel_size_um=1.0,
+            morphology=args.morphology,
         )
         cat.ingest([root / f"s{i}"], options=ReadOptions(sample_id=f"s{i}", organ="Breast", patient=f"P{i}"), workers=2)
     print(f"ingest: {time.perf_counter() - t:.1f} s, {len(cat.pairs())} pairs")

@@ -27,6 +27,7 @@ class Technology(str, Enum):
     st = "st"
     hest = "hest"
     spatialdata = "spatialdata"
+    anndata = "anndata"
 
 
 #: Columns of the sample tables printed by ``ingest``/``demo`` and ``ls``.

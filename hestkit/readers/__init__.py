@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..sample import SampleRef, SampleSource
 from ._registry import Reader, find_reader, get_reader, list_readers, register_reader, scan
+from .anndata import AnnDataReader
 from .hest1k import HestReader
 from .spatialdata import SpatialDataReader
 from .st import StReader
@@ -12,6 +13,7 @@ from .visium_hd import VisiumHDReader
 from .xenium import XeniumReader
 
 __all__ = [
+    "AnnDataReader",
     "HestReader",
     "Reader",
     "SpatialDataReader",
@@ -30,6 +32,7 @@ __all__ = [
 
 register_reader(VisiumReader())
 register_reader(HestReader())
+register_reader(AnnDataReader())
 register_reader(SpatialDataReader())
 register_reader(StReader())
 register_reader(VisiumHDReader())

@@ -143,7 +143,7 @@ class _Accumulator:
         self._keys.append(keys)
         self._vals.append(vals)
         self._pending += keys.size
-        if self._pending > max(2 * self._compacted, _SQUASH_MIN):
+        if self._pending > max(self._compacted, _SQUASH_MIN):
             self._squash()
 
     def _squash(self) -> None:
@@ -151,10 +151,17 @@ class _Accumulator:
             return
         k = np.concatenate(self._keys)
         v = np.concatenate(self._vals)
-        uniq, inv = np.unique(k, return_inverse=True)
-        # float64 weights are exact for counts below 2**53
-        summed = np.rint(np.bincount(inv.ravel(), weights=v, minlength=uniq.size)).astype(np.int64)
-        self._keys, self._vals = [uniq.astype(np.int64)], [summed]
+        self._keys, self._vals = [], []
+        # sort once, then sum runs of equal keys: about 4 int64 arrays of the merged size
+        order = np.argsort(k, kind="stable")
+        k = k[order]
+        v = v[order]
+        del order
+        starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+        uniq = k[starts]
+        summed = np.add.reduceat(v, starts) if starts.size else v[:0]
+        del k, v
+        self._keys, self._vals = [uniq.astype(np.int64, copy=False)], [summed.astype(np.int64, copy=False)]
         self._pending = self._compacted = int(uniq.size)
 
     def result(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
