@@ -89,3 +89,36 @@ def test_store_without_image_is_a_clear_error(exported: tuple[Path, Case], tmp_p
     reader = SpatialDataReader()
     with pytest.raises(ValidationError, match="no image sharing a coordinate system"):
         reader.load(reader.scan(copy, ReadOptions())[0])
+
+
+def test_store_with_a_scaled_image_maps_spots_through_the_transformations(
+    ingested: tuple[catalog.Catalog, list[Case]], exported: tuple[Path, Case], tmp_path: Path
+) -> None:
+    """Like spatialdata-io's Visium stores: spots in full-resolution px, the image a
+    downscaled copy carrying a Scale transformation to the same coordinate system."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    cat, _ = ingested
+    path, case = exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = sd.read_zarr(str(path))
+        half = s.images["he"]["scale1"]["image"]
+        image = Image2DModel.parse(
+            half.data, dims=("c", "y", "x"), transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))}
+        )
+        table = s.tables["table"]
+        del table.uns["hestkit"]  # a foreign store: no hestkit metadata
+        out = tmp_path / "scaled.zarr"
+        sd.SpatialData(images={"hires": image}, shapes={"spots": s.shapes["spots"]}, tables={"table": table}).write(str(out))
+    cat2 = catalog.create(tmp_path / "cat2")
+    rep = cat2.ingest([out], options=ReadOptions(sample_id="scaled", organ="Breast"), workers=1)
+    assert not rep.failed, rep.failed[0].message
+    a, b = cat.pairs(sample_ids=["breastA"]), cat2.pairs(sample_ids=["scaled"])
+    np.testing.assert_allclose(b.obs[["x_px", "y_px"]].to_numpy(), a.obs[["x_px", "y_px"]].to_numpy() / 2.0, atol=1e-6)
+    m = cat2.manifest("scaled")
+    # no micrometre system: the pixel size comes from the Visium grid, in the half-size image
+    assert m["pixel_size_source"] == "estimated"
+    assert m["pixel_size_um"] == pytest.approx(2 * case.truth.pixel_size_um, rel=0.01)
+    assert m["spot_diameter_um"] == pytest.approx(55.0, rel=0.01)
