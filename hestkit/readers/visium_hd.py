@@ -11,9 +11,22 @@ Pooling (decisions, documented for users):
   Blocks tile the bin grid from array index 0: bin ``(array_row, array_col)`` belongs to
   block ``(array_row // k, array_col // k)``. The true side, ``k * bin_um``, is the spot
   diameter of the sample (``spot_shape = "square"``).
-- Counts of a pseudo-spot are the sums of its member bins in the filtered matrix, computed
-  as one sparse product ``P @ X`` (``P``: blocks x bins, one nonzero per bin), so the
-  millions of 2 um bins are never dense.
+- Counts of a pseudo-spot are the sums of its member bins in the filtered matrix. The
+  ``filtered_feature_bc_matrix.h5`` (CSC, one column per barcode) is STREAMED: its barcodes
+  and ``indptr`` are read whole, then the counts in chunks of :data:`_CHUNK_BINS` barcodes,
+  each pooled with one sparse product ``P @ X`` (``P``: blocks x chunk bins, one nonzero
+  per bin) and added to the running blocks x genes sum. The counts of the millions of
+  2 um bins are thus never in memory at once (let alone dense), and memory does not grow
+  with the nonzeros per bin. What does grow with the bin count is a fixed set of per-bin
+  arrays: barcodes as fixed-width bytes, 4 columns of the positions table, ``indptr``, the
+  join's hashes, the block of each bin; about 125 bytes per bin at the peak, the join
+  (``bench/bench_visium_hd_memory.py``: 1271 MiB for 9 M bins, vs 5762 MiB reading the
+  matrix whole). The pixel columns are dropped once the grid is fitted, the barcodes once
+  they are joined. The barcode-to-position join is
+  vectorised (64-bit hashes of the barcode bytes in a pandas index, every match verified
+  byte for byte; an exact sort-based join if two hashes ever collide). A MEX folder
+  (``filtered_feature_bc_matrix/``) is read whole (not streamed), then pooled the same way;
+  so is a ``tissue_positions.csv`` (the parquet is read in batches, only its 6 columns).
 - Only blocks with at least one in-tissue bin AND nonzero total counts become
   pseudo-spots (all of them ``in_tissue = 1``); a sample whose matrix has no counts at all
   loads with zero pseudo-spots and a warning (ingest then reports 0 pairs).
@@ -40,11 +53,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
@@ -53,8 +70,8 @@ from ..geometry import Affine, fit_affine, resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import Slide, open_slide
 from ._common import check_spots_inside, find_image, normalise_spots
-from ._tenx import Matrix, make_unique, read_10x
-from .visium import read_tissue_positions
+from ._tenx import Matrix, _decode, make_unique, read_10x_mex
+from .visium import _POS_COLUMNS, read_tissue_positions
 
 __all__ = [
     "VISIUM_HD_DEFAULT_SPOT_UM",
@@ -64,6 +81,7 @@ __all__ = [
     "bin_folders",
     "fit_bin_grid",
     "pool_bins",
+    "pool_bins_streamed",
     "pseudo_spot_barcodes",
 ]
 
@@ -72,6 +90,12 @@ VISIUM_HD_DEFAULT_SPOT_UM = 56.0
 _FOLDER_RE = re.compile(r"^square_(\d+(?:\.\d+)?)um$")
 #: Most bins used to fit the array-to-pixel affine (an even subsample beyond that).
 _FIT_MAX_BINS = 500_000
+#: Barcodes (columns of the HDF5 matrix) read and pooled per chunk.
+_CHUNK_BINS = 500_000
+#: Rows of ``tissue_positions.parquet`` decoded per batch.
+_POSITION_BATCH = 262_144
+#: Barcodes hashed per step of the barcode join (bounds its temporaries).
+_HASH_STEP = 1_000_000
 #: Space Ranger's downscaled images and the scale factor that maps full-resolution pixels onto them.
 _FLAT_IMAGES = {"tissue_hires_image.png": "tissue_hires_scalef", "tissue_lowres_image.png": "tissue_lowres_scalef"}
 
@@ -138,16 +162,22 @@ def fit_bin_grid(array_row: ArrayLike, array_col: ArrayLike, pxl_row: ArrayLike,
     an exact grid, so this loses nothing). Raises ``ValueError`` for fewer than 3
     non-collinear bins.
     """
-    r = np.asarray(array_row, dtype=float)
-    c = np.asarray(array_col, dtype=float)
-    pr = np.asarray(pxl_row, dtype=float)
-    pc = np.asarray(pxl_col, dtype=float)
-    ok = np.isfinite(r) & np.isfinite(c) & np.isfinite(pr) & np.isfinite(pc)
+    # Columns stay in their own (numeric) dtype until the subsample is taken: no full-length float copies.
+    r, c, prow, pcol = (_numeric(a) for a in (array_row, array_col, pxl_row, pxl_col))
+    ok = np.isfinite(r) & np.isfinite(c) & np.isfinite(prow) & np.isfinite(pcol)
     idx = np.flatnonzero(ok)
+    del ok
     if idx.size > _FIT_MAX_BINS:
         idx = idx[np.linspace(0, idx.size - 1, _FIT_MAX_BINS).astype(np.int64)]
-    aff, resid = fit_affine(np.column_stack([c[idx], r[idx]]), np.column_stack([pc[idx], pr[idx]]))
+    src = np.column_stack([c[idx].astype(float), r[idx].astype(float)])
+    dst = np.column_stack([pcol[idx].astype(float), prow[idx].astype(float)])
+    aff, resid = fit_affine(src, dst)
     return aff, float(resid.max()) if resid.size else 0.0
+
+
+def _numeric(a: ArrayLike) -> NDArray[Any]:
+    x = np.asarray(a)
+    return x if x.dtype.kind in "biuf" else x.astype(float)
 
 
 class PooledBins:
@@ -193,22 +223,91 @@ def pool_bins(
     n = r.size
     if x.shape[0] != n or c.size != n:
         raise ValueError(f"{n} rows/cols given for a counts matrix of {x.shape[0]} bins")
-    br, bc = np.floor_divide(r, k), np.floor_divide(c, k)
     if n == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return PooledBins(k, empty, empty, sp.csr_matrix((0, x.shape[1]), dtype=x.dtype), empty, np.empty(0, dtype=bool))
-    br0, bc0 = br.min(), bc.min()
-    width = int(bc.max() - bc0) + 1
-    keys = (br - br0) * width + (bc - bc0)
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    n_blocks = uniq.size
+        return _empty_pool(k, x.shape[1], x.dtype)
+    block_row, block_col, inverse = _blocks(r, c, k)
+    n_blocks = block_row.size
     pool = sp.csr_matrix((np.ones(n, dtype=x.dtype), (inverse, np.arange(n))), shape=(n_blocks, n))
     pooled = sp.csr_matrix(pool @ x)
     pooled.sort_indices()
     n_bins = np.bincount(inverse, minlength=n_blocks).astype(np.int64)
     tissue = np.ones(n, dtype=bool) if in_tissue is None else np.asarray(in_tissue).astype(bool)
     has_tissue = np.bincount(inverse, weights=tissue.astype(np.float64), minlength=n_blocks) > 0
-    return PooledBins(k, uniq // width + br0, uniq % width + bc0, pooled, n_bins, has_tissue)
+    return PooledBins(k, block_row, block_col, pooled, n_bins, has_tissue)
+
+
+def _empty_pool(k: int, n_genes: int, dtype: Any) -> PooledBins:
+    empty = np.empty(0, dtype=np.int64)
+    return PooledBins(k, empty, empty, sp.csr_matrix((0, n_genes), dtype=dtype), empty, np.empty(0, dtype=bool))
+
+
+def _blocks(r: NDArray[np.int64], c: NDArray[np.int64], k: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``(block_row, block_col)`` of each distinct block, sorted, and the block of each bin (n >= 1)."""
+    br, bc = np.floor_divide(r, k), np.floor_divide(c, k)
+    br0, bc0 = br.min(), bc.min()
+    width = int(bc.max() - bc0) + 1
+    keys = (br - br0) * width + (bc - bc0)
+    del br, bc
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    return uniq // width + br0, uniq % width + bc0, inverse.astype(np.int64, copy=False)
+
+
+def pool_bins_streamed(
+    array_row: ArrayLike,
+    array_col: ArrayLike,
+    chunks: Iterator[tuple[int, sp.csr_matrix]],
+    n_genes: int,
+    k: int,
+    in_tissue: ArrayLike | None = None,
+    dtype: Any = np.int64,
+) -> PooledBins:
+    """:func:`pool_bins` of the blocks that hold an in-tissue bin, with the counts given as
+    consecutive row chunks ``(first_row, csr rows x n_genes)`` of the bins x genes matrix.
+
+    Each chunk is pooled with one sparse product and added to the running blocks x genes
+    sum, so only one chunk of the counts is in memory. Blocks without an in-tissue bin are
+    not pooled (they are left out of the result). ``dtype`` is that of the counts.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    r = np.asarray(array_row).astype(np.int64, copy=False)
+    c = np.asarray(array_col).astype(np.int64, copy=False)
+    n = r.size
+    if c.size != n:
+        raise ValueError(f"{n} rows but {c.size} cols given")
+    if n == 0:
+        for _ in chunks:
+            pass
+        return _empty_pool(k, n_genes, dtype)
+    block_row, block_col, inverse = _blocks(r, c, k)
+    del r, c
+    n_blocks = block_row.size
+    n_bins = np.bincount(inverse, minlength=n_blocks).astype(np.int64)
+    tissue = np.ones(n, dtype=bool) if in_tissue is None else np.asarray(in_tissue).astype(bool)
+    has_tissue = np.bincount(inverse, weights=tissue, minlength=n_blocks) > 0
+    del tissue
+    cand = np.flatnonzero(has_tissue)
+    target = np.full(n_blocks, -1, dtype=np.int64)
+    target[cand] = np.arange(cand.size)
+    target = target[inverse]  # pooled row of each bin, -1 for blocks without tissue
+    del inverse
+    acc = sp.csr_matrix((cand.size, n_genes), dtype=dtype)
+    seen = 0
+    for start, x in chunks:
+        m = x.shape[0]
+        if start != seen or x.shape[1] != n_genes or start + m > n:
+            raise ValueError(f"chunk of rows {start}..{start + m} x {x.shape[1]} does not follow row {seen} of {n} x {n_genes}")
+        seen += m
+        t = target[start : start + m]
+        rows = np.flatnonzero(t >= 0)
+        if rows.size:
+            pool = sp.csr_matrix((np.ones(rows.size, dtype=x.dtype), (t[rows], rows)), shape=(cand.size, m))
+            acc = sp.csr_matrix(acc + pool @ x)
+    if seen != n:
+        raise ValueError(f"chunks cover {seen} of {n} bins")
+    acc.sum_duplicates()
+    acc.sort_indices()
+    return PooledBins(k, block_row[cand], block_col[cand], acc, n_bins[cand], has_tissue[cand])
 
 
 def _side_label(side_um: float) -> str:
@@ -242,21 +341,306 @@ def _finest(folder: Path, problems: list[Problem]) -> BinFolder | None:
     return min(folders, key=lambda f: float(f.bin_um or 0.0))
 
 
-def _read_parts(bf: BinFolder, problems: list[Problem]) -> tuple[Matrix | None, pd.DataFrame | None]:
+_H5_FIX = "re-copy the file from the Space Ranger outs/ folder, or point at the MEX folder instead"
+
+
+def _as_bytes(values: ArrayLike) -> NDArray[np.bytes_]:
+    """Strings as a fixed-width bytes array (UTF-8); no Python objects kept."""
+    a = np.asarray(values)
+    if a.dtype.kind == "S":
+        return a.ravel()
+    if a.size == 0:
+        return np.empty(0, dtype="S1")
+    if a.dtype.kind == "U":
+        return np.char.encode(a.ravel(), "utf-8")
+    return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in a.ravel()], dtype=np.bytes_)
+
+
+def _arrow_bytes(arr: pa.Array) -> NDArray[np.bytes_]:
+    """An Arrow string column as a fixed-width bytes array, from its buffers (no Python objects)."""
+    t = arr.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        arr = pc.cast(arr, pa.string())
+    if arr.null_count:
+        arr = pc.fill_null(
+            arr, pa.scalar(b"" if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) else "", arr.type)
+        )
+    n = len(arr)
+    if n == 0:
+        return np.empty(0, dtype="S1")
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    off_dtype = np.dtype(np.int64 if large else np.int32)
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=off_dtype, count=n + 1, offset=arr.offset * off_dtype.itemsize).astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.empty(0, dtype=np.uint8)
+    data = data[offs[0] : offs[-1]]
+    lens = np.diff(offs)
+    width = max(int(lens.max()), 1)
+    out = np.zeros((n, width), dtype=np.uint8)
+    if (lens == width).all():
+        out[:] = data.reshape(n, width)
+    else:
+        out[np.arange(width)[None, :] < lens[:, None]] = data
+    return out.view(f"S{width}").ravel()
+
+
+class _Positions:
+    """The columns of ``tissue_positions`` the reader needs, as flat arrays (numeric columns in
+    their file dtype, barcodes as fixed-width bytes)."""
+
+    __slots__ = ("array_col", "array_row", "barcode", "in_tissue", "pxl_col", "pxl_row")
+
+    def __init__(
+        self,
+        barcode: NDArray[np.bytes_],
+        in_tissue: NDArray[np.bool_],
+        array_row: NDArray[Any],
+        array_col: NDArray[Any],
+        pxl_row: NDArray[Any],
+        pxl_col: NDArray[Any],
+    ) -> None:
+        self.barcode = barcode
+        self.in_tissue = in_tissue
+        self.array_row = array_row
+        self.array_col = array_col
+        self.pxl_row = pxl_row
+        self.pxl_col = pxl_col
+
+
+def _read_positions(path: Path) -> _Positions:
+    """``tissue_positions.parquet`` in batches of its 6 columns (a CSV goes through
+    :func:`~hestkit.readers.visium.read_tissue_positions`). Same checks and messages."""
+    if path.suffix != ".parquet":
+        df = read_tissue_positions(path)
+        return _Positions(
+            _as_bytes(df["barcode"].astype(str).to_numpy()),
+            df["in_tissue"].to_numpy() > 0,
+            df["array_row"].to_numpy(),
+            df["array_col"].to_numpy(),
+            df["pxl_row_in_fullres"].to_numpy(),
+            df["pxl_col_in_fullres"].to_numpy(),
+        )
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        missing = [c for c in _POS_COLUMNS if c not in schema.names]
+        if missing:
+            raise ReaderError(
+                path,
+                f"lacks the column(s) {', '.join(missing)} (found {', '.join(map(str, schema.names))})",
+                "use the tissue_positions file written by Space Ranger (header barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres)",
+            )
+        for c in _POS_COLUMNS[1:]:
+            t = schema.field(c).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                raise ReaderError(path, f"column {c} is not numeric", "re-copy the file; it looks edited or corrupt")
+        n = pf.metadata.num_rows
+        cols: dict[str, NDArray[Any] | None] = dict.fromkeys(_POS_COLUMNS)
+        start = 0
+        for batch in pf.iter_batches(batch_size=_POSITION_BATCH, columns=_POS_COLUMNS):
+            m = batch.num_rows
+            if start + m > n:
+                raise ValueError(f"more rows than the {n} of its metadata")
+            for c in _POS_COLUMNS:
+                if c == "barcode":
+                    v = _arrow_bytes(batch.column(c))
+                else:
+                    v = batch.column(c).to_numpy(zero_copy_only=False)
+                    v = v > 0 if c == "in_tissue" else v
+                cols[c] = _fill(cols[c], n, start, v)
+            start += m
+        if start != n:
+            raise ValueError(f"{start} rows where its metadata says {n}")
+        pa.default_memory_pool().release_unused()  # the decoded batches are gone: give their pages back
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, ReaderError):
+            raise
+        raise ReaderError(
+            path, f"cannot be parsed as a positions table ({exc})", "re-copy it from Space Ranger's outs/spatial/"
+        ) from exc
+
+    def col(c: str, empty: str) -> NDArray[Any]:
+        v = cols[c]
+        return np.empty(0, dtype=empty) if v is None else v
+
+    return _Positions(
+        col("barcode", "S1"),
+        col("in_tissue", "bool"),
+        col("array_row", "int64"),
+        col("array_col", "int64"),
+        col("pxl_row_in_fullres", "float64"),
+        col("pxl_col_in_fullres", "float64"),
+    )
+
+
+def _fill(out: NDArray[Any] | None, n: int, start: int, values: NDArray[Any]) -> NDArray[Any]:
+    """Write ``values`` at ``start`` of a preallocated array of ``n`` (made on the first batch,
+    widened when a later batch needs a wider dtype: longer barcodes, nulls in an int column)."""
+    if out is None:
+        out = np.empty(n, dtype=values.dtype)
+    elif not np.can_cast(values.dtype, out.dtype, "safe"):
+        out = out.astype(np.result_type(out.dtype, values.dtype))
+    out[start : start + values.size] = values
+    return out
+
+
+class _BinMatrix:
+    """A feature-barcode matrix of bins, read by chunks of barcodes: the barcodes (fixed-width
+    bytes), the Gene Expression features kept, and :meth:`chunks` over all features."""
+
+    def __init__(
+        self,
+        path: Path,
+        barcodes: NDArray[np.bytes_],
+        names: list[str],
+        ids: list[str],
+        types: list[str] | None,
+        dtype: Any,
+    ) -> None:
+        self.path = path
+        self.barcodes = barcodes
+        self.n_bins = int(barcodes.size)
+        self.n_features = len(names)
+        self.dtype = np.dtype(dtype)
+        # Gene Expression features only, as _tenx does: all features when all or none are.
+        keep = np.array([t == "Gene Expression" for t in types], dtype=bool) if types is not None else None
+        self.keep: NDArray[np.intp] | None = None
+        self.keep_mask: NDArray[np.bool_] | None = None
+        if keep is not None and keep.any() and not keep.all():
+            self.keep = np.flatnonzero(keep)
+            self.keep_mask = keep
+            names, ids = [names[i] for i in self.keep], [ids[i] for i in self.keep]
+        self.names = names
+        self.ids = ids
+        #: Stored entries in the kept features, counted while streaming.
+        self.nnz = 0
+
+    def chunks(self, size: int) -> Iterator[tuple[int, sp.csr_matrix]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _count(self, indices: NDArray[Any]) -> None:
+        self.nnz += int(indices.size) if self.keep_mask is None else int(np.count_nonzero(self.keep_mask[indices]))
+
+
+class _H5BinMatrix(_BinMatrix):
+    """10x HDF5 v3 ``filtered_feature_bc_matrix.h5`` (CSC features x barcodes): barcodes and
+    ``indptr`` read on opening, ``data``/``indices`` sliced per chunk of barcodes."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise ReaderError(path, f"is not a readable HDF5 file ({exc})", _H5_FIX) from exc
+        with f:
+            if "matrix" not in f:
+                found = ", ".join(f.keys()) or "nothing"
+                raise ReaderError(
+                    path,
+                    f"has no 'matrix' group (found: {found}); Space Ranger < 3 v2 files are not supported",
+                    "use a 10x HDF5 v3 file (Space Ranger >= 1.0) or the MEX folder",
+                )
+            g = f["matrix"]
+            missing = [k for k in ("barcodes", "data", "indices", "indptr", "shape", "features") if k not in g]
+            if missing:
+                raise ReaderError(path, f"the 'matrix' group lacks {', '.join(missing)}", _H5_FIX)
+            try:
+                n_feat, n_bc = (int(v) for v in g["shape"][:])
+                indptr = np.asarray(g["indptr"][:], dtype=np.int64)
+                n_data, n_ind = len(g["data"]), len(g["indices"])
+                dtype = g["data"].dtype
+                feats = g["features"]
+                names = _decode(feats["name"][:])
+                ids = _decode(feats["id"][:]) if "id" in feats else list(names)
+                types = _decode(feats["feature_type"][:]) if "feature_type" in feats else None
+                barcodes = _as_bytes(g["barcodes"][:])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ReaderError(path, f"the matrix is corrupt or inconsistent ({exc})", _H5_FIX) from exc
+        if barcodes.size != n_bc or len(names) != n_feat:
+            raise ReaderError(
+                path,
+                f"shape says {n_feat} features x {n_bc} barcodes but it lists {len(names)} features and {barcodes.size} barcodes",
+                _H5_FIX,
+            )
+        if (
+            indptr.shape != (n_bc + 1,)
+            or indptr[0] != 0
+            or indptr[-1] != n_data
+            or n_ind != n_data
+            or bool((indptr[1:] < indptr[:-1]).any())
+        ):
+            raise ReaderError(
+                path,
+                f"the matrix is corrupt or inconsistent (indptr of {indptr.size} entries for {n_bc} barcodes, "
+                f"{n_data} values and {n_ind} indices)",
+                _H5_FIX,
+            )
+        super().__init__(path, barcodes, names, ids, types, dtype)
+        self.indptr = indptr
+
+    def chunks(self, size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+        import h5py
+
+        ip = self.indptr
+        # indices are int64 on disk; read as int32 when that holds every feature (half the memory)
+        ind_dtype = np.dtype(np.int32 if self.n_features < 2**31 else np.int64)
+        try:
+            with h5py.File(self.path, "r") as f:
+                data_ds, ind_ds = f["matrix/data"], f["matrix/indices"]
+                for a in range(0, self.n_bins, size):
+                    b = min(a + size, self.n_bins)
+                    lo, hi = int(ip[a]), int(ip[b])
+                    data = data_ds[lo:hi] if hi > lo else np.empty(0, dtype=self.dtype)
+                    ind = ind_ds.astype(ind_dtype)[lo:hi] if hi > lo else np.empty(0, dtype=ind_dtype)
+                    if ind.size and (int(ind.min()) < 0 or int(ind.max()) >= self.n_features):
+                        raise ValueError(f"feature indices of barcodes {a}..{b} run outside 0..{self.n_features - 1}")
+                    self._count(ind)
+                    # The CSC columns of these barcodes are the CSR rows of barcodes x features.
+                    yield a, sp.csr_matrix((data, ind, ip[a : b + 1] - lo), shape=(b - a, self.n_features))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ReaderError(self.path, f"the matrix is corrupt or inconsistent ({exc})", _H5_FIX) from exc
+
+
+class _MexBinMatrix(_BinMatrix):
+    """A MEX folder: read whole by :func:`~hestkit.readers._tenx.read_10x_mex` (not streamed;
+    MEX is text and has no index to seek), then served in the same chunks."""
+
+    def __init__(self, path: Path) -> None:
+        m: Matrix = read_10x_mex(path)  # already Gene Expression only
+        super().__init__(path, _as_bytes(np.asarray(m.barcodes, dtype=object)), m.names, m.ids, None, m.counts.dtype)
+        self.counts: sp.csr_matrix | None = m.counts
+
+    def chunks(self, size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+        x = self.counts
+        if x is None:
+            raise RuntimeError("chunks() of a MEX matrix can be read once")
+        self.counts = None
+        for a in range(0, self.n_bins, size):
+            part = sp.csr_matrix(x[a : a + size])
+            self._count(part.indices)
+            yield a, part
+
+
+def _open_matrix(path: Path) -> _BinMatrix:
+    return _MexBinMatrix(path) if path.is_dir() else _H5BinMatrix(path)
+
+
+def _read_parts(bf: BinFolder, problems: list[Problem]) -> tuple[_BinMatrix | None, _Positions | None]:
     matrix = positions = None
     mpath, ppath = bf.matrix_path(), bf.positions_path()
     if mpath is None:
         problems.append(Problem(bf.path, "no filtered_feature_bc_matrix.h5 (or filtered_feature_bc_matrix/ MEX folder)"))
     else:
         try:
-            matrix = read_10x(mpath)
+            matrix = _open_matrix(mpath)
         except ReaderError as exc:
             problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
     if ppath is None:
         problems.append(Problem(bf.path / "spatial", "no tissue_positions.parquet; copy it from Space Ranger's binned_outputs"))
     else:
         try:
-            positions = read_tissue_positions(ppath)
+            positions = _read_positions(ppath)
         except ReaderError as exc:
             problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
     if bf.scalefactors_error is not None:
@@ -268,22 +652,67 @@ def _read_parts(bf: BinFolder, problems: list[Problem]) -> tuple[Matrix | None, 
     return matrix, positions
 
 
+def _hash_bytes(a: NDArray[np.bytes_], width: int) -> NDArray[np.uint64]:
+    """64-bit hash of each string, its bytes NUL-padded to ``width`` (a multiple of 8)."""
+    out = np.empty(a.size, dtype=np.uint64)
+    mul, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(29)
+    for s in range(0, a.size, _HASH_STEP):
+        words = np.ascontiguousarray(a[s : s + _HASH_STEP].astype(f"S{width}")).view(np.uint64).reshape(-1, width // 8)
+        h = np.full(words.shape[0], 0xCBF29CE484222325, dtype=np.uint64)
+        for j in range(words.shape[1]):
+            h ^= words[:, j]
+            h *= mul
+            h ^= h >> shift
+        out[s : s + h.size] = h
+    return out
+
+
+def _join_exact(keys: NDArray[np.bytes_], query: NDArray[np.bytes_]) -> NDArray[np.int64] | None:
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    if ks.size > 1 and bool((ks[1:] == ks[:-1]).any()):
+        return None
+    if ks.size == 0:
+        return np.full(query.size, -1, dtype=np.int64)
+    i = np.minimum(np.searchsorted(ks, query), ks.size - 1)
+    return np.where(ks[i] == query, order[i], -1).astype(np.int64)
+
+
+def _join(keys: NDArray[np.bytes_], query: NDArray[np.bytes_]) -> NDArray[np.int64] | None:
+    """Index in ``keys`` of each ``query`` (-1 when absent); None when ``keys`` has duplicates.
+
+    Vectorised: a pandas index of 64-bit hashes of the bytes, every match then checked byte
+    for byte; an exact sort-based join when two hashes collide.
+    """
+    width = -(-max(keys.dtype.itemsize, query.dtype.itemsize, 1) // 8) * 8
+    index = pd.Index(_hash_bytes(keys, width))
+    if index.has_duplicates:
+        return _join_exact(keys, query)
+    rows = np.asarray(index.get_indexer(pd.Index(_hash_bytes(query, width))), dtype=np.int64)
+    del index
+    for s in range(0, rows.size, _HASH_STEP):  # verify byte for byte, in steps (bounded temporaries)
+        r = rows[s : s + _HASH_STEP]
+        found = np.flatnonzero(r >= 0)
+        if not bool((keys[r[found]] == query[s : s + _HASH_STEP][found]).all()):
+            return _join_exact(keys, query)
+    return rows
+
+
 def _bins_of_matrix(
-    matrix: Matrix, positions: pd.DataFrame, mpath: Path, ppath: Path, problems: list[Problem]
+    matrix: _BinMatrix, positions: _Positions, mpath: Path, ppath: Path, problems: list[Problem]
 ) -> NDArray[np.int64] | None:
     """Row of ``positions`` of each matrix barcode (None, with a problem, when any is absent)."""
-    index = pd.Index(positions["barcode"].astype(str))
-    if index.has_duplicates:
+    rows = _join(positions.barcode, matrix.barcodes)
+    if rows is None:
         problems.append(Problem(ppath, "lists some barcodes more than once"))
         return None
-    rows = np.asarray(index.get_indexer(pd.Index(matrix.barcodes)), dtype=np.int64)
     absent = np.flatnonzero(rows < 0)
     if absent.size:
-        show = ", ".join(matrix.barcodes[i] for i in absent[:5]) + (" ..." if absent.size > 5 else "")
+        show = ", ".join(matrix.barcodes[i].decode("utf-8", "replace") for i in absent[:5]) + (" ..." if absent.size > 5 else "")
         problems.append(
             Problem(
                 mpath,
-                f"{absent.size} of {len(matrix.barcodes)} barcodes of the matrix are absent from {ppath.name} ({show}); "
+                f"{absent.size} of {matrix.n_bins} barcodes of the matrix are absent from {ppath.name} ({show}); "
                 "the matrix and the positions come from different runs or bin sizes",
             )
         )
@@ -291,11 +720,25 @@ def _bins_of_matrix(
     return rows
 
 
-def _pseudo_spots(
-    bins: pd.DataFrame, counts: sp.csr_matrix, k: int, bin_um: float, affine: Affine, coord_scale: float
-) -> tuple[pd.DataFrame, PooledBins]:
+def _pool_matrix(matrix: _BinMatrix, positions: _Positions, rows: NDArray[np.int64], k: int) -> PooledBins:
+    """Stream the matrix into the blocks that hold an in-tissue bin (Gene Expression columns)."""
+    pooled = pool_bins_streamed(
+        positions.array_row[rows],
+        positions.array_col[rows],
+        matrix.chunks(_CHUNK_BINS),
+        matrix.n_features,
+        k,
+        positions.in_tissue[rows],
+        dtype=matrix.dtype,
+    )
+    if matrix.keep is not None:
+        pooled.counts = sp.csr_matrix(pooled.counts[:, matrix.keep])
+    return pooled
+
+
+def _pseudo_spots(pooled: PooledBins, bin_um: float, affine: Affine, coord_scale: float) -> tuple[pd.DataFrame, PooledBins]:
     """Spot table and pooled counts of the blocks with an in-tissue bin and nonzero counts."""
-    pooled = pool_bins(bins["array_row"], bins["array_col"], counts, k, bins["in_tissue"].to_numpy() > 0)
+    k = pooled.k
     totals = np.asarray(pooled.counts.sum(axis=1)).ravel()
     keep = np.flatnonzero(pooled.has_tissue & (totals > 0))
     pooled = PooledBins(
@@ -364,16 +807,18 @@ class VisiumHDReader:
         max_resid = 0.0
         mpath, ppath = (bf.matrix_path(), bf.positions_path()) if bf is not None else (None, None)
         if matrix is not None and positions is not None and mpath is not None and ppath is not None:
-            rows = _bins_of_matrix(matrix, positions, mpath, ppath, problems)
+            # The grid is fitted first so that the pixel columns are freed before the join,
+            # and the barcodes right after it: the peak memory holds neither.
+            fit_error = None
             try:
-                affine, max_resid = fit_bin_grid(
-                    positions["array_row"],
-                    positions["array_col"],
-                    positions["pxl_row_in_fullres"],
-                    positions["pxl_col_in_fullres"],
-                )
+                affine, max_resid = fit_bin_grid(positions.array_row, positions.array_col, positions.pxl_row, positions.pxl_col)
             except ValueError as exc:
-                problems.append(Problem(ppath, f"the bins do not define a grid ({exc})"))
+                fit_error = exc
+            positions.pxl_row = positions.pxl_col = np.empty(0)
+            rows = _bins_of_matrix(matrix, positions, mpath, ppath, problems)
+            matrix.barcodes = positions.barcode = np.empty(0, dtype="S1")
+            if fit_error is not None:
+                problems.append(Problem(ppath, f"the bins do not define a grid ({fit_error})"))
             if affine is not None and max_resid > 0.5 * affine.linear_scale:
                 problems.append(
                     Problem(
@@ -385,7 +830,13 @@ class VisiumHDReader:
 
         spots = pooled = None
         if rows is not None and affine is not None and matrix is not None and positions is not None and bf is not None and k >= 1:
-            spots, pooled = _pseudo_spots(positions.iloc[rows], matrix.counts, k, float(bf.bin_um or 0.0), affine, coord_scale)
+            try:
+                pooled = _pool_matrix(matrix, positions, rows, k)
+            except ReaderError as exc:
+                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+            else:
+                spots, pooled = _pseudo_spots(pooled, float(bf.bin_um or 0.0), affine, coord_scale)
+        del positions, rows
 
         slide = None
         if image_path is not None:
@@ -415,7 +866,7 @@ class VisiumHDReader:
         self,
         ref: SampleRef,
         bf: BinFolder,
-        matrix: Matrix,
+        matrix: _BinMatrix,
         spots: pd.DataFrame,
         pooled: PooledBins,
         affine: Affine,
@@ -451,7 +902,7 @@ class VisiumHDReader:
         if len(spots) == 0:
             warnings.append(
                 f"{ref.sample_id}: no pseudo-spot has both an in-tissue bin and nonzero counts "
-                f"({len(matrix.barcodes)} bins in the matrix, {int(matrix.counts.nnz)} nonzero entries); no pairs"
+                f"({matrix.n_bins} bins in the matrix, {matrix.nnz} nonzero entries); no pairs"
             )
         mpath, ppath = bf.matrix_path(), bf.positions_path()
         metadata = {
@@ -464,7 +915,7 @@ class VisiumHDReader:
             "pseudo_spot_side_um": side,
             "pseudo_spot_side_um_requested": side_req,
             "pseudo_spot_barcode": "s_{side:03d}um_{block_row:05d}_{block_col:05d}-1; block = (array_row // k, array_col // k)",
-            "n_bins": len(matrix.barcodes),
+            "n_bins": matrix.n_bins,
             "n_pseudo_spots": len(spots),
             "bins_per_pseudo_spot_mean": float(pooled.n_bins.mean()) if len(pooled.n_bins) else 0.0,
             "microns_per_pixel": mpp,

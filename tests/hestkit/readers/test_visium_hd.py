@@ -11,13 +11,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+import scipy.io
+import scipy.sparse as sp
 
 import catalog
 from hestkit.errors import ValidationError
 from hestkit.readers import find_reader, list_readers, register_reader
+from hestkit.readers import visium_hd as vhd
+from hestkit.readers._tenx import read_10x_h5
 from hestkit.readers.visium import VisiumReader, read_tissue_positions
-from hestkit.readers.visium_hd import VisiumHDReader, fit_bin_grid
+from hestkit.readers.visium_hd import VisiumHDReader, fit_bin_grid, pool_bins, pool_bins_streamed
 from hestkit.sample import ReadOptions, SampleSource
 from hestkit.synthetic.visium_hd import SyntheticVisiumHD, make_visium_hd
 
@@ -157,6 +162,141 @@ def test_ingest_patches_show_their_pseudo_spot(hd: SyntheticVisiumHD, tmp_path: 
     assert checked >= 4
     m = cat.manifest("hd1")
     assert m["technology"] == "visium-hd" and m["spot_shape"] == "square" and m["spot_diameter_um"] == 56.0
+
+
+# -- streaming the HDF5 matrix ------------------------------------------------------------
+
+
+def _same_source(a: SampleSource, b: SampleSource) -> None:
+    assert a.counts.dtype == b.counts.dtype and a.counts.shape == b.counts.shape
+    assert (a.counts != b.counts).nnz == 0 and a.counts.nnz == b.counts.nnz
+    pd.testing.assert_frame_equal(a.spots, b.spots)
+    assert a.genes == b.genes and a.gene_ids == b.gene_ids
+    assert a.metadata == b.metadata and a.warnings == b.warnings
+
+
+@pytest.mark.parametrize("chunk", [1, 97])
+def test_chunked_streaming_gives_the_same_pseudo_spots(
+    hd: SyntheticVisiumHD, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    whole = _load(hd.path, spot_size_um=16.0)  # default chunk: the whole (small) matrix at once
+    monkeypatch.setattr(vhd, "_CHUNK_BINS", chunk)
+    src = _load(hd.path, spot_size_um=16.0)
+    _check_against_truth(src, hd, 16.0)
+    _same_source(src, whole)
+
+
+def test_pool_bins_streamed_equals_pool_bins() -> None:
+    rng = np.random.default_rng(0)
+    n, g, k = 500, 7, 4
+    r, c = rng.integers(-3, 30, n), rng.integers(0, 25, n)
+    x = sp.random(n, g, density=0.3, format="csr", random_state=1, dtype=np.float64)
+    x.data = np.round(x.data * 10).astype(np.int32)
+    x = sp.csr_matrix(x, dtype=np.int32)
+    tissue = rng.random(n) < 0.7
+    ref = pool_bins(r, c, x, k, tissue)
+    chunks = ((a, x[a : a + 13]) for a in range(0, n, 13))
+    got = pool_bins_streamed(r, c, chunks, g, k, tissue, dtype=x.dtype)
+    keep = np.flatnonzero(ref.has_tissue)
+    assert 0 < keep.size < ref.block_row.size  # some blocks have no in-tissue bin and are left out
+    np.testing.assert_array_equal(got.block_row, ref.block_row[keep])
+    np.testing.assert_array_equal(got.block_col, ref.block_col[keep])
+    np.testing.assert_array_equal(got.n_bins, ref.n_bins[keep])
+    assert got.has_tissue.all() and got.counts.dtype == np.int32
+    np.testing.assert_array_equal(got.counts.toarray(), ref.counts[keep].toarray())
+    with pytest.raises(ValueError, match="does not follow"):
+        pool_bins_streamed(r, c, iter([(13, x[13:26])]), g, k, tissue)
+    with pytest.raises(ValueError, match="cover 13 of 500"):
+        pool_bins_streamed(r, c, iter([(0, x[:13])]), g, k, tissue)
+    empty = pool_bins_streamed([], [], iter([]), g, k)
+    assert empty.counts.shape == (0, g) and empty.block_row.size == 0
+
+
+def test_other_feature_types_mex_and_csv_positions(small_copy: Path, small: SyntheticVisiumHD) -> None:
+    """Only Gene Expression features are pooled (as _tenx does); the MEX folder and a CSV
+    positions table (both read whole) give the same pseudo-spots as the streamed h5."""
+    b = small_copy / "binned_outputs" / "square_002um"
+    with h5py.File(b / "filtered_feature_bc_matrix.h5", "r+") as f:
+        ft = f["matrix/features/feature_type"][:]
+        ft[::4] = b"Antibody Capture"
+        del f["matrix/features/feature_type"]
+        f["matrix/features/feature_type"] = ft
+    kept = [i for i in range(len(small.genes)) if i % 4]
+    h5 = _load(small_copy, spot_size_um=8.0)
+    assert h5.genes == [small.genes[i] for i in kept] and h5.gene_ids == [small.gene_ids[i] for i in kept]
+    exp = small.expected_pseudo_spots(8.0)
+    dense = h5.counts.toarray()
+    rows = list(zip(h5.spots["array_row"], h5.spots["array_col"], strict=True))
+    assert len(rows) > 10
+    for i, key in enumerate(rows):
+        np.testing.assert_array_equal(dense[i], exp[(int(key[0]), int(key[1]))].counts[kept])
+    nonzero = {key for key, e in exp.items() if e.counts[kept].sum() > 0}
+    assert set(rows) == nonzero
+
+    m = read_10x_h5(b / "filtered_feature_bc_matrix.h5")
+    mex = b / "filtered_feature_bc_matrix"
+    mex.mkdir()
+    scipy.io.mmwrite(str(mex / "matrix.mtx"), m.counts.T.tocoo())
+    (mex / "barcodes.tsv").write_text("\n".join(m.barcodes) + "\n")
+    (mex / "features.tsv").write_text("".join(f"{i}\t{n}\tGene Expression\n" for i, n in zip(m.ids, m.names, strict=True)))
+    (b / "filtered_feature_bc_matrix.h5").unlink()
+    ppath = b / "spatial" / "tissue_positions.parquet"
+    pd.read_parquet(ppath).to_csv(ppath.with_suffix(".csv"), index=False)
+    ppath.unlink()
+    other = _load(small_copy, spot_size_um=8.0)
+    np.testing.assert_array_equal(other.counts.toarray(), dense)
+    pd.testing.assert_frame_equal(other.spots, h5.spots)
+    assert other.genes == h5.genes and other.metadata["n_bins"] == h5.metadata["n_bins"]
+
+
+def test_barcode_join() -> None:
+    keys = np.array([b"s_002um_00001_00002-1", b"a", b"bb", b"s_002um_00001_00003-1"])
+    query = np.array([b"bb", b"s_002um_00001_00003-1", b"zz", b"a", b"s_002um_00001_00002-1xx"])
+    assert vhd._join(keys, query).tolist() == [2, 3, -1, 1, -1]
+    assert vhd._join(np.concatenate([keys, keys[:1]]), query) is None
+    assert vhd._join(np.empty(0, dtype="S1"), query).tolist() == [-1] * 5
+
+
+def test_barcode_join_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = np.array([b"x1", b"x2", b"x3"])
+    monkeypatch.setattr(vhd, "_hash_bytes", lambda a, width: np.zeros(a.size, dtype=np.uint64))
+    assert vhd._join(keys, np.array([b"x3", b"x1", b"y"])).tolist() == [2, 0, -1]
+    assert vhd._join(np.array([b"x1", b"x1"]), np.array([b"x1"])) is None
+    # a foreign barcode whose hash equals a known one is not taken for it
+    monkeypatch.setattr(vhd, "_hash_bytes", lambda a, width: np.arange(a.size, dtype=np.uint64))
+    assert vhd._join(keys, np.array([b"x1", b"zz"])).tolist() == [0, -1]
+
+
+def test_arrow_barcodes_to_bytes() -> None:
+    arr = pa.array(["s_002um_00001_00002-1", None, "é", "", "ab"])
+    assert vhd._arrow_bytes(arr).tolist() == [b"s_002um_00001_00002-1", b"", "é".encode(), b"", b"ab"]
+    assert vhd._arrow_bytes(arr.slice(2, 2)).tolist() == ["é".encode(), b""]
+    assert vhd._arrow_bytes(pa.array(["ab", "cd"], type=pa.large_string())).tolist() == [b"ab", b"cd"]
+    assert vhd._arrow_bytes(pa.array([12, 3])).tolist() == [b"12", b"3"]
+    assert vhd._arrow_bytes(pa.array([], type=pa.string())).size == 0
+
+
+def test_duplicate_positions_and_corrupt_matrix(small_copy: Path) -> None:
+    b = small_copy / "binned_outputs" / "square_002um"
+    ppath = b / "spatial" / "tissue_positions.parquet"
+    pos = pd.read_parquet(ppath)
+    pd.concat([pos, pos.iloc[:2]]).to_parquet(ppath, index=False)
+    with pytest.raises(ValidationError, match="more than once"):
+        _load(small_copy)
+    pos.to_parquet(ppath, index=False)
+    with h5py.File(b / "filtered_feature_bc_matrix.h5", "r+") as f:
+        ind = f["matrix/indices"][:]
+        ind[-1] = 10_000
+        del f["matrix/indices"]
+        f["matrix/indices"] = ind
+    with pytest.raises(ValidationError, match=r"corrupt or inconsistent.*feature indices"):
+        _load(small_copy)
+    with h5py.File(b / "filtered_feature_bc_matrix.h5", "r+") as f:
+        ip = f["matrix/indptr"][:]
+        del f["matrix/indptr"]
+        f["matrix/indptr"] = ip[:-1]
+    with pytest.raises(ValidationError, match="corrupt or inconsistent"):
+        _load(small_copy)
 
 
 # -- real data: the VisiumIO 2 um schema fixture (10 bins x 10 genes, no counts) -----------
