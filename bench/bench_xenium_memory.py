@@ -32,6 +32,11 @@ t = time.perf_counter()
 p = pool_transcripts(sys.argv[1], 55.0)
 dt = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # VmHWM: this process's own high-water RSS (ru_maxrss can carry the forked parent's across exec)
+    with open("/proc/self/status") as fh:
+        rss = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    pass
 print(json.dumps({"seconds": dt, "peak_rss_mib": rss, "pseudo_spots": int(p.counts.shape[0]), "genes": int(p.counts.shape[1]),
                   "kept": int(p.counts.sum())}))
 """
