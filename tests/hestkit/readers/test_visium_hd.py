@@ -373,3 +373,90 @@ def test_missing_scalefactors_and_foreign_barcodes_reported_together(small_copy:
     assert len(msgs) == 2, msgs
     assert any("scalefactors_json.json" in m and "missing" in m for m in msgs)
     assert any("1 of" in m and first in m and "absent from tissue_positions.parquet" in m for m in msgs)
+
+
+# -- bins located by their barcodes (no join) vs the join ----------------------------------
+
+
+def _load_by_join(monkeypatch: pytest.MonkeyPatch, path: Path, **opts: object) -> SampleSource:
+    with monkeypatch.context() as m:
+        m.setattr(vhd, "_read_position_grid", lambda p: None)
+        return _load(path, **opts)
+
+
+@pytest.mark.parametrize(("side_um", "chunk"), [(56.0, None), (16.0, 97)])
+def test_parsed_barcodes_equal_the_join(
+    hd: SyntheticVisiumHD, monkeypatch: pytest.MonkeyPatch, side_um: float, chunk: int | None
+) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(vhd, "_CHUNK_BINS", chunk)
+    calls: list[Path] = []
+    real = vhd._read_position_grid
+    monkeypatch.setattr(vhd, "_read_position_grid", lambda p: calls.append(p) or real(p))
+    joins: list[int] = []
+    real_join = vhd._bins_of_matrix
+    monkeypatch.setattr(vhd, "_bins_of_matrix", lambda *a: joins.append(1) or real_join(*a))
+    parsed = _load(hd.path, spot_size_um=side_um)
+    assert calls and not joins  # the parsed-barcode path, no join
+    joined = _load_by_join(monkeypatch, hd.path, spot_size_um=side_um)
+    assert joins
+    _check_against_truth(parsed, hd, side_um)
+    _same_source(parsed, joined)
+
+
+def test_parsed_barcodes_follow_in_tissue_of_the_positions(small_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bins listed out of tissue do not make a block: the same on both paths."""
+    ppath = small_copy / "binned_outputs" / "square_002um" / "spatial" / "tissue_positions.parquet"
+    pos = pd.read_parquet(ppath)
+    out = (pos["array_row"] < 12) & (pos["array_col"] < 20)
+    pos.loc[out, "in_tissue"] = 0
+    pos.to_parquet(ppath, index=False)
+    parsed = _load(small_copy, spot_size_um=8.0)
+    joined = _load_by_join(monkeypatch, small_copy, spot_size_um=8.0)
+    _same_source(parsed, joined)
+    assert not ((parsed.spots["array_row"] < 2) & (parsed.spots["array_col"] < 4)).any()
+
+
+def test_malformed_barcode_falls_back_to_the_join(
+    small_copy: Path, small: SyntheticVisiumHD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _load(small_copy, spot_size_um=8.0)
+    b = small_copy / "binned_outputs" / "square_002um"
+    with h5py.File(b / "filtered_feature_bc_matrix.h5", "r+") as f:
+        bcs = f["matrix/barcodes"][:]
+        old = bcs[3]
+        bcs[3] = b"s_002um_0000x_00001-1"
+        del f["matrix/barcodes"]
+        f["matrix/barcodes"] = bcs
+    ppath = b / "spatial" / "tissue_positions.parquet"
+    pos = pd.read_parquet(ppath)
+    pos.loc[pos["barcode"] == old.decode(), "barcode"] = "s_002um_0000x_00001-1"
+    pos.to_parquet(ppath, index=False)
+    assert vhd._read_position_grid(ppath) is None  # the positions table does not fit the scheme
+    joins: list[int] = []
+    real_join = vhd._bins_of_matrix
+    monkeypatch.setattr(vhd, "_bins_of_matrix", lambda *a: joins.append(1) or real_join(*a))
+    after = _load(small_copy, spot_size_um=8.0)
+    assert joins
+    _same_source(after, before)
+    # a malformed barcode in the matrix only: the join falls back and reports it absent
+    pos.loc[pos["barcode"] == "s_002um_0000x_00001-1", "barcode"] = old.decode()
+    pos.to_parquet(ppath, index=False)
+    assert vhd._read_position_grid(ppath) is not None
+    joins.clear()
+    with pytest.raises(ValidationError, match=r"1 of \d+ barcodes of the matrix are absent.*s_002um_0000x_00001-1"):
+        _load(small_copy, spot_size_um=8.0)
+    assert joins
+
+
+def test_parse_bin_barcodes() -> None:
+    t = b"s_002um_00000_00000-1"
+    good = np.array([b"s_002um_00012_03405-1", b"s_002um_99999_00000-1"])
+    r, c = vhd._parse_bin_barcodes(good, t)
+    assert r.tolist() == [12, 99999] and c.tolist() == [3405, 0]
+    wide = good.astype("S30")  # NUL padded
+    assert vhd._parse_bin_barcodes(wide, t)[0].tolist() == [12, 99999]
+    for bad in (b"s_002um_00012_03405-2", b"s_008um_00012_03405-1", b"s_002um_0001/_03405-1", b"s_002um_00012_03405-1x", b"x"):
+        assert vhd._parse_bin_barcodes(np.array([good[0], bad]), t) is None, bad
+    assert vhd._parse_bin_barcodes(np.array([b"s_002um_0012_3405-1"]), t) is None
+    assert vhd._parse_bin_barcodes(np.empty(0, dtype="S1"), t)[0].size == 0
