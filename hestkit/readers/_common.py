@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pandas as pd
 from ..errors import Problem
 from ..slide import SLIDE_SUFFIXES, Slide
 
-__all__ = ["check_spots_inside", "find_image", "normalise_spots"]
+__all__ = ["check_spots_inside", "find_image", "normalise_spots", "spots_from_obs"]
 
 
 def normalise_spots(df: pd.DataFrame) -> pd.DataFrame:
@@ -28,6 +29,17 @@ def normalise_spots(df: pd.DataFrame) -> pd.DataFrame:
         }
     )
     return out
+
+
+def spots_from_obs(obs: pd.DataFrame, barcodes: Any, centres_px: np.ndarray) -> pd.DataFrame:
+    """A spot table from AnnData-style ``obs`` (optional ``in_tissue``, ``array_row``,
+    ``array_col``, ``x_um``, ``y_um``) and (N, 2) centres (x, y) in level-0 px."""
+    xy = np.asarray(centres_px, dtype=float)
+    cols: dict[str, Any] = {"barcode": np.asarray(barcodes).astype(str), "x_px": xy[:, 0], "y_px": xy[:, 1]}
+    for c in ("in_tissue", "array_row", "array_col", "x_um", "y_um"):
+        if c in obs:
+            cols[c] = obs[c].to_numpy()
+    return normalise_spots(pd.DataFrame(cols))
 
 
 def check_spots_inside(spots: pd.DataFrame, slide: Slide, problems: list[Problem]) -> None:

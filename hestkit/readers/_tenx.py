@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -12,7 +15,9 @@ import scipy.sparse as sp
 
 from ..errors import ReaderError
 
-__all__ = ["Matrix", "make_unique", "read_10x", "read_10x_h5", "read_10x_mex"]
+__all__ = ["H5_FIX", "Matrix", "make_unique", "open_10x_h5", "read_10x", "read_10x_h5", "read_10x_mex"]
+
+H5_FIX = "re-copy the file from the Space Ranger outs/ folder, or point at the MEX folder instead"
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,15 +71,16 @@ def _gene_expression_only(m: Matrix, types: list[str] | None) -> Matrix:
     )
 
 
-def read_10x_h5(path: Path) -> Matrix:
-    """Read a 10x HDF5 v3 ``filtered_feature_bc_matrix.h5`` (CSC features x barcodes)."""
+@contextmanager
+def open_10x_h5(path: Path) -> Iterator[Any]:
+    """The ``matrix`` group of a 10x HDF5 v3 file, checked for its datasets; the file is
+    closed on exit. Unreadable or foreign files raise :class:`ReaderError`."""
     import h5py
 
-    fix = "re-copy the file from the Space Ranger outs/ folder, or point at the MEX folder instead"
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise ReaderError(path, f"is not a readable HDF5 file ({exc})", fix) from exc
+        raise ReaderError(path, f"is not a readable HDF5 file ({exc})", H5_FIX) from exc
     with f:
         if "matrix" not in f:
             found = ", ".join(f.keys()) or "nothing"
@@ -86,7 +92,14 @@ def read_10x_h5(path: Path) -> Matrix:
         g = f["matrix"]
         missing = [k for k in ("barcodes", "data", "indices", "indptr", "shape", "features") if k not in g]
         if missing:
-            raise ReaderError(path, f"the 'matrix' group lacks {', '.join(missing)}", fix)
+            raise ReaderError(path, f"the 'matrix' group lacks {', '.join(missing)}", H5_FIX)
+        yield g
+
+
+def read_10x_h5(path: Path) -> Matrix:
+    """Read a 10x HDF5 v3 ``filtered_feature_bc_matrix.h5`` (CSC features x barcodes)."""
+    fix = H5_FIX
+    with open_10x_h5(path) as g:
         try:
             n_feat, n_bc = (int(v) for v in g["shape"][:])
             data = g["data"][:]

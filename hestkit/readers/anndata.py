@@ -13,7 +13,7 @@ from ..errors import Problem, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
-from ._common import check_spots_inside, normalise_spots
+from ._common import check_spots_inside, spots_from_obs
 from ._tenx import make_unique
 
 __all__ = ["AnnDataReader"]
@@ -61,22 +61,9 @@ class AnnDataReader:
             problems.append(Problem(path, "has no obsm['spatial'] (spot centres (x, y) in full-resolution px)"))
         if problems:
             raise ValidationError(f"AnnData sample {path}", problems)
-        xy = np.asarray(a.obsm["spatial"], dtype=float)
         obs = a.obs
-        spots = normalise_spots(
-            pd.DataFrame(
-                {
-                    "barcode": a.obs["barcode"].astype(str).to_numpy() if "barcode" in obs else a.obs_names.astype(str),
-                    "in_tissue": obs["in_tissue"].to_numpy() if "in_tissue" in obs else 1,
-                    "array_row": obs["array_row"].to_numpy() if "array_row" in obs else -1,
-                    "array_col": obs["array_col"].to_numpy() if "array_col" in obs else -1,
-                    "x_px": xy[:, 0],
-                    "y_px": xy[:, 1],
-                    "x_um": obs["x_um"].to_numpy() if "x_um" in obs else np.nan,
-                    "y_um": obs["y_um"].to_numpy() if "y_um" in obs else np.nan,
-                }
-            )
-        )
+        barcodes = obs["barcode"].to_numpy() if "barcode" in obs else a.obs_names
+        spots = spots_from_obs(obs, barcodes, a.obsm["spatial"])
         slide = None
         try:
             slide = open_slide(image)  # type: ignore[arg-type]

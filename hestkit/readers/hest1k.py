@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import Problem, ReaderError, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
-from ._common import check_spots_inside, normalise_spots
+from ._common import check_spots_inside, spots_from_obs
 from ._tenx import make_unique
 
 __all__ = ["HEST_TECHNOLOGIES", "HestReader"]
@@ -111,19 +110,7 @@ class HestReader:
             if "spatial" not in adata.obsm:
                 problems.append(Problem(st_path, "has no obsm['spatial'] (spot centres in full-resolution px)"))
             else:
-                xy = np.asarray(adata.obsm["spatial"], dtype=float)
-                obs = adata.obs
-                df = pd.DataFrame(
-                    {
-                        "barcode": adata.obs_names.astype(str),
-                        "in_tissue": obs["in_tissue"].to_numpy() if "in_tissue" in obs else 1,
-                        "array_row": obs["array_row"].to_numpy() if "array_row" in obs else -1,
-                        "array_col": obs["array_col"].to_numpy() if "array_col" in obs else -1,
-                        "x_px": xy[:, 0],
-                        "y_px": xy[:, 1],
-                    }
-                )
-                spots = normalise_spots(df)
+                spots = spots_from_obs(adata.obs, adata.obs_names, adata.obsm["spatial"])
                 x = adata.layers["counts"] if "counts" in adata.layers else adata.X
                 counts = sp.csr_matrix(x)
                 if counts.nnz and not np.allclose(counts.data, np.round(counts.data)):

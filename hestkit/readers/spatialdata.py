@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import Problem, ReaderError, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
-from ._common import check_spots_inside, normalise_spots
+from ._common import check_spots_inside, spots_from_obs
 from ._tenx import make_unique
 
 __all__ = ["SpatialDataReader"]
@@ -113,18 +112,7 @@ class SpatialDataReader:
         else:
             diam_shape = float(np.median(np.sqrt(geo.geometry.area.to_numpy())))
             spot_shape = "square"
-        obs = table.obs
-        df = pd.DataFrame(
-            {
-                "barcode": table.obs_names.astype(str),
-                "in_tissue": obs["in_tissue"].to_numpy() if "in_tissue" in obs else 1,
-                "array_row": obs["array_row"].to_numpy() if "array_row" in obs else -1,
-                "array_col": obs["array_col"].to_numpy() if "array_col" in obs else -1,
-                "x_px": xy[:, 0],
-                "y_px": xy[:, 1],
-            }
-        )
-        spots = normalise_spots(df)
+        spots = spots_from_obs(table.obs, table.obs_names, xy)
         slide_path = path / "images" / iname
         slide = open_slide(slide_path)
         check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems)

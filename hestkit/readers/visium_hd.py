@@ -83,7 +83,7 @@ from ..geometry import Affine, fit_affine, resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import Slide, open_slide
 from ._common import check_spots_inside, find_image, normalise_spots
-from ._tenx import Matrix, _decode, make_unique, read_10x_mex
+from ._tenx import H5_FIX, Matrix, _decode, make_unique, open_10x_h5, read_10x_mex
 from .visium import _POS_COLUMNS, read_tissue_positions
 
 __all__ = [
@@ -354,7 +354,7 @@ def _finest(folder: Path, problems: list[Problem]) -> BinFolder | None:
     return min(folders, key=lambda f: float(f.bin_um or 0.0))
 
 
-_H5_FIX = "re-copy the file from the Space Ranger outs/ folder, or point at the MEX folder instead"
+_H5_FIX = H5_FIX
 
 
 def _as_bytes(values: ArrayLike) -> NDArray[np.bytes_]:
@@ -568,24 +568,7 @@ class _H5BinMatrix(_BinMatrix):
     sliced per chunk of barcodes (the barcodes are read whole only for the join fallback)."""
 
     def __init__(self, path: Path) -> None:
-        import h5py
-
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise ReaderError(path, f"is not a readable HDF5 file ({exc})", _H5_FIX) from exc
-        with f:
-            if "matrix" not in f:
-                found = ", ".join(f.keys()) or "nothing"
-                raise ReaderError(
-                    path,
-                    f"has no 'matrix' group (found: {found}); Space Ranger < 3 v2 files are not supported",
-                    "use a 10x HDF5 v3 file (Space Ranger >= 1.0) or the MEX folder",
-                )
-            g = f["matrix"]
-            missing = [k for k in ("barcodes", "data", "indices", "indptr", "shape", "features") if k not in g]
-            if missing:
-                raise ReaderError(path, f"the 'matrix' group lacks {', '.join(missing)}", _H5_FIX)
+        with open_10x_h5(path) as g:
             try:
                 n_feat, n_bc = (int(v) for v in g["shape"][:])
                 ip_ds = g["indptr"]
