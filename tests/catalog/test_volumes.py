@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import catalog
+import catalog.volumes
 from catalog.errors import LinkError, QueryError, VolumeExistsError
 from hestkit.errors import ReaderError, VolumeError, VoxelSizeError
 from hestkit.sample import ReadOptions
@@ -312,3 +315,33 @@ def test_crashed_volume_ingest_is_invisible(vol: SyntheticVolume, tmp_path: Path
         cat.volume("crash")
     cat.ingest_volume(vol.path, "crash", modality="otls")  # a re-run succeeds
     assert list(cat.volumes()["volume_id"]) == ["crash"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    angle=st.floats(-3.1, 3.1),
+    scale=st.floats(0.2, 2.0),
+    tx=st.floats(-500, 500),
+    ty=st.floats(-500, 500),
+    z=st.floats(0, 100),
+    flip=st.booleans(),
+)
+def test_link_maths_recover_the_affine(angle: float, scale: float, tx: float, ty: float, z: float, flip: bool) -> None:
+    """Landmarks of any similarity (with or without a mirror) fit back exactly, and the link
+    maps section pixels to the volume frame (z, y, x) as the affine says."""
+    from hestkit.geometry import Affine, fit_affine
+
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    m = np.array([[c, -s, tx], [s, c, ty], [0, 0, 1.0]])
+    if flip:
+        m[:, 0] *= -1
+    aff = Affine.from_array(m)
+    src = np.array([[0, 0], [800, 30], [400, 500], [50, 900], [900, 900.0]])
+    fitted, resid = fit_affine(src, aff.apply(src))
+    assert resid.max() < 1e-6
+    catalog.volumes._check_affine(fitted, "t")
+    link = catalog.volumes.SectionLink("s", "v", z, fitted, "landmarks", resid)
+    pts = np.array([[10.0, 20.0], [333.0, 444.0]])
+    zyx = link.to_volume_um(pts)
+    xy = aff.apply(pts)
+    np.testing.assert_allclose(zyx, np.stack([np.full(2, z), xy[:, 1], xy[:, 0]], axis=1), atol=1e-6)

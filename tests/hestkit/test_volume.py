@@ -254,3 +254,20 @@ def test_spec_validation() -> None:
     assert s.pixel_size_um == 0.5 and s.centre_slice == 4 and s.slice_offsets_um()[4] == 0.0
     with pytest.raises(VolumeError):
         extract_subvolume(ArrayVolume(np.zeros((2, 4, 4), np.uint8), (1, 1, 1)), (np.nan, 1.0, 1.0), s)
+
+
+def test_coarser_level_gives_the_same_picture(tmp_path: Path) -> None:
+    """A smooth volume cut from level 1 (0.5 um voxels for 0.5 um pixels) and from level 0
+    (0.25 um voxels, low-passed) agree: levels share one frame."""
+    z, y, x = np.meshgrid(np.arange(16), np.arange(128), np.arange(128), indexing="ij")
+    a = (120 + 60 * np.sin(y / 9.0) * np.cos(x / 13.0) + 3 * z).astype(np.uint8)
+    w = NgffVolumeWriter(tmp_path / "s.zarr", a.shape, channels=1, voxel_size_um=(0.25, 0.25, 0.25), chunks_zyx=(8, 32, 32), min_side=16)
+    w.write_from(ArrayVolume(a, (0.25,) * 3))
+    w.build_pyramid()
+    v = open_volume(tmp_path / "s.zarr")
+    spec = VolumePairSpec(size_um=16, size_px=32, depth_um=1.0, n_slices=1)
+    c = (2.0, 16.0, 15.0)
+    l0 = extract_subvolume(v, c, spec, level=0).astype(float)
+    l1 = extract_subvolume(v, c, spec, level=1).astype(float)
+    assert best_volume_level(v, spec) == 1
+    assert np.abs(l0 - l1)[:, 2:-2, 2:-2].mean() < 1.5
