@@ -98,3 +98,18 @@ def test_same_seed_same_cohort(tmp_path: Path) -> None:
     full = (slice(0, 4), slice(0, 60), slice(0, 60))
     np.testing.assert_array_equal(open_volume(a.volumes[0].path).read(*full), open_volume(b.volumes[0].path).read(*full))
     assert (a.volumes[0].sections[0].counts != b.volumes[0].sections[0].counts).nnz == 0
+
+
+@pytest.mark.parametrize("fmt", ["ome-tiff", "ome-zarr"])
+def test_large_volume_is_mirrored_tissue(tmp_path: Path, fmt: str) -> None:
+    from hestkit.synthetic import make_large_volume
+
+    p = make_large_volume(
+        tmp_path / ("big.ome.tif" if fmt == "ome-tiff" else "big.zarr"), shape_zyx=(6, 70, 90), tile_zyx=(4, 32, 32), fmt=fmt  # type: ignore[arg-type]
+    )
+    v = open_volume(p)
+    assert v.shape_zyx == (6, 70, 90) and v.voxel_size_um == pytest.approx((2.0, 2.0, 2.0))
+    a = v.read(slice(0, 6), slice(0, 70), slice(0, 90))[..., 0]
+    np.testing.assert_array_equal(a[:, :, 32:64], a[:, :, 31::-1])  # the second tile mirrors the first
+    np.testing.assert_array_equal(a[4:6], a[3:1:-1])
+    assert a.std() > 10
