@@ -189,6 +189,7 @@ def bench_learn(seed: int) -> None:
         for v in co.volumes:
             m = vol == v.volume_id
             truth[m] = np.log1p(v.true_expression(view.obs.loc[m, ["z_um", "y_um", "x_um"]].to_numpy()))
+        y = np.log1p(view.expression().toarray())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -204,7 +205,6 @@ def bench_learn(seed: int) -> None:
         return np.array(f + list(bands / (bands.sum() + 1e-9)))
 
     x = np.stack([feats(sv) for sv in subs])
-    y = np.log1p(view.expression().toarray())
     tr, te = vol == "vol0", vol == "vol1"
     sc = StandardScaler().fit(x[tr])
     pred = Ridge(alpha=1.0).fit(sc.transform(x[tr]), y[tr]).predict(sc.transform(x[te]))
