@@ -204,7 +204,7 @@ class _Geometry:
         self.sx = spec.pixel_size_um / self.vx
         s = max(self.sy, self.sx)
         self.sigma = float(np.sqrt(s * s - 1.0) / 2.0) if s > 1.01 else 0.0
-        self.margin = int(math.ceil(3.0 * self.sigma)) + 2
+        self.margin = math.ceil(3.0 * self.sigma) + 2
         self.offsets = spec.slice_offsets_um()
 
     def start(self, cy_um: float, cx_um: float) -> tuple[float, float]:

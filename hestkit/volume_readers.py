@@ -116,7 +116,7 @@ class VolumeSource:
             nz = self.shape_zyx[0]
             lvl = len(self.levels) - 1
             lz = self.levels[lvl].shape_zyx[0]
-            picks = sorted({int(round(i)) for i in np.linspace(0, lz - 1, min(lz, 16))})
+            picks = sorted({round(float(i)) for i in np.linspace(0, lz - 1, min(lz, 16))})
             vals = [
                 np.asarray(self._read_native(slice(k, k + 1), slice(None), slice(None), lvl)).ravel()[::7] for k in picks
             ]
@@ -258,11 +258,11 @@ class TiffVolume(VolumeSource):
         wanted: dict[str, Any] = {self._zax: z, "Y": y, "X": x}
         for a in self._cax:
             wanted[a] = slice(None)
-        a = np.asarray(self._arrays[level][_axis_index(self._axes, wanted)])
+        arr = np.asarray(self._arrays[level][_axis_index(self._axes, wanted)])
         kept = [ax for ax in self._axes if ax in wanted]
         order = [kept.index(self._zax), kept.index("Y"), kept.index("X")] + [kept.index(c) for c in self._cax]
-        a = np.transpose(a, order)
-        return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1)
+        arr = np.transpose(arr, order)
+        return arr.reshape(arr.shape[0], arr.shape[1], arr.shape[2], -1)
 
     def close(self) -> None:
         self._tf.close()
@@ -312,7 +312,7 @@ class NgffVolume(VolumeSource):
         self.embedded_voxel_size_um = None
         scale = _ngff_scale(m0, 0)
         if scale is not None and len(scale) == len(axes):
-            vals = []
+            vals: list[float] = []
             for ax in (zi, yi, xi):
                 u = units[ax]
                 f = _UNITS_UM.get(str(u).lower(), None) if u else None
@@ -329,11 +329,11 @@ class NgffVolume(VolumeSource):
 
     def _read_native(self, z: slice, y: slice, x: slice, level: int) -> NDArray[Any]:
         wanted: dict[str, Any] = {"z": z, "y": y, "x": x, "c": slice(None)}
-        a = np.asarray(self._arrays[level][tuple(wanted.get(ax, 0) for ax in self._axes)])
+        arr = np.asarray(self._arrays[level][tuple(wanted.get(ax, 0) for ax in self._axes)])
         kept = [ax for ax in self._axes if ax in wanted]
-        order = [kept.index(a) for a in ("z", "y", "x", "c") if a in kept]
-        a = np.transpose(a, order)
-        return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1)
+        order = [kept.index(ax) for ax in ("z", "y", "x", "c") if ax in kept]
+        arr = np.transpose(arr, order)
+        return arr.reshape(arr.shape[0], arr.shape[1], arr.shape[2], -1)
 
 
 def _ngff_scale(multiscale: dict[str, Any], i: int) -> list[float] | None:
@@ -379,11 +379,12 @@ class SliceFolderVolume(VolumeSource):
                 from PIL import Image
 
                 with Image.open(p) as im:
+                    img: Any = im
                     if im.mode in ("RGBA", "P", "CMYK", "YCbCr"):
-                        im = im.convert("RGB")
+                        img = im.convert("RGB")
                     elif im.mode in ("1", "LA"):
-                        im = im.convert("L")
-                    a = np.asarray(im)
+                        img = im.convert("L")
+                    a = np.asarray(img)
         except (OSError, ValueError) as exc:
             raise ReaderError(p, f"cannot be read as an image ({exc})", "replace or remove the damaged slice") from exc
         if a.ndim == 2:

@@ -15,6 +15,7 @@ from .hest import make_hest
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
+from .volume import SyntheticSection, SyntheticVolume, SyntheticVolumeCohort, make_volume, make_volume_cohort
 from .xenium import SyntheticXenium, make_xenium
 
 __all__ = [
@@ -23,7 +24,10 @@ __all__ = [
     "CohortEntry",
     "Scene",
     "SyntheticSample",
+    "SyntheticSection",
     "SyntheticVisiumHD",
+    "SyntheticVolume",
+    "SyntheticVolumeCohort",
     "SyntheticXenium",
     "gene_programs",
     "gene_table",
@@ -32,6 +36,8 @@ __all__ = [
     "make_st",
     "make_visium",
     "make_visium_hd",
+    "make_volume",
+    "make_volume_cohort",
     "make_xenium",
     "pyramid_shapes",
     "spot_colour",
