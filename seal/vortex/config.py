@@ -96,6 +96,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     seed: int = 0
     num_workers: int = 0
+    cache_pairs: bool = False
     device: str = "auto"
     max_steps_per_epoch: int | None = None
 

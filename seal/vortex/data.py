@@ -68,18 +68,27 @@ class SubvolumeTransform:
 
 class VolumeDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``(sub-volume, expression)``: sub-volumes read lazily from the pair source,
-    expression preprocessed once (``values`` rows align with the source's rows)."""
+    expression preprocessed once (``values`` rows align with the source's rows).
+    ``cache`` keeps each uint8 sub-volume after its first read (n_pairs x n_slices x
+    size_px^2 x C bytes): for small runs that go over the same pairs many times."""
 
-    def __init__(self, source: PairSource, values: np.ndarray, transform: SubvolumeTransform) -> None:
+    def __init__(self, source: PairSource, values: np.ndarray, transform: SubvolumeTransform, *, cache: bool = False) -> None:
         if len(values) != len(source):
             raise ValueError(f"{len(values)} expression rows for {len(source)} pairs")
         self.source = source
         self.values = np.asarray(values, dtype=np.float32)
         self.transform = transform
+        self.cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sub = self.source[int(i)][0]
+        i = int(i)
+        if self.cache is not None and i in self.cache:
+            sub = self.cache[i]
+        else:
+            sub = np.asarray(self.source[i][0])
+            if self.cache is not None:
+                self.cache[i] = sub
         return self.transform(np.asarray(sub)), torch.from_numpy(self.values[int(i)])

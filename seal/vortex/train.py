@@ -157,7 +157,7 @@ def train_model(
     model.to(device).train()
     mean = torch.tensor(prep.mean, device=device, dtype=torch.float32)
     std = torch.tensor(prep.std, device=device, dtype=torch.float32)
-    ds = VolumeDataset(source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip))
+    ds = VolumeDataset(source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip), cache=cfg.cache_pairs)
     bs = min(cfg.batch_size, len(ds))
     if bs < 2:
         raise SelectionError(f"the training pairs number {len(ds)}; contrastive training needs at least 2")
