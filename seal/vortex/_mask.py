@@ -33,7 +33,7 @@ def volume_threshold(volume: Any, *, max_planes: int = 32) -> float:
     lvl = len(volume.levels) - 1
     nz, ny, nx = volume.levels[lvl].shape_zyx
     hist = np.zeros(256, dtype=np.int64)
-    for k in sorted({int(round(v)) for v in np.linspace(0, nz - 1, min(nz, max_planes))}):
+    for k in sorted({round(v) for v in np.linspace(0, nz - 1, min(nz, max_planes))}):
         step = max(1, int(np.ceil(max(ny, nx) / 1024)))
         for y0 in range(0, ny, 1024 * step):
             plane = np.asarray(volume.read(slice(k, k + 1), slice(y0, min(y0 + 1024 * step, ny)), slice(0, nx), lvl))

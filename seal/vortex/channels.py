@@ -58,14 +58,15 @@ class ChannelMapper(nn.Module):
         self.rule = rule
         self.proj: nn.Conv2d | None = None
         if rule == "learned":
-            self.proj = nn.Conv2d(channels, 3, kernel_size=1)
+            proj = nn.Conv2d(channels, 3, kernel_size=1)
             with torch.no_grad():
                 if channels == 3:
-                    self.proj.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-                    self.proj.bias.zero_()
+                    proj.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+                    nn.init.zeros_(proj.bias)  # type: ignore[arg-type]
                 else:
-                    self.proj.weight.copy_((-stain_matrix(channels)).t().reshape(3, channels, 1, 1))
-                    self.proj.bias.fill_(1.0)
+                    proj.weight.copy_((-stain_matrix(channels)).t().reshape(3, channels, 1, 1))
+                    nn.init.ones_(proj.bias)  # type: ignore[arg-type]
+            self.proj = proj
         elif rule == "pseudo_he" and channels < 3:
             self.register_buffer("absorb", stain_matrix(channels))
 

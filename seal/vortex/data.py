@@ -62,7 +62,9 @@ class SubvolumeTransform:
             m = x.mean()
             x = (((x - m) * c + m) * b).clamp_(0.0, 1.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
         return x.contiguous()
 
 

@@ -170,7 +170,14 @@ def serial_section_eval(
     device = resolve_device(cfg.device)
     pre = load_model(pretrained)
     known = set(_volume_ids(cat))
-    summary: dict[str, Any] = {"protocol": "serial-section", "pretrained": str(Path(pretrained).resolve()), "genes": list(pre.prep.genes), "config": cfg.to_dict(), "methods": dict(_LABELS), "volumes": {}}
+    summary: dict[str, Any] = {
+        "protocol": "serial-section",
+        "pretrained": str(Path(pretrained).resolve()),
+        "genes": list(pre.prep.genes),
+        "config": cfg.to_dict(),
+        "methods": dict(_LABELS),
+        "volumes": {},
+    }
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     targets: dict[str, dict[str, np.ndarray]] = {}
     obs_out: dict[str, dict[str, Any]] = {}
@@ -191,17 +198,32 @@ def serial_section_eval(
         held = [s for s in (cfg.heldout or names) if s != ft]
         unknown = [s for s in held if s not in names]
         if unknown or not held:
-            raise SectionError(f"held-out sections {unknown or held} are not other linked sections of volume {vid!r} ({', '.join(names)})")
+            raise SectionError(
+                f"held-out sections {unknown or held} are not other linked sections of volume {vid!r} ({', '.join(names)})"
+            )
         depths = dict(secs)
         if any(abs(depths[s] - depths[ft]) < 1e-6 for s in held):
             warnings.warn(f"volume {vid!r}: a held-out section lies at the fine-tuning section's depth", stacklevel=2)
         seen = vid in pre.meta.get("volumes", []) or vid in pre.meta.get("validation_volumes", [])
         if seen:
-            warnings.warn(f"volume {vid!r} was among the pretrained model's training volumes: held-out sections are not unseen", stacklevel=2)
+            warnings.warn(
+                f"volume {vid!r} was among the pretrained model's training volumes: held-out sections are not unseen",
+                stacklevel=2,
+            )
         vdir = out / vid
         tcfg = cfg.train
         ft_dir = finetune(catalog_path, pretrained, vid, vdir / "vortex_finetuned", cfg=tcfg, sections=[ft], progress=progress)
-        sc_dir = finetune(catalog_path, None, vid, vdir / "scratch", cfg=tcfg, sections=[ft], model_cfg=pre.model_cfg, prep=pre.prep, progress=progress)
+        sc_dir = finetune(
+            catalog_path,
+            None,
+            vid,
+            vdir / "scratch",
+            cfg=tcfg,
+            sections=[ft],
+            model_cfg=pre.model_cfg,
+            prep=pre.prep,
+            progress=progress,
+        )
         models = {"vortex": load_model(ft_dir), "pretrained": pre, "scratch": load_model(sc_dir)}
         spec = pair_spec(pre.model_cfg, pre.size_px)
         enc2d = _Encoder2D(pre, cfg.encoder_2d, pre.channels, device)
@@ -209,7 +231,14 @@ def serial_section_eval(
         ft_y = apply_preprocessing(ft_view, pre.prep)
         c = spec.centre_slice
         ft_emb = np.concatenate([enc2d(ft_view.subvolumes(rows)[:, c]) for rows in _chunks(len(ft_view), cfg.read_chunk)])
-        res_v: dict[str, Any] = {"finetune_section": ft, "finetune_z_um": depths[ft], "n_finetune_spots": len(ft_view), "target_seen_in_pretraining": seen, "encoder_2d": enc2d.label, "heldout": {}}
+        res_v: dict[str, Any] = {
+            "finetune_section": ft,
+            "finetune_z_um": depths[ft],
+            "n_finetune_spots": len(ft_view),
+            "target_seen_in_pretraining": seen,
+            "encoder_2d": enc2d.label,
+            "heldout": {},
+        }
         preds[vid], targets[vid], obs_out[vid] = {}, {}, {}
         for sec in held:
             view = volume_view(cat, spec, volumes=[vid], sections=[sec])
@@ -218,7 +247,7 @@ def serial_section_eval(
             emb = []
             for rows in _chunks(len(view), cfg.read_chunk):
                 sub = view.subvolumes(rows)
-                src = _ArraySource(sub)
+                src: Any = _ArraySource(sub)
                 for m, lm in models.items():
                     parts[m].append(predict_pairs(lm.model, src, lm.size_px, batch_size=cfg.batch_size, device=device))
                 emb.append(enc2d(sub[:, c]))
@@ -234,21 +263,39 @@ def serial_section_eval(
             }
         summary["volumes"][vid] = res_v
     summary["mean_pearson"] = {
-        m: float(np.nanmean([h["methods"][m]["pearson_mean"] for v in summary["volumes"].values() for h in v["heldout"].values() if h["methods"][m]["pearson_mean"] is not None] or [np.nan]))
+        m: float(
+            np.nanmean(
+                [
+                    h["methods"][m]["pearson_mean"]
+                    for v in summary["volumes"].values()
+                    for h in v["heldout"].values()
+                    if h["methods"][m]["pearson_mean"] is not None
+                ]
+                or [np.nan]
+            )
+        )
         for m in METHODS
     }
     summary["mean_spearman"] = {
-        m: float(np.nanmean([h["methods"][m]["spearman_mean"] for v in summary["volumes"].values() for h in v["heldout"].values() if h["methods"][m]["spearman_mean"] is not None] or [np.nan]))
+        m: float(
+            np.nanmean(
+                [
+                    h["methods"][m]["spearman_mean"]
+                    for v in summary["volumes"].values()
+                    for h in v["heldout"].values()
+                    if h["methods"][m]["spearman_mean"] is not None
+                ]
+                or [np.nan]
+            )
+        )
         for m in METHODS
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text(results_markdown(summary))
     _bar_plot(summary, out / "results.png")
-    np.savez_compressed(
-        out / "predictions.npz",
-        **{f"{v}/{s}/{m}": a for v, d in preds.items() for s, dd in d.items() for m, a in dd.items()},
-        **{f"{v}/{s}/target": a for v, d in targets.items() for s, a in d.items()},
-    )
+    arrays: dict[str, Any] = {f"{v}/{s}/{m}": a for v, d in preds.items() for s, dd in d.items() for m, a in dd.items()}
+    arrays.update({f"{v}/{s}/target": a for v, d in targets.items() for s, a in d.items()})
+    np.savez_compressed(out / "predictions.npz", **arrays)
     return SerialSectionResult(summary, preds, targets, obs_out)
 
 
@@ -268,7 +315,9 @@ class _ArraySource:
 def results_markdown(summary: dict[str, Any]) -> str:
     """A markdown table: mean Pearson / Spearman per volume, held-out section and method."""
     lines = [
-        "| volume | fine-tune section | held-out section | distance (um) | spots | " + " | ".join(_LABELS[m] for m in METHODS) + " |",
+        "| volume | fine-tune section | held-out section | distance (um) | spots | "
+        + " | ".join(_LABELS[m] for m in METHODS)
+        + " |",
         "|---|---|---|---:|---:|" + "---:|" * len(METHODS),
     ]
 
@@ -278,7 +327,11 @@ def results_markdown(summary: dict[str, Any]) -> str:
     for vid, v in summary["volumes"].items():
         for sec, h in v["heldout"].items():
             cells = [f"{f(h['methods'][m]['pearson_mean'])} / {f(h['methods'][m]['spearman_mean'])}" for m in METHODS]
-            lines.append(f"| {vid} | {v['finetune_section']} | {sec} | {h['distance_um']:.0f} | {h['n_spots']} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {vid} | {v['finetune_section']} | {sec} | {h['distance_um']:.0f} | {h['n_spots']} | "
+                + " | ".join(cells)
+                + " |"
+            )
     mp, ms = summary["mean_pearson"], summary["mean_spearman"]
     lines.append("| **mean** | | | | | " + " | ".join(f"**{mp[m]:.3f} / {ms[m]:.3f}**" for m in METHODS) + " |")
     return "Mean over genes of per-gene Pearson / Spearman at held-out depths.\n\n" + "\n".join(lines) + "\n"

@@ -40,6 +40,7 @@ class VortexModel(nn.Module):
     def __init__(self, encoder: VolumeEncoder, n_genes: int) -> None:
         super().__init__()
         self.backbone_kwargs = {}
+        self.n_genes = int(n_genes)
         self.encoder = encoder
         self.vae = ExpressionVAE(n_genes, encoder.dim)
         self.head = ImageHead(encoder.dim, n_genes)
@@ -61,7 +62,9 @@ class VortexModel(nn.Module):
         return out
 
 
-def build_model(cfg: ModelConfig, n_genes: int, channels: int, *, load_weights: bool = True, seed: int = 0) -> tuple[VortexModel, int]:
+def build_model(
+    cfg: ModelConfig, n_genes: int, channels: int, *, load_weights: bool = True, seed: int = 0
+) -> tuple[VortexModel, int]:
     """A new model (and its in-plane input size in px). ``load_weights=False`` leaves the
     backbone randomly initialised (a saved state is loaded afterwards)."""
     backbone, name, kwargs = build_backbone(cfg, load=load_weights, seed=seed)

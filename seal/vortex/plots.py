@@ -20,13 +20,13 @@ class _Pred:
         import zarr
 
         self.path = Path(path)
-        self.group = zarr.open_group(str(self.path), mode="r")
-        ome = dict(self.group.attrs)["ome"]
-        self.genes = [c["label"] for c in ome.get("omero", {}).get("channels", [])] or list(dict(self.group.attrs)["vortex"]["genes"])
-        self.stride = tuple(float(s) for s in dict(self.group.attrs)["vortex"]["stride_zyx_um"])
-        self.arr = self.group["0"]
-        self.mask = self.group["labels/tissue_mask/0"]
-        self.shape = tuple(int(s) for s in self.arr.shape[1:])
+        self.group: Any = zarr.open_group(str(self.path), mode="r")
+        attrs: dict[str, Any] = dict(self.group.attrs)
+        self.genes: list[str] = [str(g) for g in attrs["vortex"]["genes"]]
+        self.stride = tuple(float(s) for s in attrs["vortex"]["stride_zyx_um"])
+        self.arr: Any = self.group["0"]
+        self.mask: Any = self.group["labels/tissue_mask/0"]
+        self.shape: tuple[int, ...] = tuple(int(s) for s in self.arr.shape[1:])
 
     def gene_index(self, gene: str) -> int:
         g = gene.upper()
@@ -35,9 +35,9 @@ class _Pred:
         return self.genes.index(g)
 
     def limits(self, gi: int) -> tuple[float, float]:
-        coarse = self.group[str(len([k for k in self.group.array_keys()]) - 1)]
-        vals = np.asarray(coarse[gi]).ravel()
-        m = np.asarray(self.group[f"labels/tissue_mask/{len(list(self.group['labels/tissue_mask'].array_keys())) - 1}"][0]).ravel() > 0
+        last = len(list(self.group.array_keys())) - 1
+        vals = np.asarray(self.group[str(last)][gi]).ravel()
+        m = np.asarray(self.group[f"labels/tissue_mask/{last}"][0]).ravel() > 0
         v = vals[m] if m.any() else vals
         lo, hi = np.percentile(v, [1, 99]) if v.size else (0.0, 1.0)
         return float(lo), float(hi if hi > lo else lo + 1e-6)
@@ -89,10 +89,22 @@ def _morph_side(volume: Any, axis: str, pos_um: float, max_px: int) -> np.ndarra
     return _to_rgb(blk[:, ::step])
 
 
-def _overlay(ax: Any, morph: np.ndarray, pred: np.ndarray, mask: np.ndarray, extent: list[float], lims: tuple[float, float]) -> Any:
+def _overlay(
+    ax: Any, morph: np.ndarray, pred: np.ndarray, mask: np.ndarray, extent: list[float], lims: tuple[float, float]
+) -> Any:
     ax.imshow(morph, extent=extent, origin="upper", interpolation="bilinear", aspect="auto")
     shown = np.ma.masked_where(mask == 0, pred)
-    im = ax.imshow(shown, extent=extent, origin="upper", cmap="magma", alpha=0.6, vmin=lims[0], vmax=lims[1], interpolation="nearest", aspect="auto")
+    im = ax.imshow(
+        shown,
+        extent=extent,
+        origin="upper",
+        cmap="magma",
+        alpha=0.6,
+        vmin=lims[0],
+        vmax=lims[1],
+        interpolation="nearest",
+        aspect="auto",
+    )
     return im
 
 
@@ -111,11 +123,32 @@ def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, 
     kz, ky, kx = nz // 2, ny // 2, nx // 2
     Z, Y, X = nz * sz, ny * sy, nx * sx
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), gridspec_kw={"width_ratios": [X, X, Y]})
-    xy = _overlay(axes[0], _morph_xy(volume, (kz + 0.5) * sz, max_px), np.asarray(p.arr[gi, kz]), np.asarray(p.mask[0, kz]), [0, X, Y, 0], lims)
+    xy = _overlay(
+        axes[0],
+        _morph_xy(volume, (kz + 0.5) * sz, max_px),
+        np.asarray(p.arr[gi, kz]),
+        np.asarray(p.mask[0, kz]),
+        [0, X, Y, 0],
+        lims,
+    )
     axes[0].set(title=f"XY at z = {(kz + 0.5) * sz:.0f} um", xlabel="x (um)", ylabel="y (um)")
-    _overlay(axes[1], _morph_side(volume, "y", (ky + 0.5) * sy, max_px), np.asarray(p.arr[gi, :, ky]), np.asarray(p.mask[0, :, ky]), [0, X, Z, 0], lims)
+    _overlay(
+        axes[1],
+        _morph_side(volume, "y", (ky + 0.5) * sy, max_px),
+        np.asarray(p.arr[gi, :, ky]),
+        np.asarray(p.mask[0, :, ky]),
+        [0, X, Z, 0],
+        lims,
+    )
     axes[1].set(title=f"XZ at y = {(ky + 0.5) * sy:.0f} um", xlabel="x (um)", ylabel="z (um)")
-    _overlay(axes[2], _morph_side(volume, "x", (kx + 0.5) * sx, max_px), np.asarray(p.arr[gi, :, :, kx]), np.asarray(p.mask[0, :, :, kx]), [0, Y, Z, 0], lims)
+    _overlay(
+        axes[2],
+        _morph_side(volume, "x", (kx + 0.5) * sx, max_px),
+        np.asarray(p.arr[gi, :, :, kx]),
+        np.asarray(p.mask[0, :, :, kx]),
+        [0, Y, Z, 0],
+        lims,
+    )
     axes[2].set(title=f"YZ at x = {(kx + 0.5) * sx:.0f} um", xlabel="y (um)", ylabel="z (um)")
     fig.colorbar(xy, ax=axes, shrink=0.8, label=f"{gene} (log-normalised)")
     fig.suptitle(f"VORTEX prediction: {gene}")
@@ -125,7 +158,9 @@ def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, 
     return out
 
 
-def depth_montage(pred_path: str | Path, volume: Any, gene: str, out: str | Path, *, n_planes: int = 8, max_px: int = 256) -> Path:
+def depth_montage(
+    pred_path: str | Path, volume: Any, gene: str, out: str | Path, *, n_planes: int = 8, max_px: int = 256
+) -> Path:
     """XY planes at ``n_planes`` evenly spaced depths, prediction over morphology."""
     import matplotlib
 
@@ -137,13 +172,20 @@ def depth_montage(pred_path: str | Path, volume: Any, gene: str, out: str | Path
     lims = p.limits(gi)
     nz, ny, nx = p.shape
     sz, sy, sx = p.stride
-    ks = sorted({int(round(v)) for v in np.linspace(0, nz - 1, min(n_planes, nz))})
+    ks = sorted({round(v) for v in np.linspace(0, nz - 1, min(n_planes, nz))})
     cols = min(4, len(ks))
     rows = int(np.ceil(len(ks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     im = None
     for ax, k in zip(axes.ravel(), ks, strict=False):
-        im = _overlay(ax, _morph_xy(volume, (k + 0.5) * sz, max_px), np.asarray(p.arr[gi, k]), np.asarray(p.mask[0, k]), [0, nx * sx, ny * sy, 0], lims)
+        im = _overlay(
+            ax,
+            _morph_xy(volume, (k + 0.5) * sz, max_px),
+            np.asarray(p.arr[gi, k]),
+            np.asarray(p.mask[0, k]),
+            [0, nx * sx, ny * sy, 0],
+            lims,
+        )
         ax.set_title(f"z = {(k + 0.5) * sz:.0f} um", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -159,7 +201,14 @@ def depth_montage(pred_path: str | Path, volume: Any, gene: str, out: str | Path
 
 
 def flythrough_gif(
-    pred_path: str | Path, volume: Any, gene: str, out: str | Path, *, n_frames: int = 16, size_px: int = 256, duration_ms: int = 150
+    pred_path: str | Path,
+    volume: Any,
+    gene: str,
+    out: str | Path,
+    *,
+    n_frames: int = 16,
+    size_px: int = 256,
+    duration_ms: int = 150,
 ) -> Path:
     """An animated GIF stepping through depth: morphology with the predicted gene overlaid."""
     import matplotlib
@@ -168,7 +217,7 @@ def flythrough_gif(
     p = _Pred(pred_path)
     gi = p.gene_index(gene)
     lo, hi = p.limits(gi)
-    nz, ny, nx = p.shape
+    nz, _ny, _nx = p.shape
     sz = p.stride[0]
     cmap = matplotlib.colormaps["magma"]
     z_um = np.linspace(0.5 * sz, (nz - 0.5) * sz, n_frames)
@@ -176,16 +225,16 @@ def flythrough_gif(
     for z in z_um:
         morph = _morph_xy(volume, float(z), size_px)
         h = size_px
-        w = max(1, int(round(size_px * morph.shape[1] / morph.shape[0])))
-        base = Image.fromarray((morph * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+        w = max(1, round(size_px * morph.shape[1] / morph.shape[0]))
+        base = Image.fromarray((morph * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
         k = int(np.clip(z / sz - 0.5, 0, nz - 1))
         val = np.clip((np.asarray(p.arr[gi, k]) - lo) / (hi - lo), 0, 1)
         rgba = (cmap(val) * 255).astype(np.uint8)
         rgba[..., 3] = np.where(np.asarray(p.mask[0, k]) > 0, 150, 0).astype(np.uint8)
-        over = Image.fromarray(rgba, mode="RGBA").resize((w, h), Image.NEAREST)
+        over = Image.fromarray(rgba, mode="RGBA").resize((w, h), Image.Resampling.NEAREST)
         frame = base.convert("RGBA")
         frame.alpha_composite(over)
-        frames.append(frame.convert("P", palette=Image.ADAPTIVE))
+        frames.append(frame.convert("P", palette=Image.Palette.ADAPTIVE))
     out = Path(out)
     frames[0].save(out, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
     return out

@@ -45,7 +45,6 @@ from .model import LoadedModel, load_model
 __all__ = ["PredictConfig", "grid_shape", "predict_catalog", "predict_volume"]
 
 
-
 @dataclass(frozen=True)
 class PredictConfig:
     """Settings of a dense prediction.
@@ -158,6 +157,7 @@ def predict_volume(
     prog_path = progress_path(out)
     done: set[int] = set()
     append = False
+    prog: dict[str, Any] | None = None
     if overwrite:
         prog_path.unlink(missing_ok=True)
     if out.exists():
@@ -171,7 +171,9 @@ def predict_volume(
                 f"{out} exists and is not an unfinished VORTEX prediction with these settings; choose another --out or pass --overwrite"
             )
         elif not resume:
-            raise PredictionError(f"{out} holds an earlier prediction; pass --resume to continue it or --overwrite to start again")
+            raise PredictionError(
+                f"{out} holds an earlier prediction; pass --resume to continue it or --overwrite to start again"
+            )
         elif prog["settings"] != settings:
             changed = [k for k in settings if prog["settings"].get(k) != settings[k]]
             raise PredictionError(
@@ -183,12 +185,21 @@ def predict_volume(
             append = True
     threshold = cfg.threshold
     if threshold is None and not cfg.all_points:
-        threshold = float(prog["threshold"]) if append else volume_threshold(volume)
+        threshold = float(prog["threshold"]) if append and prog is not None else volume_threshold(volume)
     state: dict[str, Any] = {"settings": settings, "done": sorted(done), "threshold": threshold}
     attrs = {"vortex": {k: v for k, v in settings.items() if k != "model_key"} | {"units": "log1p(normalize_total 1e4)"}}
     w = NgffVolumeWriter(
-        out, gshape, channels=len(genes), voxel_size_um=stride, dtype="float32", chunks_zyx=block,
-        channel_names=genes, name=f"vortex expression of {volume_name}", attributes=attrs, min_side=4, mode="a" if append else "w",
+        out,
+        gshape,
+        channels=len(genes),
+        voxel_size_um=stride,
+        dtype="float32",
+        chunks_zyx=block,
+        channel_names=genes,
+        name=f"vortex expression of {volume_name}",
+        attributes=attrs,
+        min_side=4,
+        mode="a" if append else "w",
     )
     mask_path = out / "labels" / "tissue_mask"
     if not append:
@@ -198,20 +209,37 @@ def predict_volume(
         labels = root.create_group("labels")
         labels.attrs["ome"] = {"version": "0.5", "labels": ["tissue_mask"]}
     m = NgffVolumeWriter(
-        mask_path, gshape, channels=1, voxel_size_um=stride, dtype="uint8", chunks_zyx=block,
-        channel_names=["tissue"], name="tissue_mask", min_side=4, mode="a" if append else "w",
+        mask_path,
+        gshape,
+        channels=1,
+        voxel_size_um=stride,
+        dtype="uint8",
+        chunks_zyx=block,
+        channel_names=["tissue"],
+        name="tissue_mask",
+        min_side=4,
+        mode="a" if append else "w",
     )
     if not append:
         ome = dict(m.group.attrs["ome"])
         ome.pop("omero", None)
-        ome["image-label"] = {"version": "0.5", "colors": [{"label-value": 1, "rgba": [255, 255, 255, 96]}], "source": {"image": "../../"}}
+        ome["image-label"] = {
+            "version": "0.5",
+            "colors": [{"label-value": 1, "rgba": [255, 255, 255, 96]}],
+            "source": {"image": "../../"},
+        }
         m.group.attrs["ome"] = ome
         _atomic_json(prog_path, state)
 
     device = resolve_device(cfg.device)
     net = loaded.model.to(device).eval()
     tf = SubvolumeTransform(loaded.size_px)
-    blocks = [(z0, y0, x0) for z0 in range(0, gshape[0], block[0]) for y0 in range(0, gshape[1], block[1]) for x0 in range(0, gshape[2], block[2])]
+    blocks = [
+        (z0, y0, x0)
+        for z0 in range(0, gshape[0], block[0])
+        for y0 in range(0, gshape[1], block[1])
+        for x0 in range(0, gshape[2], block[2])
+    ]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -254,7 +282,12 @@ def predict_volume(
     if len(done) == len(blocks):
         w.build_pyramid()
         m.build_pyramid()
-        w.group.attrs["vortex"] = {**w.group.attrs["vortex"], "model_key": settings["model_key"], "complete": True, "threshold": threshold}
+        w.group.attrs["vortex"] = {
+            **w.group.attrs["vortex"],
+            "model_key": settings["model_key"],
+            "complete": True,
+            "threshold": threshold,
+        }
         prog_path.unlink(missing_ok=True)
     return out
 
@@ -269,8 +302,8 @@ def _finished_with(out: Path, settings: dict[str, Any]) -> bool:
     import zarr
 
     try:
-        attrs = dict(zarr.open_group(str(out), mode="r").attrs).get("vortex", {})
-    except Exception:
+        attrs: dict[str, Any] = dict(dict(zarr.open_group(str(out), mode="r").attrs).get("vortex", {}))  # type: ignore[arg-type]
+    except (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
         return False
     return bool(attrs.get("complete")) and all(attrs.get(k) == v for k, v in settings.items())
 

@@ -92,7 +92,9 @@ def _smooth_ok(source: PairSource, smooth: bool) -> bool:
     return smooth
 
 
-def _losses(model: VortexModel, x: torch.Tensor, expr: torch.Tensor, cfg: TrainConfig, mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
+def _losses(
+    model: VortexModel, x: torch.Tensor, expr: torch.Tensor, cfg: TrainConfig, mean: torch.Tensor, std: torch.Tensor
+) -> dict[str, torch.Tensor]:
     f = model.embed_volume(x)
     mu, logvar, recon = model.vae(expr)
     pred = model.head(f)
@@ -102,13 +104,21 @@ def _losses(model: VortexModel, x: torch.Tensor, expr: torch.Tensor, cfg: TrainC
         "pred": expression_loss(pred, expr, mean, std),
         "kl": kl_divergence(mu.float(), logvar.float()),
     }
-    parts["loss"] = cfg.w_clip * parts["clip"] + cfg.w_recon * parts["recon"] + cfg.w_pred * parts["pred"] + cfg.kl_weight * parts["kl"]
+    parts["loss"] = (
+        cfg.w_clip * parts["clip"] + cfg.w_recon * parts["recon"] + cfg.w_pred * parts["pred"] + cfg.kl_weight * parts["kl"]
+    )
     return parts
 
 
 @torch.no_grad()
 def predict_pairs(
-    model: VortexModel, source: PairSource, size_px: int, *, batch_size: int = 32, device: str | torch.device = "cpu", progress: bool = False
+    model: VortexModel,
+    source: PairSource,
+    size_px: int,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> np.ndarray:
     """Expression predicted for every pair of ``source`` (n_pairs x model genes)."""
     dev = torch.device(device)
@@ -123,7 +133,7 @@ def predict_pairs(
     for x, _ in it:
         with _amp(dev):
             out.append(model.predict(x.to(dev)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.head.net[-1].out_features), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.n_genes), dtype=np.float32)
 
 
 def train_model(
@@ -157,7 +167,9 @@ def train_model(
     model.to(device).train()
     mean = torch.tensor(prep.mean, device=device, dtype=torch.float32)
     std = torch.tensor(prep.std, device=device, dtype=torch.float32)
-    ds = VolumeDataset(source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip), cache=cfg.cache_pairs)
+    ds = VolumeDataset(
+        source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip), cache=cfg.cache_pairs
+    )
     bs = min(cfg.batch_size, len(ds))
     if bs < 2:
         raise SelectionError(f"the training pairs number {len(ds)}; contrastive training needs at least 2")
@@ -208,7 +220,12 @@ def train_model(
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 now = time.perf_counter()
-                rec: dict[str, Any] = {"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"], "pairs_per_s": len(x) / max(now - t_last, 1e-9)}
+                rec: dict[str, Any] = {
+                    "epoch": epoch,
+                    "step": step,
+                    "lr": opt.param_groups[0]["lr"],
+                    "pairs_per_s": len(x) / max(now - t_last, 1e-9),
+                }
                 t_last = now
                 rec.update({k: float(v.detach()) for k, v in parts.items()})
                 log.write(json.dumps(rec) + "\n")
@@ -225,7 +242,14 @@ def train_model(
             log.write(json.dumps(ep) + "\n")
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(
-            {"trainable": _trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "config": cfg.to_dict()},
+            {
+                "trainable": _trainable_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "config": cfg.to_dict(),
+            },
             tmp,
         )
         os.replace(tmp, ckpt_path)
@@ -296,7 +320,9 @@ def pretrain(
         "sections": sorted(set(train_view.obs["sample_id"].astype(str))),
         "parent": None,
     }
-    return train_model(model, size_px, train_view, values, prep, cfg, out, meta, val=val, resume=resume, progress=progress, stop_after=stop_after)
+    return train_model(
+        model, size_px, train_view, values, prep, cfg, out, meta, val=val, resume=resume, progress=progress, stop_after=stop_after
+    )
 
 
 def finetune(
