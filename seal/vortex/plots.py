@@ -26,7 +26,8 @@ class _Pred:
         self.stride = tuple(float(s) for s in attrs["vortex"]["stride_zyx_um"])
         self.arr: Any = self.group["0"]
         self.mask: Any = self.group["labels/tissue_mask/0"]
-        self.shape: tuple[int, ...] = tuple(int(s) for s in self.arr.shape[1:])
+        shape: Any = np.shape(self.arr)
+        self.shape: tuple[int, ...] = tuple(int(s) for s in shape[1:])
 
     def gene_index(self, gene: str) -> int:
         g = gene.upper()
