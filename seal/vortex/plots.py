@@ -13,6 +13,10 @@ import numpy as np
 __all__ = ["depth_montage", "flythrough_gif", "orthoslices", "render_prediction"]
 
 
+def _shape_of(a: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in a.shape)
+
+
 class _Pred:
     """A prediction OME-Zarr opened for pictures."""
 
@@ -26,7 +30,7 @@ class _Pred:
         self.stride = tuple(float(s) for s in attrs["vortex"]["stride_zyx_um"])
         self.arr: Any = self.group["0"]
         self.mask: Any = self.group["labels/tissue_mask/0"]
-        shape: Any = np.shape(self.arr)
+        shape: Any = _shape_of(self.arr)
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape[1:])
 
     def gene_index(self, gene: str) -> int:
