@@ -17,9 +17,7 @@ TINY = ModelConfig(backbone="test_vit", create_kwargs={"img_size": 32}, n_slices
 
 
 def tiny_train(epochs: int, **kw: Any) -> TrainConfig:
-    return TrainConfig(
-        epochs=epochs, batch_size=16, lr=1e-3, weight_decay=0.05, n_genes=24, device="cpu", cache_pairs=True, **kw
-    )
+    return TrainConfig(epochs=epochs, batch_size=16, lr=1e-3, weight_decay=0.05, n_genes=24, device="cpu", cache_pairs=True, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +35,13 @@ def vortex_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticVo
     sections at 20, 40 and 60 um, ingested and linked in one catalog."""
     root = tmp_path_factory.mktemp("vortex")
     coh = make_volume_cohort(
-        root / "raw", seed=3, n_volumes=3, shape_zyx=(20, 200, 200), voxel_size_um=(4.0, 4.0, 4.0), n_genes=24, section_pixel_size_um=2.0
+        root / "raw",
+        seed=3,
+        n_volumes=3,
+        shape_zyx=(20, 200, 200),
+        voxel_size_um=(4.0, 4.0, 4.0),
+        n_genes=24,
+        section_pixel_size_um=2.0,
     )
     cat = catalog.create(root / "cat")
     for v in coh.volumes:

@@ -64,7 +64,9 @@ def test_lora_trains_only_adapters() -> None:
     backbone_trainable = [n for n in names if n.startswith("encoder.backbone.")]
     assert backbone_trainable and all("lora_" in n for n in backbone_trainable)
     assert any(n.startswith("encoder.aggregator.") for n in names) and any(n.startswith("head.") for n in names)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("encoder.backbone.") and not p.requires_grad}
+    frozen = {
+        n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("encoder.backbone.") and not p.requires_grad
+    }
     lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()

@@ -30,7 +30,14 @@ def test_predict_writes_multiscale_ngff_and_resumes(
     assert len(prog["done"]) == 3  # interrupted after three of 4 x 2 x 2 blocks
     # a different request on the unfinished output is refused, not mixed in
     with pytest.raises(PredictionError, match="genes"):
-        predict_catalog(cat_path, pretrained_dir, "vol2", out, PredictConfig(genes=want[:1], stride_um=(50.0, 20.0), block_points=(1, 8, 8)), progress=False)
+        predict_catalog(
+            cat_path,
+            pretrained_dir,
+            "vol2",
+            out,
+            PredictConfig(genes=want[:1], stride_um=(50.0, 20.0), block_points=(1, 8, 8)),
+            progress=False,
+        )
     predict_catalog(cat_path, pretrained_dir, "vol2", out, cfg, progress=False)
     assert not progress_path(out).exists()
 

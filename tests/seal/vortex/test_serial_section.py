@@ -54,6 +54,8 @@ def test_needs_two_sections(vortex_cohort: tuple[SyntheticVolumeCohort, Path], p
 
     _, cat_path = vortex_cohort
     with pytest.raises(SectionError, match="not linked to volume 'vol2'"):
-        serial_section_eval(cat_path, pretrained_dir, ["vol2"], tmp_path, SerialSectionConfig(finetune_section="vol0_s0"), progress=False)
+        serial_section_eval(
+            cat_path, pretrained_dir, ["vol2"], tmp_path, SerialSectionConfig(finetune_section="vol0_s0"), progress=False
+        )
     with pytest.raises(SectionError, match="no volume 'nope'"):
         serial_section_eval(cat_path, pretrained_dir, ["nope"], tmp_path, progress=False)
