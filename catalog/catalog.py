@@ -429,7 +429,8 @@ class Catalog:
             v: (str(self.layout.root / known_v[v]["zarr_path"]), tuple(float(a) for a in known_v[v]["voxel_size_um"]))
             for v in set(new["volume_id"])
         }
-        return VolumePairView(pv, new, vols, spec)  # type: ignore[arg-type]
+        fills = {v: 255 if known_v[v].get("modality") == "he-stack" else 0 for v in vols}
+        return VolumePairView(pv, new, vols, spec, fills)  # type: ignore[arg-type]
 
 
 def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: bool = True) -> Catalog:

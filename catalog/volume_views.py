@@ -29,7 +29,8 @@ class VolumePairView:
     ``x_px``/``y_px`` = spot centre in level-0 px of the section's WSI, ...) plus
     ``volume_id`` and ``z_um``, ``y_um``, ``x_um`` = the spot CENTRE in the volume frame
     (micrometres from the outer corner of voxel (0, 0, 0)); the section technology's own
-    frame moves to ``x_um_tech``/``y_um_tech``. ``view[i]`` is ``(subvolume, expression)``:
+    frame moves to ``x_um_tech``/``y_um_tech``. Parts of a sub-volume outside its volume are
+    0 (255 for ``he-stack`` volumes: glass). ``view[i]`` is ``(subvolume, expression)``:
     a ``(n_slices, size_px, size_px, C)`` uint8 sub-volume (:class:`VolumePairSpec`) and
     float32 raw counts over :attr:`genes`. Views pickle cheaply (paths, not handles).
     """
@@ -40,6 +41,7 @@ class VolumePairView:
         obs: pd.DataFrame,
         volumes: dict[str, tuple[str, tuple[float, float, float]]],
         spec: VolumePairSpec,
+        fills: dict[str, int] | None = None,
     ) -> None:
         if len(obs) != len(pairs):
             raise ValueError(f"obs has {len(obs)} rows, the 2D pairs {len(pairs)}")
@@ -47,6 +49,7 @@ class VolumePairView:
         self.obs = obs
         self.spec = spec
         self._volumes = dict(volumes)
+        self._fills = dict(fills or {})
         self._handles: dict[str, NgffVolume] = {}
         self._pid = os.getpid()
         self._vid = obs["volume_id"].to_numpy() if len(obs) else np.zeros(0, object)
@@ -89,14 +92,15 @@ class VolumePairView:
         idx = np.arange(len(self))[rows]
         obs = self.obs.iloc[idx].reset_index(drop=True)
         keep = set(obs["volume_id"].unique())
-        return VolumePairView(self.pairs.subset(idx), obs, {k: v for k, v in self._volumes.items() if k in keep}, self.spec)
+        vols = {k: v for k, v in self._volumes.items() if k in keep}
+        return VolumePairView(self.pairs.subset(idx), obs, vols, self.spec, self._fills)
 
     def with_genes(self, genes: list[str]) -> VolumePairView:
-        return VolumePairView(self.pairs.with_genes(genes), self.obs, self._volumes, self.spec)
+        return VolumePairView(self.pairs.with_genes(genes), self.obs, self._volumes, self.spec, self._fills)
 
     def with_spec(self, spec: VolumePairSpec) -> VolumePairView:
         """The same pairs cut with another sub-volume geometry."""
-        return VolumePairView(self.pairs, self.obs, self._volumes, spec)
+        return VolumePairView(self.pairs, self.obs, self._volumes, spec, self._fills)
 
     # -- reading -----------------------------------------------------------------------
     def volume(self, volume_id: str) -> NgffVolume:
@@ -123,7 +127,8 @@ class VolumePairView:
         """The ``(n_slices, size_px, size_px, C)`` uint8 sub-volume of pair ``i``."""
         i = self._index(i)
         c = self._centres[i]
-        return extract_subvolume(self.volume(str(self._vid[i])), (float(c[0]), float(c[1]), float(c[2])), self.spec)
+        vid = str(self._vid[i])
+        return extract_subvolume(self.volume(vid), (float(c[0]), float(c[1]), float(c[2])), self.spec, fill=self._fills.get(vid, 0))
 
     def subvolumes(self, rows: NDArray[np.integer] | list[int]) -> NDArray[np.uint8]:
         """Sub-volumes of many pairs ``(len(rows), n_slices, size_px, size_px, C)``, each volume's
@@ -132,7 +137,7 @@ class VolumePairView:
         out = np.zeros((len(idx), self.spec.n_slices, self.spec.size_px, self.spec.size_px, max(self.channels, 1)), np.uint8)
         for vid in np.unique(self._vid[idx]) if len(idx) else []:
             sel = np.flatnonzero(self._vid[idx] == vid)
-            out[sel] = extract_subvolumes(self.volume(str(vid)), self._centres[idx[sel]], self.spec)
+            out[sel] = extract_subvolumes(self.volume(str(vid)), self._centres[idx[sel]], self.spec, fill=self._fills.get(str(vid), 0))
         return out
 
     def patch(self, i: int) -> NDArray[np.uint8]:

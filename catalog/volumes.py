@@ -275,6 +275,7 @@ def ingest_volume(
         raise VolumeError(f"{volume_id}: modality {modality!r} is not one of {', '.join(MODALITIES)}; pass --modality")
     warnings: list[str] = []
     # open and validate everything before the catalog is touched
+    opened = isinstance(source, (str, Path))
     if isinstance(source, (str, Path)):
         src_path = Path(source)
         if src_path.suffix.lower() == ".csv" or modality == "he-stack":
@@ -290,37 +291,23 @@ def ingest_volume(
         if voxel_size_um is not None and isinstance(vol, VolumeSource):
             vol.set_voxel_size(voxel_size_um)
         source_paths = [str(src_path)]
-    vs = tuple(float(v) for v in vol.voxel_size_um)  # raises VoxelSizeError naming the fix
-    embedded = getattr(vol, "embedded_voxel_size_um", None)
-    if voxel_size_um is not None and embedded is not None:
-        rel = max(abs(a - b) / b for a, b in zip(voxel_size_um, embedded, strict=True))
-        if rel > 0.05:
-            warnings.append(
-                f"{src_path}: the file says voxel size {tuple(embedded)} um but {tuple(voxel_size_um)} was given; using the given one"
+    try:
+        vs, shape, names, embedded = _validate(vol, src_path, volume_id, voxel_size_um, modality, channel_names, warnings)
+        if layout.volume_manifest(volume_id).exists() and not overwrite:
+            existing = read_json(layout.volume_manifest(volume_id))
+            raise VolumeExistsError(
+                f"{volume_id}: already in the catalog (from {existing.get('source_paths', ['?'])[0]}); "
+                "pass --overwrite to replace it or --volume-id to choose another id"
             )
-    shape = tuple(int(s) for s in vol.shape_zyx)
-    if min(shape) < 1:
-        raise VolumeError(f"{src_path}: volume shape {shape} (z, y, x) is empty; give a stack with at least one plane")
-    want = MODALITIES[modality]
-    if want is not None and vol.channels != want:
-        raise VolumeError(
-            f"{src_path}: modality {modality!r} expects {want} channel(s), the volume has {vol.channels}. "
-            f"Fix: pass the right --modality ({'otls for multi-channel light-sheet' if vol.channels > 1 else 'microct for grayscale'})"
-        )
-    if channel_names is not None and len(channel_names) != vol.channels:
-        raise VolumeError(f"{src_path}: {len(channel_names)} channel names given for {vol.channels} channels")
+        window = vol.window() if isinstance(vol, VolumeSource) else (0.0, 255.0)
+    except BaseException:
+        if opened:
+            _close(vol)
+        raise
     mpath = layout.volume_manifest(volume_id)
-    if mpath.exists() and not overwrite:
-        existing = read_json(mpath)
-        raise VolumeExistsError(
-            f"{volume_id}: already in the catalog (from {existing.get('source_paths', ['?'])[0]}); "
-            "pass --overwrite to replace it or --volume-id to choose another id"
-        )
-    window = vol.window() if isinstance(vol, VolumeSource) else (0.0, 255.0)
     ingest_id = new_ingest_id()
     created_dir = not layout.volumes_dir.exists()
     gpath = layout.volume(volume_id, ingest_id)
-    names = list(channel_names) if channel_names is not None else _default_channel_names(modality, vol.channels)
     try:
         layout.volumes_dir.mkdir(parents=True, exist_ok=True)
         writer = NgffVolumeWriter(
@@ -382,6 +369,8 @@ def ingest_volume(
             layout.volume_manifest_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(mpath, manifest)
     except BaseException:
+        if opened:
+            _close(vol)
         shutil.rmtree(gpath, ignore_errors=True)
         if created_dir:
             try:
@@ -389,9 +378,51 @@ def ingest_volume(
             except OSError:
                 pass
         raise
+    if opened:
+        _close(vol)
     if old is not None and old.exists() and old != gpath:
         shutil.rmtree(old, ignore_errors=True)
     return VolumeIngestResult(volume_id, ingest_id, shape, vs, vol.channels, len(writer.factors), time.perf_counter() - t0, tuple(warnings))  # type: ignore[arg-type]
+
+
+def _validate(
+    vol: VolumeLike,
+    src_path: Path,
+    volume_id: str,
+    voxel_size_um: Sequence[float] | None,
+    modality: str,
+    channel_names: Sequence[str] | None,
+    warnings: list[str],
+) -> tuple[tuple[float, float, float], tuple[int, int, int], list[str], Any]:
+    v = tuple(float(a) for a in vol.voxel_size_um)  # raises VoxelSizeError naming the fix
+    vs = (v[0], v[1], v[2])
+    embedded = getattr(vol, "embedded_voxel_size_um", None)
+    if voxel_size_um is not None and embedded is not None:
+        rel = max(abs(a - b) / b for a, b in zip(voxel_size_um, embedded, strict=True))
+        if rel > 0.05:
+            warnings.append(
+                f"{src_path}: the file says voxel size {tuple(embedded)} um but {tuple(voxel_size_um)} was given; using the given one"
+            )
+    s = tuple(int(a) for a in vol.shape_zyx)
+    shape = (s[0], s[1], s[2])
+    if min(shape) < 1:
+        raise VolumeError(f"{src_path}: volume shape {shape} (z, y, x) is empty; give a stack with at least one plane")
+    want = MODALITIES[modality]
+    if want is not None and vol.channels != want:
+        raise VolumeError(
+            f"{src_path}: modality {modality!r} expects {want} channel(s), the volume has {vol.channels}. "
+            f"Fix: pass the right --modality ({'otls for multi-channel light-sheet' if vol.channels > 1 else 'microct for grayscale'})"
+        )
+    if channel_names is not None and len(channel_names) != vol.channels:
+        raise VolumeError(f"{src_path}: {len(channel_names)} channel names given for {vol.channels} channels")
+    names = list(channel_names) if channel_names is not None else _default_channel_names(modality, vol.channels)
+    return vs, shape, names, embedded
+
+
+def _close(vol: object) -> None:
+    close = getattr(vol, "close", None)
+    if callable(close):
+        close()
 
 
 def _default_channel_names(modality: str, channels: int) -> list[str]:

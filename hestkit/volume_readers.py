@@ -171,6 +171,13 @@ class TiffVolume(VolumeSource):
             raise ReaderError(self.path, f"cannot be read as TIFF ({exc})", "check the file is a complete TIFF stack") from exc
         series = self._tf.series[0]
         axes = series.axes.upper()
+        self._pages: list[Any] | None = None
+        if len(axes) in (2, 3) and "Z" not in axes and len(self._tf.pages) > 1:
+            # pages written one by one (each its own series): a plain multi-page stack
+            pages = [p for p in self._tf.pages if getattr(p, "subfiletype", 0) == 0]
+            if len(pages) > 1 and all(p.shape == pages[0].shape and p.dtype == pages[0].dtype for p in pages):
+                self._init_pages(pages)
+                return
         # tifffile names the plane axis Z (OME/ImageJ), I (generic image sequence) or Q (unknown)
         plane_axes = [a for a in axes if a in "ZIQ"]
         chan_axes = [a for a in axes if a in "CS"]
@@ -216,6 +223,24 @@ class TiffVolume(VolumeSource):
         self.dtype = np.dtype(series.dtype)
         self.embedded_voxel_size_um = self._embedded()
 
+    def _init_pages(self, pages: list[Any]) -> None:
+        self._pages = pages
+        shape = pages[0].shape
+        self._page_axes = pages[0].axes.upper()
+        self.levels = [VolumeLevel((len(pages), int(shape[0]), int(shape[1])), (1.0, 1.0, 1.0))]
+        self.channels = int(shape[2]) if len(shape) == 3 else 1
+        self.dtype = np.dtype(pages[0].dtype)
+        self.embedded_voxel_size_um = None
+        self._axes, self._zax, self._cax = "ZYX", "Z", []
+        self._cache: tuple[int, NDArray[Any]] | None = None
+
+    def _page(self, k: int) -> NDArray[Any]:
+        assert self._pages is not None
+        if self._cache is None or self._cache[0] != k:
+            a = np.asarray(self._pages[k].asarray())
+            self._cache = (k, a if a.ndim == 3 else a[..., None])
+        return self._cache[1]
+
     def _embedded(self) -> tuple[float, float, float] | None:
         tf = self._tf
         if tf.is_ome and tf.ome_metadata:
@@ -255,6 +280,13 @@ class TiffVolume(VolumeSource):
         return None
 
     def _read_native(self, z: slice, y: slice, x: slice, level: int) -> NDArray[Any]:
+        if self._pages is not None:
+            ks = range(*z.indices(len(self._pages)))
+            planes = [self._page(k)[y, x] for k in ks]
+            if planes:
+                return np.stack(planes)
+            ny, nx = self.shape_zyx[1:]
+            return np.zeros((0, len(range(*y.indices(ny))), len(range(*x.indices(nx))), self.channels), self.dtype)
         wanted: dict[str, Any] = {self._zax: z, "Y": y, "X": x}
         for a in self._cax:
             wanted[a] = slice(None)

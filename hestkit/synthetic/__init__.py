@@ -15,7 +15,14 @@ from .hest import make_hest
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
-from .volume import SyntheticSection, SyntheticVolume, SyntheticVolumeCohort, make_volume, make_volume_cohort
+from .volume import (
+    SyntheticSection,
+    SyntheticVolume,
+    SyntheticVolumeCohort,
+    make_large_volume,
+    make_volume,
+    make_volume_cohort,
+)
 from .xenium import SyntheticXenium, make_xenium
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "gene_table",
     "make_demo_cohort",
     "make_hest",
+    "make_large_volume",
     "make_st",
     "make_visium",
     "make_visium_hd",

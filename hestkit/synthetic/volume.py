@@ -40,7 +40,14 @@ from ._grid import VISIUM_FIDUCIAL_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM, random_
 from ._tenx import write_10x_h5, write_scalefactors, write_tissue_positions
 from ._tiff import write_flat_image, write_pyramidal_tiff
 
-__all__ = ["SyntheticSection", "SyntheticVolume", "SyntheticVolumeCohort", "make_volume", "make_volume_cohort"]
+__all__ = [
+    "SyntheticSection",
+    "SyntheticVolume",
+    "SyntheticVolumeCohort",
+    "make_large_volume",
+    "make_volume",
+    "make_volume_cohort",
+]
 
 Modality = Literal["microct", "otls"]
 
@@ -375,3 +382,79 @@ def make_volume_cohort(
         for i in range(n_volumes)
     ]
     return SyntheticVolumeCohort(root, vols)
+
+
+def make_large_volume(
+    path: str | Path,
+    *,
+    shape_zyx: tuple[int, int, int] = (200, 2000, 2000),
+    voxel_size_um: tuple[float, float, float] = (2.0, 2.0, 2.0),
+    seed: int = 0,
+    modality: Modality = "microct",
+    tile_zyx: tuple[int, int, int] = (40, 256, 256),
+    fmt: Literal["ome-tiff", "ome-zarr"] = "ome-tiff",
+) -> Path:
+    """A large volume for throughput and memory benchmarks, written plane by plane (OME-TIFF)
+    or block by block (OME-Zarr) with flat memory.
+
+    One tile of a seeded tissue (no background) is rendered and mirrored across the volume
+    (alternate tiles flipped, so there are no seams): realistic texture at any size in
+    seconds, but the expression truth of :func:`make_volume` does not apply to it.
+    """
+    if modality not in ("microct", "otls"):
+        raise ValueError(f"modality must be 'microct' or 'otls', got {modality!r}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tz, ty, tx = (min(t, s) for t, s in zip(tile_zyx, shape_zyx, strict=True))
+    ext = (tz * voxel_size_um[0], ty * voxel_size_um[1], tx * voxel_size_um[2])
+    tissue = make_field(ext, np.ones(8), rng, seed)
+    tissue = TissueField(ext, tissue.centres, tissue.scales, tissue.weights, tissue.lo, tissue.hi, tissue.gene_base, (ext[1] / 2, ext[2] / 2, 1e9, 1e9, 0.0, 0.0), seed)
+    gy, gx = np.meshgrid((np.arange(ty) + 0.5) * voxel_size_um[1], (np.arange(tx) + 0.5) * voxel_size_um[2], indexing="ij")
+    channels = 1 if modality == "microct" else 2
+    tile = np.empty((tz, ty, tx, channels), np.uint8)
+    for k in range(tz):
+        pts = np.stack([np.full(gy.size, (k + 0.5) * voxel_size_um[0]), gy.ravel(), gx.ravel()], axis=1)
+        tile[k] = tissue.render(pts, modality).reshape(ty, tx, channels)
+    flips = {(fz, fy, fx): tile[:: (-1 if fz else 1), :: (-1 if fy else 1), :: (-1 if fx else 1)] for fz in (0, 1) for fy in (0, 1) for fx in (0, 1)}
+    nz, ny, nx = shape_zyx
+
+    def block(z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.uint8]:
+        outb = np.empty((z1 - z0, y1 - y0, x1 - x0, channels), np.uint8)
+        for zb in range(z0 // tz, (z1 - 1) // tz + 1):
+            for yb in range(y0 // ty, (y1 - 1) // ty + 1):
+                for xb in range(x0 // tx, (x1 - 1) // tx + 1):
+                    t = flips[(zb % 2, yb % 2, xb % 2)]
+                    a0, a1 = max(z0, zb * tz), min(z1, (zb + 1) * tz)
+                    b0, b1 = max(y0, yb * ty), min(y1, (yb + 1) * ty)
+                    c0, c1 = max(x0, xb * tx), min(x1, (xb + 1) * tx)
+                    outb[a0 - z0 : a1 - z0, b0 - y0 : b1 - y0, c0 - x0 : c1 - x0] = t[
+                        a0 - zb * tz : a1 - zb * tz, b0 - yb * ty : b1 - yb * ty, c0 - xb * tx : c1 - xb * tx
+                    ]
+        return outb
+
+    if fmt == "ome-zarr":
+        from ..ngff import NgffVolumeWriter
+
+        w = NgffVolumeWriter(out, shape_zyx, channels=channels, voxel_size_um=voxel_size_um, name=out.stem)
+        cz = w.chunks_zyx[0]
+        for z0 in range(0, nz, cz):
+            for y0 in range(0, ny, 1024):
+                w.write_block((z0, y0, 0), block(z0, min(z0 + cz, nz), y0, min(y0 + 1024, ny), 0, nx))
+        w.build_pyramid()
+        return out
+    if fmt != "ome-tiff":
+        raise ValueError(f"fmt must be 'ome-tiff' or 'ome-zarr', got {fmt!r}")
+
+    def planes():  # type: ignore[no-untyped-def]
+        for k in range(nz):
+            img = block(k, k + 1, 0, ny, 0, nx)[0]
+            for c in range(channels):
+                yield img[..., c]
+
+    vz, vy, vx = voxel_size_um
+    md = {"axes": "ZYX" if channels == 1 else "ZCYX", "PhysicalSizeZ": vz, "PhysicalSizeY": vy, "PhysicalSizeX": vx}
+    shape = (nz, ny, nx) if channels == 1 else (nz, channels, ny, nx)
+    with tifffile.TiffWriter(out, ome=True, bigtiff=nz * ny * nx * channels > 2**31) as tw:
+        tw.write(planes(), shape=shape, dtype=np.uint8, metadata=md, photometric="minisblack", compression="zlib", rowsperstrip=64)
+    return out
