@@ -95,9 +95,15 @@ def _morph_side(volume: Any, axis: str, pos_um: float, max_px: int) -> np.ndarra
 
 
 def _overlay(
-    ax: Any, morph: np.ndarray, pred: np.ndarray, mask: np.ndarray, extent: list[float], lims: tuple[float, float]
+    ax: Any,
+    morph: np.ndarray,
+    pred: np.ndarray,
+    mask: np.ndarray,
+    extent: list[float],
+    lims: tuple[float, float],
+    aspect: str = "equal",
 ) -> Any:
-    ax.imshow(morph, extent=extent, origin="upper", interpolation="bilinear", aspect="auto")
+    ax.imshow(morph, extent=extent, origin="upper", interpolation="bilinear", aspect=aspect)
     shown = np.ma.masked_where(mask == 0, pred)
     im = ax.imshow(
         shown,
@@ -108,7 +114,7 @@ def _overlay(
         vmin=lims[0],
         vmax=lims[1],
         interpolation="nearest",
-        aspect="auto",
+        aspect=aspect,
     )
     return im
 
@@ -144,6 +150,7 @@ def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, 
         np.asarray(p.mask[0, :, ky]),
         [0, X, Z, 0],
         lims,
+        "auto",
     )
     axes[1].set(title=f"XZ at y = {(ky + 0.5) * sy:.0f} um", xlabel="x (um)", ylabel="z (um)")
     _overlay(
@@ -153,6 +160,7 @@ def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, 
         np.asarray(p.mask[0, :, :, kx]),
         [0, Y, Z, 0],
         lims,
+        "auto",
     )
     axes[2].set(title=f"YZ at x = {(kx + 0.5) * sx:.0f} um", xlabel="y (um)", ylabel="z (um)")
     fig.colorbar(xy, ax=axes, shrink=0.8, label=f"{gene} (log-normalised)")
