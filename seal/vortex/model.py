@@ -72,9 +72,9 @@ def build_model(
     img = kwargs.get("img_size")
     native = int(img if isinstance(img, int) else img[-1]) if img is not None else int(dcfg["input_size"][-1])
     size_px = int(cfg.size_px or native)
-    backbone = prepare_backbone(backbone, cfg)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
+        torch.manual_seed(seed + 1)  # LoRA adapters, aggregator, VAE and head: seeded
+        backbone = prepare_backbone(backbone, cfg)
         enc = VolumeEncoder(backbone, channels, cfg, dcfg)
         model = VortexModel(enc, n_genes)
     model.backbone_name = name
