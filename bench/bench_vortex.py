@@ -10,7 +10,8 @@ against the generator's true expression at the same spot centres.
 
 ``throughput``: dense prediction (``predict_volume``: blocks of grid points, one read per
 block) on CPU through synthetic OME-Zarr volumes of two sizes, each in a fresh process:
-sub-volumes/s, volume voxels/s and the process's peak RSS (VmHWM). Peer: the same grid
+sub-volumes/s, volume voxels/s and the process's peak RSS (VmHWM), with its high-water mark
+after imports and model loading (torch alone is ~0.8 GB) for reference. Peer: the same grid
 predicted with one ``extract_subvolume`` read per grid point (how a per-spot pair reader
 would do it), on the smaller volume, in the same run (ratio).
 
@@ -151,6 +152,8 @@ cfg = PredictConfig(stride_um=(float(sxy), float(sz)), all_points=True, device="
 lm = load_model(model_dir)
 g = grid_shape(vol.shape_zyx, vol.voxel_size_um, (float(sz), float(sxy), float(sxy)))
 n = int(np.prod(g))
+with open("/proc/self/status") as fh:
+    base = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
 t = time.perf_counter()
 if mode == "block":
     predict_volume(vol, lm, out, cfg, progress=False, overwrite=True)
@@ -173,7 +176,8 @@ except (OSError, StopIteration):
     pass
 nz, ny, nx = vol.shape_zyx
 print(json.dumps({"mode": mode, "seconds": dt, "grid": list(g), "subvolumes": n, "subvolumes_per_s": n / dt,
-                  "voxels": nz * ny * nx, "voxels_per_s": nz * ny * nx / dt, "peak_rss_mib": rss}))
+                  "voxels": nz * ny * nx, "voxels_per_s": nz * ny * nx / dt, "peak_rss_mib": rss,
+                  "rss_before_predict_mib": base}))
 """
 
 

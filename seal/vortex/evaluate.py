@@ -344,7 +344,7 @@ def _bar_plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = [(vid, sec) for vid, v in summary["volumes"].items() for sec in v["heldout"]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) + 2) + 3.0, 3.8))
     w = 0.8 / len(METHODS)
     for k, m in enumerate(METHODS):
         vals = [summary["volumes"][v]["heldout"][s]["methods"][m]["pearson_mean"] or 0.0 for v, s in groups]
@@ -354,7 +354,7 @@ def _bar_plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("mean Pearson r over genes")
     ax.set_title("serial-section protocol: held-out depths")
     ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
