@@ -4,8 +4,8 @@ Layout: axes ``(c, z, y, x)`` (channel, then space, as NGFF orders them), level 
 array ``"i"``, chunks 3D (one channel per chunk). Level 0 is written from a
 :class:`~hestkit.volume.VolumeLike` (or by the caller, block by block); each coarser level
 is computed from the previous one by 2x mean pooling in y and x (and in z while z voxels
-stay no coarser than 1.5x the in-plane ones), one slab at a time, so no level is ever held
-whole in memory. Scale = voxel size of each level (micrometres); translation = half a
+stay no coarser than 1.5x the in-plane ones), one block (a chunk's depth x ~512^2 voxels) at
+a time, so memory does not grow with the volume. Scale = voxel size of each level (micrometres); translation = half a
 voxel of that level, so voxel centres sit at ``(index + 0.5) * voxel size`` in every level,
 matching the volume frame of :mod:`hestkit.volume`.
 """
@@ -176,11 +176,16 @@ class NgffVolumeWriter:
             rz = self.factors[i][0] // self.factors[i - 1][0]
             ry = self.factors[i][1] // self.factors[i - 1][1]
             _, dz_n, dy_n, dx_n = dst.shape
-            cz = dst.chunks[1]
+            cz, cy, cx = dst.chunks[1:]
+            ty, tx = max(cy, 512 // cy * cy), max(cx, 512 // cx * cx)  # whole chunks, ~512^2 output voxels
             for z0 in range(0, dz_n, cz):
                 z1 = min(z0 + cz, dz_n)
-                slab = np.asarray(src[:, z0 * rz : z1 * rz])
-                dst[:, z0:z1] = _pool(slab, rz, ry, (z1 - z0, dy_n, dx_n)).astype(self.dtype)
+                for y0 in range(0, dy_n, ty):
+                    y1 = min(y0 + ty, dy_n)
+                    for x0 in range(0, dx_n, tx):
+                        x1 = min(x0 + tx, dx_n)
+                        blk = np.asarray(src[:, z0 * rz : z1 * rz, y0 * ry : y1 * ry, x0 * ry : x1 * ry])
+                        dst[:, z0:z1, y0:y1, x0:x1] = _pool(blk, rz, ry, (z1 - z0, y1 - y0, x1 - x0)).astype(self.dtype)
             if progress:
                 progress(i, len(self.factors) - 1)
 

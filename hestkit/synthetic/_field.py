@@ -155,7 +155,11 @@ class TissueField:
         """Voxel values at points, ``(N, C)`` uint8: ``microct`` (1 channel), ``otls``
         (2 channels: nuclear, cytoplasmic) or ``he`` (RGB)."""
         p = np.asarray(points_um_zyx, dtype=np.float64).reshape(-1, 3)
-        m = self.components(p)
+        inside = np.flatnonzero(self.in_tissue(p))
+        m = {k: np.zeros(len(p)) for k in ("tissue", "nucleus", "lumen", "stroma", "texture")}
+        if len(inside):  # the morphology is evaluated on tissue points only (background is flat)
+            for k, v in self.components(p[inside]).items():
+                m[k][inside] = v
         t, nuc, lum, s, tex = m["tissue"], m["nucleus"], m["lumen"], m["stroma"], m["texture"]
         body = t * (1 - nuc) * (1 - lum)
         if modality == "microct":

@@ -78,3 +78,27 @@ def test_cli_bad_input_exits_nonzero(vol: SyntheticVolume, tmp_path: Path) -> No
     r = runner.invoke(app, ["link-section", str(cat), sid, "--volume", "v", "--z-um", "1"])
     assert r.exit_code == 1 and "--affine" in r.output
     assert catalog.open(cat).sections().empty
+
+
+def test_ingest_section_stack_csv(vol: SyntheticVolume, tmp_path: Path) -> None:
+    s0, s1 = vol.sections
+    m0 = s0.affine.to_array()
+    csv = tmp_path / "stack.csv"
+    csv.write_text(
+        "image,affine,a00,a01,a02,a10,a11,a12\n"
+        f"{s0.image_path},,{m0[0, 0]},{m0[0, 1]},{m0[0, 2]},{m0[1, 0]},{m0[1, 1]},{m0[1, 2]}\n"
+        f"{s1.image_path},{s1.affine_path},,,,,,\n"
+    )
+    cat = tmp_path / "cat"
+    args = ["ingest-volume", str(csv), "--catalog", str(cat), "--volume-id", "serial", "--modality", "he-stack", "-q"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "--voxel-size-um" in r.output
+    r = runner.invoke(app, [*args, "--voxel-size-um", "4", "2", "2"])
+    assert r.exit_code == 0, r.output
+    v = catalog.open(cat).volume("serial")
+    assert v.channels == 3 and v.shape_zyx[0] == 2 and v.voxel_size_um == pytest.approx((4.0, 2.0, 2.0))
+    # plane 1 is section 1's H&E warped into the volume grid: tissue (darker than glass) in the middle
+    mid = v.read(slice(1, 2), slice(54, 74), slice(54, 74))[0].astype(float)
+    assert mid.mean() < 235
+    row = catalog.open(cat).volumes().iloc[0]
+    assert row["modality"] == "he-stack"

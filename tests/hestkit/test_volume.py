@@ -271,3 +271,16 @@ def test_coarser_level_gives_the_same_picture(tmp_path: Path) -> None:
     l1 = extract_subvolume(v, c, spec, level=1).astype(float)
     assert best_volume_level(v, spec) == 1
     assert np.abs(l0 - l1)[:, 2:-2, 2:-2].mean() < 1.5
+
+
+def test_pyramid_blocks_and_odd_edges(tmp_path: Path) -> None:
+    """Levels are pooled block by block (several blocks here) and odd edges replicate."""
+    a = _vol((5, 1100, 71, 1), seed=7)
+    w = NgffVolumeWriter(tmp_path / "o.zarr", (5, 1100, 71), channels=1, voxel_size_um=(1.0, 1.0, 1.0), chunks_zyx=(2, 16, 16), min_side=300)
+    w.write_from(ArrayVolume(a, (1.0, 1.0, 1.0)), tile_yx=256)
+    w.build_pyramid()
+    assert w.factors[1] == (2, 2, 2)
+    got = open_volume(tmp_path / "o.zarr").read(slice(0, 3), slice(0, 550), slice(0, 36), 1)[..., 0].astype(float)
+    p = np.pad(a[..., 0].astype(float), ((0, 1), (0, 0), (0, 1)), mode="edge")
+    want = np.rint(p.reshape(3, 2, 550, 2, 36, 2).mean(axis=(1, 3, 5)))
+    np.testing.assert_array_equal(got, want)
