@@ -42,8 +42,8 @@ class ModelConfig:
     n_slices: int = 9
 
     def __post_init__(self) -> None:
-        if (self.backbone is None) == (self.seal_model is None) and self.seal_model is not None:
-            raise ValueError("give a timm backbone name or a SEAL model directory, not both")
+        if self.seal_model is not None:
+            object.__setattr__(self, "backbone", None)  # the SEAL directory names its own backbone
         if self.backbone is None and self.seal_model is None:
             raise ValueError("a backbone name or a SEAL model directory is needed")
         if self.channel_rule not in CHANNEL_RULES:

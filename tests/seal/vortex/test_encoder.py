@@ -90,3 +90,36 @@ def test_subvolume_transform_is_one_transform_per_subvolume() -> None:
     assert all(torch.equal(x[0], x[k]) for k in range(4))  # same flip/rotation/jitter on every plane
     plain = SubvolumeTransform(16)(sub)
     assert torch.allclose(plain[0, 0], torch.from_numpy(one[0, :, :, 0]).float() / 255)
+
+
+def test_backbone_from_local_weights_or_seal_dir(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    src = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.5)  # distinguishable from any seeded initialisation
+    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    seal_dir = tmp_path / "seal_model"
+    seal_dir.mkdir()
+    save_file(sd, str(seal_dir / "encoder.safetensors"))
+    (seal_dir / "encoder.json").write_text(json.dumps({"backbone": "test_vit", "create_kwargs": {"img_size": 32}, "dim": 64}))
+    for cfg in (
+        ModelConfig(
+            backbone="test_vit",
+            weights=str(tmp_path / "w.safetensors"),
+            create_kwargs={"img_size": 32},
+            n_slices=2,
+            tuning="full",
+        ),
+        ModelConfig(seal_model=str(seal_dir), n_slices=2, tuning="lora"),
+    ):
+        model, px = build_model(cfg, 3, 1)
+        assert px == 32
+        got = model.encoder.backbone.state_dict()
+        key = next(k for k in got if k.endswith("patch_embed.proj.weight"))
+        assert torch.equal(got[key], sd["patch_embed.proj.weight"])
