@@ -302,7 +302,7 @@ def pretrain(
     vols = list(volumes) if volumes else _volume_ids(cat)
     channels = _channels_of(cat, vols)
     torch.manual_seed(cfg.seed)
-    model, size_px = build_model(model_cfg, 1, channels, load_weights=True, seed=cfg.seed)
+    _, size_px = build_model(model_cfg, 1, channels, load_weights=False, seed=cfg.seed)  # input size only
     view = volume_view(cat, pair_spec(model_cfg, size_px), volumes=vols)
     tr, va = _split_by_volume(view.obs, cfg.val_fraction, cfg.seed)
     train_view = view.subset(tr)
