@@ -140,6 +140,7 @@ def predict_volume(
         side = int(max(1, min(32, math.isqrt(max(1, int(cfg.block_mb * 2**20 / per_sub))))))
         block = (1, side, side)
     background = cfg.background if cfg.background != "auto" else ("bright" if volume.channels == 3 else "dark")
+    fill = 255 if background == "bright" else 0  # outside the volume: glass for H&E stacks, as the pairs are padded
     settings = {
         "model": str(loaded.path.resolve()),
         "model_key": _model_key(loaded),
@@ -254,7 +255,7 @@ def predict_volume(
         z1, y1, x1 = min(z0 + block[0], gshape[0]), min(y0 + block[1], gshape[1]), min(x0 + block[2], gshape[2])
         kz, ky, kx = np.meshgrid(np.arange(z0, z1), np.arange(y0, y1), np.arange(x0, x1), indexing="ij")
         centres = (np.stack([kz.ravel(), ky.ravel(), kx.ravel()], axis=1) + 0.5) * np.asarray(stride)
-        subs = extract_subvolumes(volume, centres, spec)
+        subs = extract_subvolumes(volume, centres, spec, fill=fill)
         if cfg.all_points:
             keep = np.ones(len(centres), dtype=bool)
         else:
