@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 from hestkit.errors import HestkitError, ReaderError, VolumeError
 from hestkit.geometry import Affine, fit_affine
 from hestkit.ngff import NgffVolumeWriter
-from hestkit.volume import VolumeLike, volume_extent_um
+from hestkit.volume import VolumeLike, VolumePairSpec, volume_extent_um
 from hestkit.volume_readers import NgffVolume, VolumeSource, open_volume
 
 from ._store import (
@@ -553,6 +553,12 @@ def link_section(
                 f"{what}: the affine scales {aff.linear_scale:.4g} um per section pixel but the sample's pixel size is "
                 f"{ps:.4g} um/px ({rel:.0%} apart); check that the affine maps level-0 pixels to micrometres"
             )
+    half = VolumePairSpec().depth_um / 2.0
+    if z < half or z > ez - half:
+        warnings.append(
+            f"{what}: the plane z = {z:g} um is within {half:g} um of a face of the volume (depth 0 .. {ez:g} um): "
+            "default 3D pairs reach past that face and are padded there"
+        )
     if max_residual_um is not None and len(residuals) and float(residuals.max()) > max_residual_um:
         raise LinkError(
             f"{what}: landmark residuals up to {float(residuals.max()):.3g} um exceed {max_residual_um:g} um "

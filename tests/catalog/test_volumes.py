@@ -224,6 +224,8 @@ def test_volume_pair_view_api(vol: SyntheticVolume, vcat: catalog.Catalog) -> No
     x, y = ds[0]
     assert tuple(x.shape) == (3, 2, 48, 48) and float(x.max()) <= 1.0 and tuple(y.shape) == (24,)
     assert vcat.sections(volume_id="vol0")["z_um"].tolist() == [9.0, 17.0]
+    # the volume is 32 um deep: every plane is near a face, which the link records
+    assert any("padded" in w for w in vcat.section_link(vol.sections[0].sample_id).warnings)
 
 
 # -- bad input: clear errors, catalog untouched ------------------------------------------------------
