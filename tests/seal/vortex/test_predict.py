@@ -69,7 +69,14 @@ def test_predict_writes_multiscale_ngff_and_resumes(
     with pytest.raises(PredictionError, match="overwrite"):
         predict_catalog(cat_path, pretrained_dir, "vol2", tmp_path, cfg, progress=False)
 
-    # NGFF readers see a multiscale image with labels
+    # the NGFF 0.5 metadata validates (image, labels group, label image), and readers see it
+    from ome_zarr_models.v05.image import Image as NgffImage
+    from ome_zarr_models.v05.image_label import ImageLabel
+    from ome_zarr_models.v05.labels import Labels
+
+    NgffImage.from_zarr(g)
+    Labels.from_zarr(g["labels"])
+    ImageLabel.from_zarr(g["labels/tissue_mask"])
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
