@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import fail, handle_errors, print_table
+from .seal_vortex import app as vortex_app
 
 app = typer.Typer(
     name="seal",
@@ -16,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(vortex_app, name="vortex")
 
 Filter = Annotated[list[str] | None, typer.Option(show_default=False)]
 

@@ -50,9 +50,17 @@ class LoraSpec:
             raise ValueError(f"--lora-blocks must be a positive number or 'all', got {self.blocks}")
 
 
-def create_backbone(name: str, *, weights: str | Path | None = None, global_pool: str | None = None, seed: int = 0) -> nn.Module:
+def create_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    global_pool: str | None = None,
+    seed: int = 0,
+    create_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
     """A timm model without classifier (``num_classes=0``), ``pretrained=False``; weights,
-    if given, come from a local file. Random initialisation is seeded."""
+    if given, come from a local file. Random initialisation is seeded. ``create_kwargs``
+    go to ``timm.create_model`` (e.g. ``{"img_size": 64}`` for a ViT at another input size)."""
     import timm
 
     if not timm.is_model(name):
@@ -62,6 +70,7 @@ def create_backbone(name: str, *, weights: str | Path | None = None, global_pool
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
     if global_pool is not None:
         kwargs["global_pool"] = global_pool
+    kwargs.update(create_kwargs or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model(name, **kwargs)

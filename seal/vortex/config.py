@@ -1,0 +1,117 @@
+"""Settings of VORTEX models and training runs (frozen; saved with every model)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from ..models import LoraSpec
+from .aggregate import AGGREGATIONS, Aggregation
+from .channels import CHANNEL_RULES, ChannelRule
+
+__all__ = ["ModelConfig", "TrainConfig", "Tuning"]
+
+Tuning = Literal["lora", "full", "frozen"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture: backbone, channel rule, depth aggregation, sub-volume geometry.
+
+    The 2D backbone is any timm name (``pretrained=False``) with optional local
+    ``weights``, or the merged encoder of a ``seal fit`` model directory (``seal_model``,
+    which names its own backbone). ``size_px`` is the in-plane size of the sub-volume
+    given to the backbone (None: the backbone's own input size); the sub-volume covers
+    ``size_um`` in-plane and ``depth_um`` in depth as ``n_slices`` slab-averaged planes
+    centred on the point (see :class:`hestkit.volume.VolumePairSpec`).
+    """
+
+    backbone: str | None = "vit_base_patch16_224"
+    weights: str | None = None
+    seal_model: str | None = None
+    create_kwargs: dict[str, Any] = field(default_factory=dict)
+    channel_rule: ChannelRule = "pseudo_he"
+    aggregation: Aggregation = "attention"
+    transformer_layers: int = 1
+    transformer_heads: int = 4
+    tuning: Tuning = "lora"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    size_um: float = 112.0
+    size_px: int | None = None
+    depth_um: float = 36.0
+    n_slices: int = 9
+
+    def __post_init__(self) -> None:
+        if self.seal_model is not None:
+            object.__setattr__(self, "backbone", None)  # the SEAL directory names its own backbone
+        if self.backbone is None and self.seal_model is None:
+            raise ValueError("a backbone name or a SEAL model directory is needed")
+        if self.channel_rule not in CHANNEL_RULES:
+            raise ValueError(f"unknown channel rule {self.channel_rule!r}: expected one of {', '.join(CHANNEL_RULES)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}")
+        if self.tuning not in ("lora", "full", "frozen"):
+            raise ValueError(f"unknown tuning {self.tuning!r}: expected lora, full or frozen")
+        if self.n_slices < 1 or self.depth_um <= 0 or self.size_um <= 0:
+            raise ValueError("n_slices must be >= 1 and depth_um, size_um positive")
+        if self.size_px is not None and self.size_px < 8:
+            raise ValueError(f"size_px must be >= 8, got {self.size_px}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lora"] = asdict(self.lora)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["lora"] = LoraSpec(**d.get("lora", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, objective and data settings of one training stage.
+
+    Objective: ``w_pred`` x expression regression from the volume embedding (per-gene
+    1 - Pearson + standardised MSE) + ``w_clip`` x InfoNCE between the volume embedding and
+    the expression-VAE mean + ``w_recon`` x the VAE's reconstruction + ``kl_weight`` x KL.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.2
+    warmup_fraction: float = 0.05
+    temperature: float = 0.05
+    w_clip: float = 1.0
+    w_recon: float = 1.0
+    w_pred: float = 1.0
+    kl_weight: float = 1e-4
+    n_genes: int = 2000
+    genes: tuple[str, ...] | None = None
+    smooth: bool = True
+    augment: bool = True
+    depth_flip: bool = True
+    val_fraction: float = 0.0
+    seed: int = 0
+    num_workers: int = 0
+    cache_pairs: bool = False
+    device: str = "auto"
+    max_steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (the contrastive term needs pairs)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        if d.get("genes") is not None:
+            d["genes"] = tuple(d["genes"])
+        return cls(**d)

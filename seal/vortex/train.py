@@ -1,0 +1,381 @@
+"""VORTEX training: ``pretrain`` on the linked sections of many volumes, ``finetune`` on one
+volume's section(s). SEAL's machinery: AdamW, warm-up + cosine schedule, bf16 autocast on
+CUDA (fp32 on CPU), seeded runs (deterministic on CPU), a checkpoint after every epoch
+(``resume=True`` continues), a JSONL log and a loss curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..data import ExpressionPrep, apply_preprocessing, fit_preprocessing
+from ..errors import SelectionError
+from ..losses import clip_loss, expression_loss, kl_divergence
+from ..train import _amp, _pearson_mean, _schedule, _trainable_state, resolve_device
+from .config import ModelConfig, TrainConfig
+from .data import PairSource, SubvolumeTransform, VolumeDataset
+from .errors import SectionError
+from .model import VortexModel, build_model, load_model, save_model
+
+__all__ = ["finetune", "pair_spec", "predict_pairs", "pretrain", "train_model", "volume_view"]
+
+_SMOOTH_COLUMNS = ("sample_id", "array_row", "array_col", "technology")
+
+
+def pair_spec(cfg: ModelConfig, size_px: int) -> Any:
+    """The :class:`hestkit.volume.VolumePairSpec` a model reads its sub-volumes with."""
+    from hestkit.volume import VolumePairSpec
+
+    return VolumePairSpec(size_um=cfg.size_um, size_px=int(size_px), depth_um=cfg.depth_um, n_slices=cfg.n_slices)
+
+
+def volume_view(cat: Any, spec: Any, *, volumes: Sequence[str] | None = None, sections: Sequence[str] | None = None) -> Any:
+    """The 3D pairs of the linked sections of ``volumes`` (all when None), optionally only ``sections``."""
+    known = set(_volume_ids(cat))
+    if volumes:
+        unknown = [v for v in volumes if v not in known]
+        if unknown:
+            raise SelectionError(
+                f"{cat.path}: no volume {', '.join(map(repr, unknown))} in the catalog (it holds {', '.join(sorted(known)) or 'none'}); "
+                "ingest it with `hestkit ingest-volume` first"
+            )
+    view = cat.volume_pairs(
+        volume_ids=list(volumes) if volumes else None, sample_ids=list(sections) if sections else None, spec=spec
+    )
+    if len(view) == 0:
+        where = f"volume(s) {', '.join(volumes)}" if volumes else "the catalog"
+        raise SelectionError(
+            f"{cat.path}: {where} has no linked section with spots inside the volume"
+            + (f" among sections {', '.join(sections)}" if sections else "")
+            + "; link sections with `hestkit link-section`"
+        )
+    if sections:
+        found = set(view.obs["sample_id"].astype(str))
+        missing = [s for s in sections if s not in found]
+        if missing:
+            raise SectionError(f"section(s) {', '.join(missing)} are not linked to volume(s) {', '.join(volumes or [])}")
+    return view
+
+
+def _volume_ids(cat: Any) -> list[str]:
+    vols = cat.volumes()
+    if hasattr(vols, "columns"):
+        col = "volume_id" if "volume_id" in vols.columns else vols.columns[0]
+        return [str(v) for v in vols[col]]
+    return [str(v) for v in vols]
+
+
+def _channels_of(cat: Any, volume_ids: Sequence[str]) -> int:
+    chans = {v: int(cat.volume(v).channels) for v in volume_ids}
+    if len(set(chans.values())) > 1:
+        raise SelectionError(
+            "the selected volumes differ in channel count ("
+            + ", ".join(f"{v}: {c}" for v, c in chans.items())
+            + "); pretrain one model per modality (select volumes with --volumes)"
+        )
+    return next(iter(chans.values()))
+
+
+def _smooth_ok(source: PairSource, smooth: bool) -> bool:
+    if smooth and not all(c in source.obs.columns for c in _SMOOTH_COLUMNS):
+        warnings.warn("the pairs carry no Visium array coordinates: neighbour smoothing is skipped", stacklevel=3)
+        return False
+    return smooth
+
+
+def _losses(
+    model: VortexModel, x: torch.Tensor, expr: torch.Tensor, cfg: TrainConfig, mean: torch.Tensor, std: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    f = model.embed_volume(x)
+    mu, logvar, recon = model.vae(expr)
+    pred = model.head(f)
+    parts = {
+        "clip": clip_loss(f, mu, cfg.temperature),
+        "recon": expression_loss(recon, expr, mean, std),
+        "pred": expression_loss(pred, expr, mean, std),
+        "kl": kl_divergence(mu.float(), logvar.float()),
+    }
+    parts["loss"] = (
+        cfg.w_clip * parts["clip"] + cfg.w_recon * parts["recon"] + cfg.w_pred * parts["pred"] + cfg.kl_weight * parts["kl"]
+    )
+    return parts
+
+
+@torch.no_grad()
+def predict_pairs(
+    model: VortexModel,
+    source: PairSource,
+    size_px: int,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Expression predicted for every pair of ``source`` (n_pairs x model genes)."""
+    dev = torch.device(device)
+    model.eval().to(dev)
+    ds = VolumeDataset(source, np.zeros((len(source), 1), dtype=np.float32), SubvolumeTransform(size_px))
+    out = []
+    it: Any = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="predict pairs", unit="batch")
+    for x, _ in it:
+        with _amp(dev):
+            out.append(model.predict(x.to(dev)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.n_genes), dtype=np.float32)
+
+
+def train_model(
+    model: VortexModel,
+    size_px: int,
+    source: PairSource,
+    values: np.ndarray,
+    prep: ExpressionPrep,
+    cfg: TrainConfig,
+    out: str | Path,
+    meta: dict[str, Any],
+    *,
+    val: tuple[PairSource, np.ndarray] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
+    """Train ``model`` on ``source`` (expression ``values``, preprocessed by ``prep``) and
+    write the model directory ``out``. ``stop_after`` ends the call after that many epochs
+    (the schedule still spans ``cfg.epochs``; ``resume`` carries on)."""
+    from .._plots import plot_loss_curve
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    log_path = out / "train_log.jsonl"
+    if not resume:
+        for p in (log_path, ckpt_path):
+            p.unlink(missing_ok=True)
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    mean = torch.tensor(prep.mean, device=device, dtype=torch.float32)
+    std = torch.tensor(prep.std, device=device, dtype=torch.float32)
+    ds = VolumeDataset(
+        source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip), cache=cfg.cache_pairs
+    )
+    bs = min(cfg.batch_size, len(ds))
+    if bs < 2:
+        raise SelectionError(f"the training pairs number {len(ds)}; contrastive training needs at least 2")
+    steps = max(1, len(ds) // bs)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    total = max(1, cfg.epochs * steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, int(cfg.warmup_fraction * total)))
+    start, step = 0, 0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck.get("config") != cfg.to_dict():
+            warnings.warn(f"{ckpt_path}: resuming with settings that differ from the checkpoint's", stacklevel=2)
+        model.load_state_dict(ck["trainable"], strict=False)
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, step = int(ck["epoch"]) + 1, int(ck["step"])
+    elif resume:
+        warnings.warn(f"{ckpt_path} not found: starting from scratch", stacklevel=2)
+
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    for epoch in range(start, last):
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = DataLoader(
+            ds, batch_size=bs, sampler=RandomSampler(ds, generator=g), num_workers=cfg.num_workers, drop_last=True, generator=g
+        )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        t_last = time.perf_counter()
+        model.train()
+        with open(log_path, "a") as log:
+            for i, (x, expr) in enumerate(loader):
+                if i >= steps:
+                    break
+                x, expr = x.to(device), expr.to(device)
+                with _amp(device):
+                    parts = _losses(model, x, expr, cfg, mean, std)
+                parts["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                now = time.perf_counter()
+                rec: dict[str, Any] = {
+                    "epoch": epoch,
+                    "step": step,
+                    "lr": opt.param_groups[0]["lr"],
+                    "pairs_per_s": len(x) / max(now - t_last, 1e-9),
+                }
+                t_last = now
+                rec.update({k: float(v.detach()) for k, v in parts.items()})
+                log.write(json.dumps(rec) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            ep: dict[str, Any] = {"epoch": epoch, "step": step}
+            if val is not None and len(val[0]) > 1:
+                pred = predict_pairs(model, val[0], size_px, batch_size=bs, device=device)
+                ep["val_pearson"] = _pearson_mean(pred, val[1])
+                model.train()
+            log.write(json.dumps(ep) + "\n")
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "trainable": _trainable_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "config": cfg.to_dict(),
+            },
+            tmp,
+        )
+        os.replace(tmp, ckpt_path)
+    if last == cfg.epochs:
+        from hestkit import __version__
+
+        meta = {
+            **meta,
+            "train": cfg.to_dict(),
+            "size_px": int(size_px),
+            "channels": model.channels,
+            "dim": model.encoder.dim,
+            "n_genes": len(prep.genes),
+            "n_pairs": len(ds),
+            "backbone_name": model.backbone_name,
+            "backbone_kwargs": model.backbone_kwargs,
+            "hestkit_version": __version__,
+        }
+        save_model(out, model.cpu().eval(), prep, meta)
+        plot_loss_curve(log_path, out / "loss_curve.png")
+    return out
+
+
+def _split_by_volume(obs: Any, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    vols = obs["volume_id"].astype(str).to_numpy()
+    uniq = np.array(sorted(set(vols)))
+    n_val = round(len(uniq) * fraction) if fraction > 0 and len(uniq) > 1 else 0
+    n_val = min(max(n_val, 1 if fraction > 0 and len(uniq) > 1 else 0), len(uniq) - 1) if len(uniq) > 1 else 0
+    held = set(np.random.default_rng(seed).permutation(uniq)[:n_val])
+    is_val = np.isin(vols, list(held))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def pretrain(
+    catalog_path: str | Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    volumes: Sequence[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
+    """Pretrain on the 3D pairs of every linked section of ``volumes`` (all volumes when None).
+    ``cfg.val_fraction`` of the volumes are held out for the per-epoch probe."""
+    import catalog
+
+    cat = catalog.open(catalog_path)
+    vols = list(volumes) if volumes else _volume_ids(cat)
+    channels = _channels_of(cat, vols)
+    torch.manual_seed(cfg.seed)
+    _, size_px = build_model(model_cfg, 1, channels, load_weights=False, seed=cfg.seed)  # input size only
+    view = volume_view(cat, pair_spec(model_cfg, size_px), volumes=vols)
+    tr, va = _split_by_volume(view.obs, cfg.val_fraction, cfg.seed)
+    train_view = view.subset(tr)
+    prep, values = fit_preprocessing(train_view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=_smooth_ok(train_view, cfg.smooth))
+    model, size_px = build_model(model_cfg, len(prep.genes), channels, load_weights=True, seed=cfg.seed)
+    val = None
+    if len(va):
+        val_view = view.subset(va)
+        val = (val_view, apply_preprocessing(val_view, prep))
+    meta = {
+        "stage": "pretrain",
+        "model": model_cfg.to_dict(),
+        "volumes": sorted(set(train_view.obs["volume_id"].astype(str))),
+        "validation_volumes": sorted(set(view.obs["volume_id"].astype(str).to_numpy()[va])) if len(va) else [],
+        "sections": sorted(set(train_view.obs["sample_id"].astype(str))),
+        "parent": None,
+    }
+    return train_model(
+        model, size_px, train_view, values, prep, cfg, out, meta, val=val, resume=resume, progress=progress, stop_after=stop_after
+    )
+
+
+def finetune(
+    catalog_path: str | Path,
+    model_dir: str | Path | None,
+    volume_id: str,
+    out: str | Path,
+    *,
+    cfg: TrainConfig | None = None,
+    sections: Sequence[str] | None = None,
+    model_cfg: ModelConfig | None = None,
+    prep: ExpressionPrep | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Finetune a pretrained model directory on the section(s) of one volume (all its linked
+    sections, or ``sections``). The genes and their normalisation stay the pretrained
+    model's. With ``model_dir=None`` a new model of ``model_cfg`` is trained from its
+    backbone initialisation on the same pairs (the "no pretraining" baseline); the genes
+    are then ``prep``'s, or chosen on these sections."""
+    import catalog
+
+    cat = catalog.open(catalog_path)
+    channels = int(cat.volume(volume_id).channels) if volume_id in _volume_ids(cat) else None
+    if channels is None:
+        raise SelectionError(f"{cat.path}: no volume {volume_id!r} in the catalog; ingest it with `hestkit ingest-volume` first")
+    parent: str | None = None
+    if model_dir is not None:
+        loaded = load_model(model_dir)
+        loaded.check_channels(channels, f"volume {volume_id!r}")
+        model, size_px, prep, mcfg = loaded.model, loaded.size_px, loaded.prep, loaded.model_cfg
+        cfg = cfg or loaded.train_cfg
+        parent = str(Path(model_dir).resolve())
+        view = volume_view(cat, pair_spec(mcfg, size_px), volumes=[volume_id], sections=sections)
+        values = apply_preprocessing(view, prep)
+        stage = "finetune"
+    else:
+        if model_cfg is None or cfg is None:
+            raise ValueError("training without a pretrained model needs model_cfg and cfg")
+        mcfg = model_cfg
+        _, size_px = build_model(mcfg, 1, channels, load_weights=False, seed=cfg.seed)
+        view = volume_view(cat, pair_spec(mcfg, size_px), volumes=[volume_id], sections=sections)
+        if prep is None:
+            prep, values = fit_preprocessing(view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=_smooth_ok(view, cfg.smooth))
+        else:
+            values = apply_preprocessing(view, prep)
+        model, size_px = build_model(mcfg, len(prep.genes), channels, load_weights=True, seed=cfg.seed)
+        stage = "scratch"
+    meta = {
+        "stage": stage,
+        "model": mcfg.to_dict(),
+        "volumes": [volume_id],
+        "sections": sorted(set(view.obs["sample_id"].astype(str))),
+        "parent": parent,
+    }
+    return train_model(model, size_px, view, values, prep, cfg, out, meta, resume=resume, progress=progress)

@@ -1,0 +1,110 @@
+"""``seal vortex`` with typer's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import zarr
+from typer.testing import CliRunner
+
+from cli.seal import app
+from hestkit.synthetic.volume import SyntheticVolumeCohort
+
+runner = CliRunner()
+TINY = ["--backbone", "test_vit", "--img-size", "32", "--n-slices", "3", "--depth-um", "12", "--tuning", "full"]
+QUICK = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--max-steps-per-epoch", "2"]
+
+
+def test_cli_pretrain_finetune_predict_eval(vortex_cohort: tuple[SyntheticVolumeCohort, Path], tmp_path: Path) -> None:
+    _, cat = vortex_cohort
+    pre = tmp_path / "pre"
+    r = runner.invoke(
+        app, ["vortex", "pretrain", str(cat), "--volumes", "vol0", "--out", str(pre), "--n-genes", "12", *TINY, *QUICK]
+    )
+    assert r.exit_code == 0, r.output
+    assert (pre / "model.safetensors").exists() and len((pre / "genes.txt").read_text().split()) == 12
+    assert (pre / "loss_curve.png").exists()
+    ft = tmp_path / "ft"
+    r = runner.invoke(
+        app,
+        [
+            "vortex",
+            "finetune",
+            str(cat),
+            "--model",
+            str(pre),
+            "--volume",
+            "vol2",
+            "--sections",
+            "vol2_s1",
+            "--out",
+            str(ft),
+            *QUICK,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    gene = (pre / "genes.txt").read_text().split()[0]
+    pred = tmp_path / "pred.zarr"
+    r = runner.invoke(
+        app,
+        [
+            "vortex",
+            "predict",
+            str(cat),
+            "--model",
+            str(ft),
+            "--volume",
+            "vol2",
+            "--genes",
+            gene,
+            "--stride-um",
+            "100",
+            "40",
+            "--out",
+            str(pred),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert zarr.open_group(str(pred), mode="r")["0"].shape == (1, 2, 8, 8)
+    assert (tmp_path / "pred_pictures" / f"{gene}_flythrough.gif").exists()
+    ev = tmp_path / "eval"
+    r = runner.invoke(
+        app,
+        [
+            "vortex",
+            "eval",
+            str(cat),
+            "--model",
+            str(pre),
+            "--volume",
+            "vol2",
+            "--out",
+            str(ev),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--n-components",
+            "8",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (ev / "results.md").exists() and "vol2_s2" in (ev / "results.md").read_text()
+
+
+def test_cli_errors(vortex_cohort: tuple[SyntheticVolumeCohort, Path], tmp_path: Path) -> None:
+    _, cat = vortex_cohort
+    r = runner.invoke(
+        app, ["vortex", "predict", str(cat), "--model", str(tmp_path), "--volume", "vol2", "--out", str(tmp_path / "p.zarr")]
+    )
+    assert r.exit_code == 1 and "not a VORTEX model directory" in r.output
+    r = runner.invoke(app, ["vortex", "pretrain", str(cat), "--volumes", "nope", "--out", str(tmp_path / "m"), *TINY, *QUICK])
+    assert r.exit_code == 1 and "no volume 'nope'" in r.output
+    r = runner.invoke(app, ["vortex", "pretrain", str(cat), "--out", str(tmp_path / "m"), "--aggregation", "max", *TINY])
+    assert r.exit_code == 1 and "unknown aggregation" in r.output
+    r = runner.invoke(app, ["vortex", "--help"])
+    assert r.exit_code == 0 and "predict" in r.output
