@@ -25,6 +25,7 @@ __all__ = [
     "create_experiment",
     "read_X",
     "read_obs",
+    "read_obs_ranges",
     "read_var",
 ]
 
@@ -152,7 +153,7 @@ def read_obs(uri: Path, ingest_ids: Sequence[str], value_filter: str | None = No
     """Obs rows of the given committed ingests (and an optional extra SOMA filter)."""
     soma = _soma()
     if not ingest_ids:
-        return pd.DataFrame({"soma_joinid": pd.Series([], dtype=np.int64)} | {f.name: [] for f in OBS_SCHEMA})
+        return _empty_obs()
     quoted = ", ".join("'" + i.replace("'", "") + "'" for i in ingest_ids)
     filt = f"ingest_id in [{quoted}]"
     if value_filter:
@@ -161,6 +162,40 @@ def read_obs(uri: Path, ingest_ids: Sequence[str], value_filter: str | None = No
         tbl = obs.read(value_filter=filt).concat()
     df = tbl.to_pandas()
     return df.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+
+
+def _empty_obs() -> pd.DataFrame:
+    return pd.DataFrame({"soma_joinid": pd.Series([], dtype=np.int64)} | {f.name: [] for f in OBS_SCHEMA})
+
+
+def read_obs_ranges(uri: Path, ranges: Sequence[tuple[int, int, str]]) -> pd.DataFrame:
+    """Obs rows of committed samples, each given as its manifest's ``(soma_joinid_start,
+    soma_joinid_stop, ingest_id)``: a coordinate read of exactly those rows (no scan of
+    the other samples' rows). Rows whose ``ingest_id`` is not the range's own (never in a
+    consistent catalog) are dropped, so only committed rows are ever returned."""
+    soma = _soma()
+    rs = sorted((int(a), int(b), str(i)) for a, b, i in ranges if int(b) > int(a))
+    if not rs:
+        return _empty_obs()
+    starts = np.array([a for a, _, _ in rs], dtype=np.int64)
+    stops = np.array([b for _, b, _ in rs], dtype=np.int64)
+    coords: slice | np.ndarray
+    if np.all(starts[1:] == stops[:-1]):
+        coords = slice(int(starts[0]), int(stops[-1]) - 1)  # SOMA slices are inclusive
+    else:
+        lens = stops - starts
+        coords = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens) + np.arange(int(lens.sum()))
+    with soma.open(str(uri / "obs"), "r") as obs:
+        tbl = obs.read(coords=(coords,)).concat()
+    df = tbl.to_pandas()
+    df = df.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+    j = df["soma_joinid"].to_numpy(dtype=np.int64)
+    k = np.searchsorted(starts, j, side="right") - 1
+    expected = np.array([i for _, _, i in rs], dtype=object)[k]
+    ok = (j < stops[k]) & (df["ingest_id"].to_numpy(dtype=object) == expected)
+    if not ok.all():
+        df = df[ok].reset_index(drop=True)
+    return df
 
 
 def read_var(uri: Path) -> pd.DataFrame:

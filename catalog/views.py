@@ -93,9 +93,9 @@ class PairView:
         return _soma.read_X(self.root / "soma", view._obs_j, view._var_j)
 
     def _array(self, sample_id: str) -> Any:
-        import zarr
-
         import catalog._jpeg  # noqa: F401 - registers the codec
+
+        from ._shards import PatchReader
 
         if os.getpid() != self._pid:
             self._arrays = {}
@@ -103,7 +103,7 @@ class PairView:
             self._pid = os.getpid()
         arr = self._arrays.get(sample_id)
         if arr is None:
-            arr = zarr.open_array(self._patch_arrays[sample_id], mode="r")
+            arr = PatchReader(self._patch_arrays[sample_id])
             self._arrays[sample_id] = arr
         return arr
 
