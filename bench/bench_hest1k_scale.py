@@ -130,26 +130,24 @@ class H5PairDataset:
 
 
 def loader_rate(ds: Any, workers: int, n_items: int, batch: int, seed: int) -> tuple[float, list[dict[str, float]]]:
+    """Pairs/s of a shuffled DataLoader over ``n_items`` random pairs (first batch excluded),
+    and the workers' memory sampled once the loader has run for a while."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
     g = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(ds, replacement=False, num_samples=min(n_items + batch, len(ds)), generator=g)
-    dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, persistent_workers=False)
+    dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers)
     it = iter(dl)
     next(it)  # start-up and first batch excluded
     t = time.perf_counter()
     n = 0
+    mem: list[dict[str, float]] = []
     for img, _e in it:
         n += img.shape[0]
+        if workers and not mem and n >= n_items // 2:
+            mem = worker_memory()
     dt = time.perf_counter() - t
-    mem: list[dict[str, float]] = []
-    if workers:
-        it2 = iter(DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers))
-        for _ in range(min(20, max(1, n_items // batch - 1))):
-            next(it2)
-        mem = worker_memory()
-        del it2
     return n / dt, mem
 
 

@@ -204,6 +204,12 @@ def read_var(uri: Path) -> pd.DataFrame:
         return var.read().concat().to_pandas()
 
 
+def _as_coords(sorted_unique: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive joinids as one (inclusive) SOMA slice, else the points."""
+    lo, hi = int(sorted_unique[0]), int(sorted_unique[-1])
+    return slice(lo, hi) if hi - lo + 1 == len(sorted_unique) else sorted_unique
+
+
 def read_X(uri: Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
     """Counts for the given rows and genes, as CSR in the order given."""
     soma = _soma()
@@ -213,7 +219,7 @@ def read_X(uri: Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.cs
     if not len(obs_j) or not len(var_j):
         return sp.csr_matrix(out_shape, dtype=np.float32)
     with soma.open(str(uri / "ms" / MEASUREMENT / "X" / X_LAYER), "r") as X:
-        tbl = X.read(coords=(np.unique(obs_j), np.unique(var_j))).tables().concat()
+        tbl = X.read(coords=(_as_coords(np.unique(obs_j)), _as_coords(np.unique(var_j)))).tables().concat()
     r = tbl["soma_dim_0"].to_numpy()
     c = tbl["soma_dim_1"].to_numpy()
     d = tbl["soma_data"].to_numpy()
