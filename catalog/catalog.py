@@ -55,6 +55,8 @@ SAMPLE_COLUMNS = [
 
 #: Parsed manifests per manifest folder: file name -> ((inode, mtime_ns, size), manifest).
 _MANIFEST_CACHE: dict[str, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] = {}
+#: var lookups per SOMA experiment (see :meth:`Catalog._var_lookup`).
+_VAR_CACHE: dict[str, _VarLookup] = {}
 
 
 class _VarLookup:
@@ -68,20 +70,39 @@ class _VarLookup:
         self.names[joinids] = names
         self._index = pd.Index(names.astype(object))
         self._joinids = np.asarray(joinids, dtype=np.int64)
-        self._lists: dict[tuple[str, ...], np.ndarray] = {}
+        self._lists: dict[tuple[int, str, str, str], list[tuple[list[str], np.ndarray]]] = {}
+        self._by_ingest: dict[str, np.ndarray] = {}
+
+    def inherit(self, old: _VarLookup) -> None:
+        """Keep the per-ingest gene joinids of an older lookup: var is append-only, so a
+        joinid, once given to a gene, never changes."""
+        self._lists = dict(old._lists)
+        self._by_ingest = dict(old._by_ingest)
 
     def lookup(self, genes: Sequence[str]) -> np.ndarray:
         """var joinids of ``genes`` (-1 where absent)."""
-        pos = self._index.get_indexer(pd.Index(list(genes), dtype=object))
+        pos = self._index.get_indexer(np.asarray(list(genes), dtype=object))
         return np.where(pos >= 0, self._joinids[pos], -1).astype(np.int64)
 
-    def joinids_of(self, genes: Sequence[str]) -> np.ndarray:
-        key = tuple(genes)
-        out = self._lists.get(key)
-        if out is None:
-            out = self.lookup(key)
+    def joinids_of(self, manifest: dict[str, Any]) -> np.ndarray:
+        """var joinids of a manifest's genes: computed once per ingest, and once per
+        distinct list (samples of one panel or reference share their list)."""
+        iid = str(manifest["ingest_id"])
+        out = self._by_ingest.get(iid)
+        if out is not None:
+            return out
+        genes = manifest["genes"]
+        key = (len(genes), str(genes[0]), str(genes[len(genes) // 2]), str(genes[-1])) if genes else (0, "", "", "")
+        bucket = self._lists.setdefault(key, [])
+        for known, j in bucket:
+            if known is genes or known == genes:
+                out = j
+                break
+        else:
+            out = self.lookup(genes)
             out = out[out >= 0]
-            self._lists[key] = out
+            bucket.append((genes, out))
+        self._by_ingest[iid] = out
         return out
 
 
@@ -123,7 +144,6 @@ class Catalog:
                 f"{meta.get('created-by', '?')}; this hestkit reads format {CATALOG_VERSION}. Upgrade hestkit."
             )
         self.meta = meta
-        self._var: _VarLookup | None = None
         ps = meta["pair-spec"]
         self.spec = PairSpec(int(ps["patch_size_px"]), float(ps["pixel_size_um"]), int(ps["jpeg_quality"]))
 
@@ -166,13 +186,17 @@ class Catalog:
         return out
 
     def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> _VarLookup:
-        """var names by joinid and a name -> joinid map, cached until the manifests change."""
+        """var names by joinid and a name -> joinid map, cached per process until the
+        set of committed ingests changes (var only grows, and only by commits)."""
         sig = tuple(m["ingest_id"] for m in manifests)
-        vl = self._var
+        key = str(self.layout.soma.resolve())
+        vl = _VAR_CACHE.get(key)
         if vl is None or vl.signature != sig:
             var = _soma.read_var(self.layout.soma)
             vl = _VarLookup(sig, var["var_id"].astype(str).to_numpy(), var["soma_joinid"].to_numpy(dtype=np.int64))
-            self._var = vl
+            if key in _VAR_CACHE and len(_VAR_CACHE[key].names) <= len(vl.names):
+                vl.inherit(_VAR_CACHE[key])
+            _VAR_CACHE[key] = vl
         return vl
 
     def samples(self) -> pd.DataFrame:
@@ -243,7 +267,7 @@ class Catalog:
         vl = self._var_lookup(manifests) if chosen else _VarLookup((), np.zeros(0, object), np.zeros(0, np.int64))
         present = np.zeros(len(vl.names), dtype=bool)
         for m in chosen:
-            present[vl.joinids_of(m["genes"])] = True
+            present[vl.joinids_of(m)] = True
         var_j = np.flatnonzero(present).astype(np.int64)
         gene_list = vl.names[var_j].tolist()
         if genes is not None:
