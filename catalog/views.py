@@ -58,9 +58,9 @@ class PairView:
         self._patch_arrays = dict(patch_arrays)
         self.spec = spec
         self._obs_j = obs["soma_joinid"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
-        codes, names = pd.factorize(obs["sample_id"]) if len(obs) else (np.zeros(0, np.int64), [])
+        codes, names = pd.factorize(obs["sample_id"]) if len(obs) else (np.zeros(0, np.int64), pd.Index([]))
         self._sample_codes = np.asarray(codes, dtype=np.int64)
-        self._sample_names = [str(x) for x in names]
+        self._sample_names = [str(x) for x in pd.Index(names)]
         self._pidx = obs["patch_index"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
         self._arrays: dict[str, Any] = {}
         self._pid = os.getpid()
