@@ -103,6 +103,14 @@ def worker_memory() -> list[dict[str, float]]:
     return rows
 
 
+def uint8_chw(patch: np.ndarray) -> Any:
+    """(H, W, 3) uint8 -> (3, H, W) uint8 tensor: normalisation is left to the GPU, so the
+    loader moves 1 byte per pixel (the same transform for both datasets)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
+
+
 class H5PairDataset:
     """Pairs from HEST-style ``patches/{id}.h5`` files (``img`` one patch per chunk),
     expression preloaded as CSR, the same way PairDataset preloads it."""
@@ -118,15 +126,13 @@ class H5PairDataset:
         import h5py
         import torch
 
-        from catalog.torch import default_image_transform
-
         s = str(self.samples[i])
         f = self._h.get(s)
         if f is None:
             f = self._h[s] = h5py.File(self.files[s], "r")
         patch = f["img"][int(self.rows[i])]
         e = np.asarray(self.X[i].toarray()).ravel().astype(np.float32)
-        return default_image_transform(patch), torch.from_numpy(e)
+        return uint8_chw(patch), torch.from_numpy(e)
 
 
 def loader_rate(ds: Any, workers: int, n_items: int, batch: int, seed: int) -> tuple[float, list[dict[str, float]]]:
@@ -272,11 +278,11 @@ def main() -> None:
             _write_hest_patches(cat, s, f)
         files[s] = str(f)
     h5_bytes = sum(Path(f).stat().st_size for f in files.values())
-    ds_cat = view.to_torch()
+    ds_cat = view.to_torch(transform=uint8_chw)
     ds_h5 = H5PairDataset(files, view.obs["sample_id"].to_numpy(), view.obs["patch_index"].to_numpy(), ds_cat._X)
     print(
         f"loader: {len(view):,} pairs from {len(psamples)} samples; .h5 files {h5_bytes / gib:.2f} GiB; "
-        f"batch {args.batch}; {args.loader_pairs} random pairs per measurement"
+        f"batch {args.batch}; {args.loader_pairs} random pairs per measurement; images as uint8 CHW tensors"
     )
     for w in args.workers:
         rates_cat, rates_h5 = [], []
