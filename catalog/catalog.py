@@ -211,8 +211,9 @@ class Catalog:
         if vl is None or vl.signature != sig:
             var = _soma.read_var(self.layout.soma)
             vl = _VarLookup(sig, var["var_id"].astype(str).to_numpy(), var["soma_joinid"].to_numpy(dtype=np.int64))
-            if key in _VAR_CACHE and len(_VAR_CACHE[key].names) <= len(vl.names):
-                vl.inherit(_VAR_CACHE[key])
+            old = _VAR_CACHE.get(key)
+            if old is not None and len(old.names) <= len(vl.names) and np.array_equal(old.names, vl.names[: len(old.names)]):
+                vl.inherit(old)  # same catalog, var grew: old joinids still hold
             _VAR_CACHE[key] = vl
         return vl
 
