@@ -15,7 +15,11 @@ one run:
   batch size: a ratio;
 * peak RSS (VmHWM) and USS of a DataLoader worker.
 
-    .venv/bin/python bench/bench_hest1k_scale.py --workdir /tmp/hestkit-scale --patch-fraction 0.05
+    .venv/bin/python bench/bench_hest1k_scale.py --workdir /tmp/hestkit-scale --patch-fraction 0.05 \
+        --density-scale 0.02 --samples-per-commit 25 --build-only     # build once (~14 min here)
+    .venv/bin/python bench/bench_hest1k_scale.py --workdir /tmp/hestkit-scale --repeats 2   # measure
+
+``--samples 40`` builds a seeded subset of the metadata rows for a quick try.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hestkit-scale"))
     ap.add_argument("--samples", type=int, default=None, help="seeded subset of the metadata rows (default: all)")
     ap.add_argument("--patch-fraction", type=float, default=0.05)
-    ap.add_argument("--density-scale", type=float, default=0.1, help="x realistic detected genes per spot")
+    ap.add_argument("--density-scale", type=float, default=0.02, help="x realistic detected genes per spot")
     ap.add_argument("--samples-per-commit", type=int, default=1, help="samples per SOMA append (TileDB fragment)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild even if the catalog exists")
     ap.add_argument("--loader-pairs", type=int, default=3000)
