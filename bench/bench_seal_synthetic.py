@@ -12,9 +12,12 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import catalog
 from hestkit.sample import ReadOptions
 from hestkit.synthetic import make_visium
+from hestkit.synthetic._expression import gene_programs, gene_table
 from seal.benchmark import EvalConfig, evaluate_catalog
 from seal.encoders import parse_encoder
 from seal.models import LoraSpec
@@ -31,7 +34,7 @@ def main() -> None:
     ap.add_argument("--test-patients", type=int, default=3)
     ap.add_argument("--grid", type=int, default=10, help="spots per side of each sample")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--morphology", choices=["colour", "texture"], default="colour")
+    ap.add_argument("--morphology", choices=["colour", "texture", "plaid"], default="colour")
     ap.add_argument("--seed", type=int, default=0, help="seed of the cohort and of training")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -66,6 +69,8 @@ def main() -> None:
     t = time.perf_counter()
     fit(root / "cat", cfg, root / "model", progress=False)
     print(f"fit: {time.perf_counter() - t:.1f} s")
+    _, symbols = gene_table(60, "Homo sapiens")
+    program_of = {g.upper(): k for g, k in zip(symbols, gene_programs(60), strict=True)}
     res = evaluate_catalog(
         root / "cat",
         [parse_encoder(f"timm:{args.backbone}"), parse_encoder(str(root / "model"))],
@@ -79,6 +84,11 @@ def main() -> None:
             else ""
         )
         print(f"{label}: Pearson {r['pearson_mean']:.3f} +- {r['pearson_std']:.3f}{extra}")
+        by_program: dict[int, list[float]] = {}
+        for gene, value in r["per_gene"].items():
+            if value is not None:
+                by_program.setdefault(int(program_of[gene.upper()]), []).append(float(value))
+        print("    per program: " + ", ".join(f"{k}: {np.mean(v):.3f} ({len(v)} genes)" for k, v in sorted(by_program.items())))
     shutil.rmtree(root, ignore_errors=True)
 
 

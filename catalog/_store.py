@@ -22,6 +22,12 @@ __all__ = [
     "MANIFEST_VERSION",
     "PATCHES_ENCODING",
     "PATCHES_VERSION",
+    "SECTION_ENCODING",
+    "SECTION_VERSION",
+    "VOLUME_ENCODING",
+    "VOLUME_MANIFEST_ENCODING",
+    "VOLUME_MANIFEST_VERSION",
+    "VOLUME_VERSION",
     "CatalogLock",
     "Layout",
     "atomic_write_json",
@@ -33,6 +39,9 @@ __all__ = [
 CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.0.0"
 MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "1.0.0"
 PATCHES_ENCODING, PATCHES_VERSION = "hestkit-patches", "1.0.0"
+VOLUME_ENCODING, VOLUME_VERSION = "hestkit-volume", "1.0.0"
+VOLUME_MANIFEST_ENCODING, VOLUME_MANIFEST_VERSION = "hestkit-volume-manifest", "1.0.0"
+SECTION_ENCODING, SECTION_VERSION = "hestkit-section-link", "1.0.0"
 
 _SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -77,6 +86,27 @@ class Layout:
 
     def patches(self, sample_id: str, ingest_id: str) -> Path:
         return self.patches_dir / f"{sample_id}--{ingest_id}.zarr"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.root / "volumes"
+
+    def volume(self, volume_id: str, ingest_id: str) -> Path:
+        return self.volumes_dir / f"{volume_id}--{ingest_id}.zarr"
+
+    @property
+    def volume_manifest_dir(self) -> Path:
+        return self.root / "volume-manifest"
+
+    def volume_manifest(self, volume_id: str) -> Path:
+        return self.volume_manifest_dir / f"{volume_id}.json"
+
+    @property
+    def sections_dir(self) -> Path:
+        return self.root / "sections"
+
+    def section(self, sample_id: str) -> Path:
+        return self.sections_dir / f"{sample_id}.json"
 
     @property
     def lock(self) -> Path:

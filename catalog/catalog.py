@@ -12,8 +12,11 @@ import pandas as pd
 
 from hestkit.patches import PairSpec
 from hestkit.sample import ReadOptions, SampleRef
+from hestkit.volume import VolumeLike, VolumePairSpec
+from hestkit.volume_readers import NgffVolume
 
 from . import _soma
+from . import volumes as _vol
 from ._store import (
     CATALOG_ENCODING,
     CATALOG_VERSION,
@@ -25,6 +28,7 @@ from ._store import (
 )
 from .errors import CatalogVersionError, NotACatalogError, QueryError
 from .views import PairView
+from .volume_views import VolumePairView
 from .writer import IngestReport, ingest_refs
 
 __all__ = ["SAMPLE_COLUMNS", "Catalog", "create_catalog", "open_catalog"]
@@ -347,6 +351,195 @@ class Catalog:
             progress=progress,
             version=_version(),
         )
+
+    # -- volumes ---------------------------------------------------------------
+    def ingest_volume(
+        self,
+        path: str | Path | VolumeLike,
+        volume_id: str,
+        voxel_size_um: Sequence[float] | None = None,
+        *,
+        modality: str = "microct",
+        organ: str | None = None,
+        species: str | None = None,
+        patient: str | None = None,
+        channel_names: Sequence[str] | None = None,
+        intensity_range: tuple[float, float] | None = None,
+        overwrite: bool = False,
+        metadata: dict[str, Any] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> _vol.VolumeIngestResult:
+        """Store a 3D volume (3D TIFF / OME-TIFF, OME-Zarr, folder of slices, a section-stack
+        CSV, or any :class:`~hestkit.volume.VolumeLike`) as an OME-Zarr multiscale image and
+        commit it to the volume table. ``voxel_size_um`` is (z, y, x) micrometres; it
+        overrides the file's. The volume lands whole or not at all."""
+        return _vol.ingest_volume(
+            self.path,
+            path,
+            volume_id,
+            voxel_size_um=voxel_size_um,
+            modality=modality,
+            organ=organ,
+            species=species,
+            patient=patient,
+            channel_names=channel_names,
+            intensity_range=intensity_range,
+            overwrite=overwrite,
+            metadata=metadata,
+            progress=progress,
+            version=_version(),
+        )
+
+    def ingest_section_stack(
+        self,
+        images: Sequence[str | Path],
+        affines: Sequence[Any],
+        section_spacing_um: float,
+        volume_id: str,
+        *,
+        pixel_size_um: float,
+        shape_yx: tuple[int, int] | None = None,
+        organ: str | None = None,
+        species: str | None = None,
+        patient: str | None = None,
+        overwrite: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> _vol.VolumeIngestResult:
+        """Assemble a volume from registered serial-section H&E images: plane ``k`` is image
+        ``k`` warped by ``affines[k]`` (level-0 px (x, y) -> volume um (x, y)), planes
+        ``section_spacing_um`` apart, in-plane voxels of ``pixel_size_um``."""
+        from hestkit.volume_stack import SectionStackVolume
+
+        stack = SectionStackVolume(images, affines, section_spacing_um, pixel_size_um=pixel_size_um, shape_yx=shape_yx)
+        return self.ingest_volume(
+            stack,
+            volume_id,
+            modality="he-stack",
+            organ=organ,
+            species=species,
+            patient=patient,
+            overwrite=overwrite,
+            metadata={"section_images": [str(p) for p in images], "section_spacing_um": section_spacing_um},
+            progress=progress,
+        )
+
+    def volumes(self) -> pd.DataFrame:
+        """One row per committed volume: id, modality, shape (z, y, x), voxel size (um), channels, ..."""
+        return _vol.volumes_frame(self.layout)
+
+    def volume_manifest(self, volume_id: str) -> dict[str, Any]:
+        return _vol.volume_manifest(self.layout, volume_id)
+
+    def volume(self, volume_id: str) -> NgffVolume:
+        """The stored volume as a :class:`~hestkit.volume.VolumeLike` (lazy, multiscale)."""
+        return _vol.open_catalog_volume(self.layout, volume_id)
+
+    def link_section(
+        self,
+        sample_id: str,
+        volume_id: str,
+        z_um: float,
+        affine: Any = None,
+        landmarks: Any = None,
+        *,
+        overwrite: bool = False,
+        max_residual_um: float | None = None,
+    ) -> _vol.SectionLink:
+        """Record where an ingested 2D ST sample lies in a volume: plane depth ``z_um`` and an
+        affine from the sample's level-0 pixels (x, y) to the volume's in-plane um (x, y),
+        given as a 3x3 matrix (array, :class:`~hestkit.geometry.Affine` or file) or fitted
+        to >= 3 landmark pairs (``(src_px, dst_um)`` arrays or an ``x_px,y_px,x_um,y_um`` CSV).
+        The result's ``residuals_um`` are the landmark residuals (empty for a matrix)."""
+        m = self.manifest(sample_id)
+        obs = _soma.read_obs(self.layout.soma, [m["ingest_id"]])
+        return _vol.link_section(
+            self.path,
+            sample_id,
+            volume_id,
+            z_um,
+            affine=affine,
+            landmarks=landmarks,
+            sample_obs=obs,
+            sample_manifest=m,
+            overwrite=overwrite,
+            max_residual_um=max_residual_um,
+        )
+
+    def sections(self, volume_id: str | None = None) -> pd.DataFrame:
+        """One row per linked section (sample_id, volume_id, z_um, affine, residuals, ...)."""
+        if volume_id is not None:
+            _vol.volume_manifest(self.layout, volume_id)
+        return _vol.sections_frame(self.layout, volume_id)
+
+    def section_link(self, sample_id: str) -> _vol.SectionLink:
+        p = self.layout.section(sample_id)
+        if not p.exists():
+            raise QueryError(f"{self.path}: sample {sample_id!r} is not linked to a volume; use `hestkit link-section`")
+        return _vol.link_from_json(read_json(p))
+
+    def volume_pairs(
+        self,
+        volume_ids: Sequence[str] | None = None,
+        sample_ids: Sequence[str] | None = None,
+        genes: Sequence[str] | None = None,
+        spec: VolumePairSpec | None = None,
+    ) -> VolumePairView:
+        """3D pairs: one per spot of the linked sections (of ``volume_ids`` / ``sample_ids``)
+        whose centre lies inside its volume. Reads obs only, never voxels."""
+        spec = spec or VolumePairSpec()
+        known_v = {m["volume_id"]: m for m in _vol.volume_manifests(self.layout)}
+        if volume_ids is not None:
+            unknown = [v for v in volume_ids if v not in known_v]
+            if unknown:
+                raise QueryError(f"{self.path}: unknown volume id(s) {', '.join(unknown)}; see `hestkit ls {self.path}`")
+        committed = {m["sample_id"] for m in self.manifests()}
+        links = [
+            _vol.link_from_json(m)
+            for m in _vol.section_links(self.layout)
+            if m["volume_id"] in known_v
+            and m["sample_id"] in committed
+            and (volume_ids is None or m["volume_id"] in set(volume_ids))
+            and (sample_ids is None or m["sample_id"] in set(sample_ids))
+        ]
+        if sample_ids is not None:
+            linked = {lk.sample_id for lk in links}
+            missing = [s for s in sample_ids if s not in linked]
+            if missing:
+                raise QueryError(
+                    f"{self.path}: sample(s) {', '.join(missing)} are not linked to a selected volume; use `hestkit link-section`"
+                )
+        if not links:
+            raise QueryError(f"{self.path}: no sections are linked to the selected volumes; link one with `hestkit link-section`")
+        chans = {lk.volume_id: int(known_v[lk.volume_id]["channels"]) for lk in links}
+        if len(set(chans.values())) > 1:
+            detail = ", ".join(f"{v}: {c}" for v, c in sorted(chans.items()))
+            raise QueryError(
+                f"{self.path}: the selected volumes differ in channel count ({detail}); a model takes one channel layout. "
+                "Fix: select volumes of one modality (volume_ids=...)"
+            )
+        by_sample = {lk.sample_id: lk for lk in links}
+        pv = self.pairs(sample_ids=sorted(by_sample), genes=genes)
+        obs = pv.obs
+        zyx = np.zeros((len(obs), 3))
+        vids = np.empty(len(obs), dtype=object)
+        sids = obs["sample_id"].to_numpy()
+        for sid, lk in by_sample.items():
+            rows = np.flatnonzero(sids == sid)
+            zyx[rows] = lk.to_volume_um(obs[["x_px", "y_px"]].to_numpy(dtype=float)[rows])
+            vids[rows] = lk.volume_id
+        ext = np.array([known_v[v]["extent_um"] for v in vids]) if len(obs) else np.zeros((0, 3))
+        inside = (zyx >= 0).all(axis=1) & (zyx[:, 1] < ext[:, 1]) & (zyx[:, 2] < ext[:, 2]) & (zyx[:, 0] <= ext[:, 0])
+        keep = np.flatnonzero(inside)
+        pv = pv.subset(keep)
+        new = pv.obs.rename(columns={"x_um": "x_um_tech", "y_um": "y_um_tech"}).copy()
+        new["volume_id"] = vids[keep].astype(str)
+        new["z_um"], new["y_um"], new["x_um"] = zyx[keep, 0], zyx[keep, 1], zyx[keep, 2]
+        vols = {
+            v: (str(self.layout.root / known_v[v]["zarr_path"]), tuple(float(a) for a in known_v[v]["voxel_size_um"]))
+            for v in set(new["volume_id"])
+        }
+        fills = {v: 255 if known_v[v].get("modality") == "he-stack" else 0 for v in vols}
+        return VolumePairView(pv, new, vols, spec, fills)  # type: ignore[arg-type]
 
 
 def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: bool = True) -> Catalog:

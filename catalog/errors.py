@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from hestkit.errors import HestkitError
 
-__all__ = ["CatalogError", "CatalogVersionError", "NotACatalogError", "QueryError", "SampleExistsError"]
+__all__ = [
+    "CatalogError",
+    "CatalogVersionError",
+    "LinkError",
+    "NotACatalogError",
+    "QueryError",
+    "SampleExistsError",
+    "VolumeExistsError",
+]
 
 
 class CatalogError(HestkitError):
@@ -25,3 +33,11 @@ class SampleExistsError(CatalogError):
 
 class QueryError(CatalogError):
     """A query names something the catalog does not hold."""
+
+
+class VolumeExistsError(CatalogError):
+    """A volume id is already in the catalog (and overwrite was not asked)."""
+
+
+class LinkError(CatalogError):
+    """A section cannot be linked to a volume: geometry outside the volume, bad affine or landmarks."""

@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .views import PairView
+from .volume_views import VolumePairView
 
-__all__ = ["PairDataset", "default_image_transform"]
+__all__ = ["PairDataset", "VolumePairDataset", "default_image_transform", "default_volume_transform"]
 
 
 def default_image_transform(patch: np.ndarray) -> torch.Tensor:
@@ -55,3 +56,42 @@ class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
         if self.expression_transform is not None:
             e = np.asarray(self.expression_transform(e), dtype=np.float32)
         return self.transform(patch), torch.from_numpy(e)
+
+
+def default_volume_transform(subvolume: np.ndarray) -> torch.Tensor:
+    """(S, H, W, C) uint8 -> (S, C, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(subvolume)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class VolumePairDataset(Dataset[tuple[Any, torch.Tensor]]):
+    """Items are ``(subvolume, expression)`` from a :class:`~catalog.volume_views.VolumePairView`.
+
+    ``subvolume`` is ``transform(array)`` (default: float tensor (S, C, H, W) in [0, 1]);
+    ``expression`` as in :class:`PairDataset`. Volume handles are opened per worker process.
+    """
+
+    def __init__(
+        self,
+        view: VolumePairView,
+        *,
+        transform: Callable[[np.ndarray], Any] | None = None,
+        expression_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        preload_expression: bool = True,
+    ) -> None:
+        self.view = view
+        self.transform = transform or default_volume_transform
+        self.expression_transform = expression_transform
+        self._X: sp.csr_matrix | None = view.expression() if preload_expression else None
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        sub = self.view.subvolume(i)
+        if self._X is not None:
+            e = np.asarray(self._X[i].toarray()).ravel().astype(np.float32)
+        else:
+            e = self.view.pairs._row_expression(self.view._index(i))
+        if self.expression_transform is not None:
+            e = np.asarray(self.expression_transform(e), dtype=np.float32)
+        return self.transform(sub), torch.from_numpy(e)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from . import _volumes
 from ._common import fail, handle_errors, print_table, progress_bars
 
 app = typer.Typer(
@@ -158,17 +159,20 @@ def ls(
     catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
     all_columns: Annotated[bool, typer.Option("--all", help="Show every column.")] = False,
 ) -> None:
-    """List the samples of a catalog."""
+    """List the samples of a catalog, and its volumes and linked sections."""
     with handle_errors():
         import catalog
 
-        df = catalog.open(catalog_dir).samples()
-        if df.empty:
+        cat = catalog.open(catalog_dir)
+        df = cat.samples()
+        if df.empty and cat.volumes().empty:
             typer.echo(f"{catalog_dir}: empty catalog")
             return
-        if not all_columns:
-            df = df[[c for c in (*SUMMARY_COLUMNS, "ingested_at") if c in df.columns]]
-        print_table(df, title=f"{catalog_dir}: {len(df)} samples")
+        if not df.empty:
+            if not all_columns:
+                df = df[[c for c in (*SUMMARY_COLUMNS, "ingested_at") if c in df.columns]]
+            print_table(df, title=f"{catalog_dir}: {len(df)} samples")
+        _volumes.print_volumes(catalog_dir)
 
 
 @app.command()
@@ -290,6 +294,9 @@ def demo(
         )
         typer.echo(f"spatial plot: {png}")
         typer.echo(f"catalog: {cat_dir}  (try: hestkit query {cat_dir} --organ Breast)")
+
+
+_volumes.register(app)
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ __all__ = [
     "Problem",
     "ReaderError",
     "ValidationError",
+    "VolumeError",
+    "VoxelSizeError",
 ]
 
 
@@ -45,6 +47,14 @@ class ImageError(ReaderError):
 
 class PixelSizeError(HestkitError):
     """No pixel size could be read or estimated for a sample."""
+
+
+class VolumeError(HestkitError):
+    """A 3D volume (or a request on it) is unusable: shape, channels, extent or geometry."""
+
+
+class VoxelSizeError(VolumeError):
+    """A volume has no usable voxel size (none embedded and none given)."""
 
 
 class Problem:

@@ -15,6 +15,14 @@ from .hest import make_hest
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
+from .volume import (
+    SyntheticSection,
+    SyntheticVolume,
+    SyntheticVolumeCohort,
+    make_large_volume,
+    make_volume,
+    make_volume_cohort,
+)
 from .xenium import SyntheticXenium, make_xenium
 
 __all__ = [
@@ -23,15 +31,21 @@ __all__ = [
     "CohortEntry",
     "Scene",
     "SyntheticSample",
+    "SyntheticSection",
     "SyntheticVisiumHD",
+    "SyntheticVolume",
+    "SyntheticVolumeCohort",
     "SyntheticXenium",
     "gene_programs",
     "gene_table",
     "make_demo_cohort",
     "make_hest",
+    "make_large_volume",
     "make_st",
     "make_visium",
     "make_visium_hd",
+    "make_volume",
+    "make_volume_cohort",
     "make_xenium",
     "pyramid_shapes",
     "spot_colour",

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from ._expression import gene_table, program_activity, simulate_counts, spot_colours, stripe_periods_um
+from ._expression import gene_table, plaid_parameters, program_activity, simulate_counts, spot_colours, stripe_periods_um
 from ._grid import (
     VISIUM_SPOT_DIAMETER_UM,
     VisiumGrid,
@@ -90,6 +90,13 @@ def build_visium_sample(
     counts = simulate_counts(activity, in_tissue, n_genes, rng)
     gene_ids, genes = gene_table(n_genes, species)
     colours = spot_colours(counts)
+    plaid_px = None
+    if morphology == "plaid":
+        colours, plaid = plaid_parameters(counts, np.random.default_rng([seed, 7]))
+        plaid_px = plaid.copy()
+        plaid_px[:, [0, 3]] /= pixel_size_um
+    elif morphology not in ("colour", "texture"):
+        raise ValueError(f"morphology must be 'colour', 'texture' or 'plaid', got {morphology!r}")
     scene = Scene(
         height=grid.height,
         width=grid.width,
@@ -100,6 +107,7 @@ def build_visium_sample(
         blob=blob,
         seed=int(rng.integers(0, 2**31 - 1)),
         stripe_period_px=stripe_periods_um(counts) / pixel_size_um if morphology == "texture" else None,
+        plaid_px=plaid_px,
     )
     return BuiltSample(
         grid=grid,

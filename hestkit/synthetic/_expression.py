@@ -214,3 +214,54 @@ def stripe_periods_um(
     level = np.log1p(np.asarray(mat[:, cols].sum(axis=1)).ravel() / max(cols.size, 1)) / np.log1p(COLOUR_SATURATION)
     out: NDArray[np.float64] = coarsest_um + (finest_um - coarsest_um) * np.clip(level, 0.0, 1.0)
     return out
+
+
+def program_levels(
+    counts: NDArray[np.integer] | NDArray[np.floating] | sp.spmatrix,
+) -> NDArray[np.float64]:
+    """``(N, N_PROGRAMS)`` level in ``[0, 1]`` of each program at each spot: ``log1p`` of the
+    mean count over the program's genes on the colour scale (saturating at
+    ``COLOUR_SATURATION``)."""
+    mat = sp.csr_matrix(counts, dtype=np.float64)
+    programs = gene_programs(int(mat.shape[1]))
+    out = np.empty((mat.shape[0], N_PROGRAMS), dtype=np.float64)
+    for k in range(N_PROGRAMS):
+        cols = np.flatnonzero(programs == k)
+        mean = np.asarray(mat[:, cols].sum(axis=1)).ravel() / max(cols.size, 1)
+        out[:, k] = np.clip(np.log1p(mean) / np.log1p(COLOUR_SATURATION), 0.0, 1.0)
+    return out
+
+
+PLAID_STAIN_RGB = (150, 95, 165)
+"""Mean disk colour of the "plaid" morphology (a haematoxylin-like purple)."""
+PLAID_STAIN_JITTER = 30
+
+
+def plaid_parameters(
+    counts: NDArray[np.integer] | NDArray[np.floating] | sp.spmatrix,
+    rng: np.random.Generator,
+    *,
+    finest_um: float = 6.0,
+    coarsest_um: float = 24.0,
+) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
+    """Disk colours and texture of the "plaid" morphology, where the image shows expression
+    only through texture.
+
+    Returns ``(colours, pattern)``. ``colours`` ``(N, 3)`` is a random stain colour per spot
+    (``PLAID_STAIN_RGB`` +- ``PLAID_STAIN_JITTER``, independent of expression). ``pattern``
+    ``(N, 5)`` holds, per spot, two perpendicular gratings: period of the first (um,
+    program 0: ``coarsest_um`` silent to ``finest_um`` saturated), its orientation (radians,
+    program 1: 0 to pi/2), the contrast of both (program 2: 0.15 to 0.75), the period of the
+    second (um, program 3) and a random phase.
+    """
+    level = program_levels(counts)
+    n = level.shape[0]
+    jitter = rng.integers(-PLAID_STAIN_JITTER, PLAID_STAIN_JITTER + 1, size=(n, 3))
+    colours = np.clip(np.asarray(PLAID_STAIN_RGB)[None, :] + jitter, 0, 255).astype(np.uint8)
+    pattern = np.empty((n, 5), dtype=np.float64)
+    pattern[:, 0] = coarsest_um + (finest_um - coarsest_um) * level[:, 0]
+    pattern[:, 1] = 0.5 * np.pi * level[:, 1]
+    pattern[:, 2] = 0.15 + 0.6 * level[:, 2]
+    pattern[:, 3] = coarsest_um + (finest_um - coarsest_um) * level[:, 3]
+    pattern[:, 4] = rng.uniform(0.0, 2.0 * np.pi, size=n)
+    return colours, pattern

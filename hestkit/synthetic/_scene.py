@@ -66,6 +66,11 @@ class Scene:
         stripe_period_px: optional ``(N,)`` level-0 period of vertical stripes inside each
             disk (the "texture" morphology: the disk colour is modulated by
             ``0.6 + 0.4 cos(2 pi (x - centre_x) / period)``); None = flat disks.
+        plaid_px: optional ``(N, 5)`` "plaid" texture of each disk (see
+            :func:`plaid_parameters`, periods in level-0 px): with ``u, v`` the offsets
+            from the centre rotated by the angle, the colour is scaled by
+            ``1 - contrast (g(u, period_1) + g(v, period_2)) / 2`` with
+            ``g(t, p) = (1 + cos(2 pi t / p + phase)) / 2``.
     """
 
     height: int
@@ -77,6 +82,7 @@ class Scene:
     blob: TissueBlob
     seed: int
     stripe_period_px: NDArray[np.float64] | None = None
+    plaid_px: NDArray[np.float64] | None = None
     _tree: cKDTree | None = field(init=False, repr=False, default=None)
     _index: NDArray[np.int64] = field(init=False, repr=False)
 
@@ -135,7 +141,18 @@ class Scene:
             dx2 = (xs[c_lo:c_hi] - sx) ** 2
             dy2 = (ys[r_lo:r_hi] - sy) ** 2
             inside = dy2[:, None] + dx2[None, :] < r2
-            if self.stripe_period_px is None:
+            if self.plaid_px is not None:
+                p1, angle, contrast, p2, phase = (float(v) for v in self.plaid_px[i])
+                dx = (xs[c_lo:c_hi] - sx)[None, :]
+                dy = (ys[r_lo:r_hi] - sy)[:, None]
+                u = dx * np.cos(angle) + dy * np.sin(angle)
+                v = -dx * np.sin(angle) + dy * np.cos(angle)
+                g = 0.5 * (1.0 + np.cos(2.0 * np.pi * u / p1 + phase)) + 0.5 * (1.0 + np.cos(2.0 * np.pi * v / p2 + phase))
+                factor2d = 1.0 - 0.5 * contrast * g
+                shade2d = np.clip(self.colours[i][None, None, :] * factor2d[..., None], 0, 255).astype(np.uint8)
+                block = out[r_lo:r_hi, c_lo:c_hi]
+                block[inside] = shade2d[inside]
+            elif self.stripe_period_px is None:
                 out[r_lo:r_hi, c_lo:c_hi][inside] = self.colours[i]
             else:
                 phase = 2.0 * np.pi * (xs[c_lo:c_hi] - sx) / float(self.stripe_period_px[i])

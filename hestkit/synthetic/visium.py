@@ -34,7 +34,7 @@ def make_visium(
     species: str = "Homo sapiens",
     organ: str = "",
     sample_id: str | None = None,
-    morphology: Literal["colour", "texture"] = "colour",
+    morphology: Literal["colour", "texture", "plaid"] = "colour",
 ) -> SyntheticSample:
     """Write a Space Ranger-like ``outs`` folder plus its full-resolution H&E.
 
@@ -56,6 +56,9 @@ def make_visium(
     ``morphology="texture"`` adds vertical stripes inside each disk whose period is set by
     program 3, which the disk colour does not show (see :func:`stripe_periods_um`): the
     image then carries expression that a frozen encoder does not pass on linearly.
+    ``morphology="plaid"`` shows expression only through texture: each disk gets a random
+    stain colour and two perpendicular gratings whose period, orientation, contrast and
+    second period follow programs 0-3 (see :func:`plaid_parameters`).
     Everything is a function of ``seed`` and the arguments.
     """
     if layout not in ("spaceranger1", "spaceranger2"):

@@ -431,3 +431,37 @@ def test_demo_cohort(tmp_path: Path) -> None:
         assert max(e.truth.image_shape) <= 3400
         if e.kind == "visium":
             assert e.image == e.truth.image_path
+
+
+def test_plaid_morphology_shows_programs_only_through_texture(tmp_path: Path) -> None:
+    """The "plaid" disks: a grating whose period (program 0) and orientation (program 1)
+    can be read back from the rendered pixels; the disk colour does not follow expression."""
+    from hestkit.synthetic._expression import program_levels
+
+    s = make_visium(tmp_path / "p", n_rows=6, n_cols=6, pixel_size_um=1.0, seed=11, morphology="plaid")
+    scene = s.scene
+    assert scene.plaid_px is not None
+    level = program_levels(s.counts)
+    inside = np.flatnonzero(s.in_tissue)
+    # colour is independent of every program's level (stain jitter only)
+    for k in range(4):
+        r = np.corrcoef(level[inside, k], s.scene.colours[inside].astype(float).mean(axis=1))[0, 1]
+        assert abs(r) < 0.5
+    # period and angle follow programs 0 and 1 monotonically
+    assert np.all(np.diff(scene.plaid_px[inside, 0][np.argsort(level[inside, 0])]) <= 1e-9)
+    assert np.all(np.diff(scene.plaid_px[inside, 1][np.argsort(level[inside, 1])]) >= -1e-9)
+    # read the first grating back from the pixels: the strongest Fourier peak of a
+    # window inside the disk is at the grating's wave vector
+    half = 16
+    for i in inside[:6]:
+        cx, cy = (round(float(v)) for v in scene.centres_px[i])
+        win = scene.render(1.0, cy - half, cx - half, 2 * half, 2 * half).astype(float).mean(axis=2)
+        p1, angle, contrast, p2, _ = scene.plaid_px[i]
+        spec = np.abs(np.fft.fft2(win - win.mean()))
+        freqs = np.fft.fftfreq(2 * half)
+        expected = [(np.cos(angle) / p1, np.sin(angle) / p1), (-np.sin(angle) / p2, np.cos(angle) / p2)]
+        ky, kx = np.unravel_index(int(np.argmax(spec)), spec.shape)
+        found = np.array([freqs[kx], freqs[ky]])
+        dist = min(min(np.linalg.norm(found - np.array(e)), np.linalg.norm(found + np.array(e))) for e in expected)
+        assert dist <= 1.5 / (2 * half)  # within one and a half frequency bins
+        assert 0.15 <= contrast <= 0.75
