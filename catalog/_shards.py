@@ -7,7 +7,8 @@ its chunks and write each shard file in one go, following the zarr v3 sharding
 specification: inner chunks concatenated, then the index (offset, nbytes per chunk as
 little-endian uint64; 2**64 - 1 for an absent chunk) and its CRC32C, at the end.
 Arrays whose codecs differ from that layout are written through zarr instead.
-Readers always go through zarr.
+Readers go through zarr, or, for that same layout on a local disk, read one patch with
+one ``pread`` and one JPEG decode (:class:`PatchReader`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["write_patches"]
+__all__ = ["PatchReader", "write_patches"]
 
 _EMPTY = np.uint64(2**64 - 1)
 
@@ -86,3 +87,68 @@ def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> N
             fh.write(idx_bytes)
             fh.write(crc)
         os.replace(tmp, path)
+
+
+class PatchReader:
+    """Random access to single patches of one patch array.
+
+    For a local array in the layout :func:`write_patches` writes (sharded, one JPEG per
+    chunk, index at the end), a patch is one ``pread`` of its bytes (the shard's index is
+    read once and kept) and one JPEG decode, skipping zarr's per-read machinery. Any
+    other array (other codecs, remote stores) is read through zarr. Absent chunks or
+    shards read as the fill value (zeros), as zarr would.
+    """
+
+    def __init__(self, array_path: str) -> None:
+        import zarr
+
+        self.path = array_path
+        self._arr: Any = zarr.open_array(array_path, mode="r")
+        shape = tuple(self._arr.shape)
+        self._patch_shape = shape[1:]
+        self._shard_len = int(self._arr.shards[0]) if self._arr.shards else 0
+        local = "://" not in array_path and Path(array_path).is_dir()
+        self._fast = bool(self._shard_len) and local and _fast_layout(self._arr) is not None
+        self._index: dict[int, NDArray[np.uint64] | None] = {}
+
+    def __len__(self) -> int:
+        return int(self._arr.shape[0])
+
+    def _shard_index(self, key: int) -> NDArray[np.uint64] | None:
+        if key in self._index:
+            return self._index[key]
+        try:
+            fd = os.open(self._shard_path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            self._index[key] = None
+            return None
+        try:
+            n = self._shard_len * 16
+            raw = os.pread(fd, n, os.fstat(fd).st_size - n - 4)
+        finally:
+            os.close(fd)
+        idx = np.frombuffer(raw, dtype="<u8").reshape(self._shard_len, 2)
+        self._index[key] = idx
+        return idx
+
+    def _shard_path(self, key: int) -> Path:
+        return Path(self.path) / "c" / str(key) / "0" / "0" / "0"
+
+    def __getitem__(self, row: int) -> NDArray[np.uint8]:
+        if not self._fast:
+            return np.asarray(self._arr[row])
+        import imagecodecs
+
+        if not 0 <= row < len(self):
+            raise IndexError(f"{self.path}: row {row} out of range for {len(self)} patches")
+        key, k = divmod(int(row), self._shard_len)
+        idx = self._shard_index(key)
+        if idx is None or idx[k, 0] == _EMPTY:
+            return np.zeros(self._patch_shape, dtype=np.uint8)
+        offset, nbytes = int(idx[k, 0]), int(idx[k, 1])
+        fd = os.open(self._shard_path(key), os.O_RDONLY)
+        try:
+            data = os.pread(fd, nbytes, offset)
+        finally:
+            os.close(fd)
+        return np.asarray(imagecodecs.jpeg8_decode(data), dtype=np.uint8).reshape(self._patch_shape)

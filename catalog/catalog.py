@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,75 @@ SAMPLE_COLUMNS = [
 ]
 
 
+#: Parsed manifests per manifest folder: file name -> ((inode, mtime_ns, size), manifest).
+_MANIFEST_CACHE: dict[str, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] = {}
+#: Distinct gene lists of cached manifests, so that samples of one panel share one list
+#: object (1,229 HEST-1k-sized manifests hold ~29 M gene names, ~230 distinct lists).
+_GENE_LISTS: dict[tuple[int, str, str, str], list[list[str]]] = {}
+#: var lookups per SOMA experiment (see :meth:`Catalog._var_lookup`).
+_VAR_CACHE: dict[str, _VarLookup] = {}
+
+
+def _share_gene_list(manifest: dict[str, Any]) -> None:
+    genes = manifest.get("genes")
+    if not isinstance(genes, list) or not genes:
+        return
+    key = (len(genes), str(genes[0]), str(genes[len(genes) // 2]), str(genes[-1]))
+    bucket = _GENE_LISTS.setdefault(key, [])
+    for known in bucket:
+        if known == genes:
+            manifest["genes"] = known
+            return
+    bucket.append(genes)
+
+
+class _VarLookup:
+    """The catalog's var (gene union) as arrays, with the var joinids of each distinct
+    gene list of the manifests (samples of one panel share one list, computed once)."""
+
+    def __init__(self, signature: tuple[str, ...], names: np.ndarray, joinids: np.ndarray) -> None:
+        self.signature = signature
+        n = int(joinids.max()) + 1 if len(joinids) else 0
+        self.names = np.empty(n, dtype=object)
+        self.names[joinids] = names
+        self._index = pd.Index(names.astype(object))
+        self._joinids = np.asarray(joinids, dtype=np.int64)
+        self._lists: dict[tuple[int, str, str, str], list[tuple[list[str], np.ndarray]]] = {}
+        self._by_ingest: dict[str, np.ndarray] = {}
+
+    def inherit(self, old: _VarLookup) -> None:
+        """Keep the per-ingest gene joinids of an older lookup: var is append-only, so a
+        joinid, once given to a gene, never changes."""
+        self._lists = dict(old._lists)
+        self._by_ingest = dict(old._by_ingest)
+
+    def lookup(self, genes: Sequence[str]) -> np.ndarray:
+        """var joinids of ``genes`` (-1 where absent)."""
+        pos = self._index.get_indexer(np.asarray(list(genes), dtype=object))
+        return np.where(pos >= 0, self._joinids[pos], -1).astype(np.int64)
+
+    def joinids_of(self, manifest: dict[str, Any]) -> np.ndarray:
+        """var joinids of a manifest's genes: computed once per ingest, and once per
+        distinct list (samples of one panel or reference share their list)."""
+        iid = str(manifest["ingest_id"])
+        out = self._by_ingest.get(iid)
+        if out is not None:
+            return out
+        genes = manifest["genes"]
+        key = (len(genes), str(genes[0]), str(genes[len(genes) // 2]), str(genes[-1])) if genes else (0, "", "", "")
+        bucket = self._lists.setdefault(key, [])
+        for known, j in bucket:
+            if known is genes or known == genes:
+                out = j
+                break
+        else:
+            out = self.lookup(genes)
+            out = out[out >= 0]
+            bucket.append((genes, out))
+        self._by_ingest[iid] = out
+        return out
+
+
 def _version() -> str:
     from hestkit import __version__
 
@@ -99,21 +169,57 @@ class Catalog:
 
     # -- samples -------------------------------------------------------------
     def manifests(self) -> list[dict[str, Any]]:
-        """The committed samples' manifests (the set of these files IS the catalog)."""
+        """The committed samples' manifests (the set of these files IS the catalog).
+
+        Parsed manifests are cached per process and re-read only when a file changes
+        (inode, mtime or size), so repeated queries list the folder but parse nothing.
+        Treat the returned dicts as read-only.
+        """
         out: list[dict[str, Any]] = []
         d = self.layout.manifest_dir
         if not d.exists():
             return out
-        for p in sorted(d.glob("*.json")):
-            if p.name.startswith("."):
+        cache = _MANIFEST_CACHE.setdefault(str(d.resolve()), {})
+        seen: set[str] = set()
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
+            name = entry.name
+            if name.startswith(".") or not name.endswith(".json"):
                 continue
-            m = read_json(p)
+            st = entry.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            seen.add(name)
+            hit = cache.get(name)
+            if hit is not None and hit[0] == key:
+                m = hit[1]
+            else:
+                m = read_json(Path(entry.path))
+                _share_gene_list(m)
+                cache[name] = (key, m)
             if m.get("encoding-type") != MANIFEST_ENCODING:
                 continue
             if _major(m.get("encoding-version", "0")) > 1:
-                raise CatalogVersionError(f"{p}: manifest format {m.get('encoding-version')} is newer than this hestkit reads")
+                raise CatalogVersionError(
+                    f"{entry.path}: manifest format {m.get('encoding-version')} is newer than this hestkit reads"
+                )
             out.append(m)
+        for name in set(cache) - seen:
+            cache.pop(name, None)
         return out
+
+    def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> _VarLookup:
+        """var names by joinid and a name -> joinid map, cached per process until the
+        set of committed ingests changes (var only grows, and only by commits)."""
+        sig = tuple(m["ingest_id"] for m in manifests)
+        key = str(self.layout.soma.resolve())
+        vl = _VAR_CACHE.get(key)
+        if vl is None or vl.signature != sig:
+            var = _soma.read_var(self.layout.soma)
+            vl = _VarLookup(sig, var["var_id"].astype(str).to_numpy(), var["soma_joinid"].to_numpy(dtype=np.int64))
+            old = _VAR_CACHE.get(key)
+            if old is not None and len(old.names) <= len(vl.names) and np.array_equal(old.names, vl.names[: len(old.names)]):
+                vl.inherit(old)  # same catalog, var grew: old joinids still hold
+            _VAR_CACHE[key] = vl
+        return vl
 
     def samples(self) -> pd.DataFrame:
         """One row per committed sample, with a ``sample_id`` column and its metadata."""
@@ -180,28 +286,31 @@ class Catalog:
             if all(want is None or str(m.get(k) or "").strip().lower() in want for k, want in filters.items()):
                 chosen.append(m)
         # genes: the union over the chosen samples, in catalog (var) order
-        var = _soma.read_var(self.layout.soma) if chosen else pd.DataFrame({"var_id": [], "soma_joinid": []})
-        present: set[str] = set()
+        vl = self._var_lookup(manifests) if chosen else _VarLookup((), np.zeros(0, object), np.zeros(0, np.int64))
+        present = np.zeros(len(vl.names), dtype=bool)
         for m in chosen:
-            present.update(m["genes"])
-        var = var[var["var_id"].isin(present)].sort_values("soma_joinid")
-        gene_list = [str(g) for g in var["var_id"]]
-        var_j = var["soma_joinid"].to_numpy(dtype=np.int64)
+            present[vl.joinids_of(m)] = True
+        var_j = np.flatnonzero(present).astype(np.int64)
+        gene_list = vl.names[var_j].tolist()
         if genes is not None:
-            pos = {g: i for i, g in enumerate(gene_list)}
-            upper = {g.upper(): i for i, g in enumerate(gene_list)}
+            upper: dict[str, int] | None = None
             idx, missing = [], []
-            for g in genes:
-                i = pos.get(g, upper.get(str(g).upper()))
-                (idx.append(i) if i is not None else missing.append(g))
+            for g, j in zip(genes, vl.lookup([str(g) for g in genes]).tolist(), strict=True):
+                if j < 0 or not present[j]:
+                    if upper is None:  # case-insensitive fallback, built only when needed
+                        upper = {str(n).upper(): int(k) for n, k in zip(gene_list, var_j, strict=True)}
+                    j = upper.get(str(g).upper(), -1)
+                (idx.append(j) if j >= 0 else missing.append(g))
             if missing:
                 raise QueryError(
                     f"{self.path}: gene(s) not in the selected samples: {', '.join(map(str, missing[:20]))}"
                     f"{' ...' if len(missing) > 20 else ''} ({len(gene_list)} genes available)"
                 )
-            gene_list = [gene_list[i] for i in idx]
-            var_j = var_j[idx]
-        obs = _soma.read_obs(self.layout.soma, [m["ingest_id"] for m in chosen])
+            var_j = np.asarray(idx, dtype=np.int64)
+            gene_list = vl.names[var_j].tolist()
+        obs = _soma.read_obs_ranges(
+            self.layout.soma, [(int(m["soma_joinid_start"]), int(m["soma_joinid_stop"]), m["ingest_id"]) for m in chosen]
+        )
         patches = {m["sample_id"]: str(self.layout.root / m["patches_path"] / "patches") for m in chosen}
         return PairView(self.path, obs, gene_list, var_j, patches, self.spec)
 

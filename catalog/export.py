@@ -12,6 +12,7 @@ import pandas as pd
 
 from .catalog import Catalog
 from .errors import CatalogError
+from .views import object_strings
 
 __all__ = ["HEST_TECHNOLOGY_NAMES", "export_sample", "sample_anndata"]
 
@@ -29,7 +30,7 @@ def sample_anndata(cat: Catalog, sample_id: str) -> Any:
     view = cat.pairs(sample_ids=[sample_id])
     genes = [g for g in view.genes if g in set(m["genes"])]
     view = view.with_genes(genes)
-    obs = view.obs.drop(columns=["soma_joinid", "obs_id", "ingest_id", "patch_index"]).copy()
+    obs = object_strings(view.obs.drop(columns=["soma_joinid", "obs_id", "ingest_id", "patch_index"]))
     obs.index = pd.Index(obs["barcode"].astype(str).to_numpy(), name=None)
     obs["pxl_col_in_fullres"] = obs["x_px"]
     obs["pxl_row_in_fullres"] = obs["y_px"]

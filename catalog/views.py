@@ -18,9 +18,19 @@ from . import _soma
 if TYPE_CHECKING:
     from .torch import PairDataset
 
-__all__ = ["PairView"]
+__all__ = ["PairView", "object_strings"]
 
 _BLOCK_ROWS = 512
+
+
+def object_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with its pyarrow-backed text columns as plain object (str) columns,
+    for writers such as anndata that do not take arrow strings."""
+    out = df.copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.StringDtype):
+            out[c] = out[c].astype(object)
+    return out
 
 
 class PairView:
@@ -48,7 +58,9 @@ class PairView:
         self._patch_arrays = dict(patch_arrays)
         self.spec = spec
         self._obs_j = obs["soma_joinid"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
-        self._samples = obs["sample_id"].to_numpy() if len(obs) else np.zeros(0, object)
+        codes, names = pd.factorize(obs["sample_id"]) if len(obs) else (np.zeros(0, np.int64), pd.Index([]))
+        self._sample_codes = np.asarray(codes, dtype=np.int64)
+        self._sample_names = [str(x) for x in pd.Index(names)]
         self._pidx = obs["patch_index"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
         self._arrays: dict[str, Any] = {}
         self._pid = os.getpid()
@@ -93,9 +105,9 @@ class PairView:
         return _soma.read_X(self.root / "soma", view._obs_j, view._var_j)
 
     def _array(self, sample_id: str) -> Any:
-        import zarr
-
         import catalog._jpeg  # noqa: F401 - registers the codec
+
+        from ._shards import PatchReader
 
         if os.getpid() != self._pid:
             self._arrays = {}
@@ -103,14 +115,14 @@ class PairView:
             self._pid = os.getpid()
         arr = self._arrays.get(sample_id)
         if arr is None:
-            arr = zarr.open_array(self._patch_arrays[sample_id], mode="r")
+            arr = PatchReader(self._patch_arrays[sample_id])
             self._arrays[sample_id] = arr
         return arr
 
     def patch(self, i: int) -> np.ndarray:
         """The (size, size, 3) uint8 patch of pair ``i``, centred on its spot."""
         i = self._index(i)
-        return np.asarray(self._array(str(self._samples[i]))[int(self._pidx[i])])
+        return np.asarray(self._array(self._sample_names[self._sample_codes[i]])[int(self._pidx[i])])
 
     def _row_expression(self, i: int) -> np.ndarray:
         b = i // _BLOCK_ROWS
@@ -153,7 +165,7 @@ class PairView:
         """Expression with obs as an AnnData (``obsm['spatial']`` = centres, level-0 px)."""
         import anndata as ad
 
-        obs = self.obs.copy()
+        obs = object_strings(self.obs)
         obs.index = obs["obs_id"].astype(str).to_numpy() if "obs_id" in obs else obs.index.astype(str)
         a = ad.AnnData(X=self.expression(), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, name="gene")))
         a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)

@@ -27,7 +27,7 @@ from hestkit.errors import HestkitError
 from hestkit.patches import PairSpec, PatchPlan, cut_block, plan_patches
 from hestkit.readers import get_reader
 from hestkit.sample import SampleRef, SampleSource
-from hestkit.slide import open_slide
+from hestkit.slide import open_slide, thread_slide
 
 from . import _soma
 from ._store import (
@@ -181,8 +181,8 @@ def _cut(job: _PatchJob, block_index: int) -> int:
     from ._shards import write_patches
 
     block = job.plan.blocks[block_index]
-    with open_slide(job.image_path) as slide:
-        patches = cut_block(slide, job.plan, block, job.centres_px, job.spec)
+    slide = thread_slide(job.image_path)  # one open slide per worker thread, not per block
+    patches = cut_block(slide, job.plan, block, job.centres_px, job.spec)
     write_patches(job.array_path, block.slot_start, patches)
     return len(patches)
 
