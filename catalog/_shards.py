@@ -25,7 +25,7 @@ _EMPTY = np.uint64(2**64 - 1)
 
 
 def _fast_layout(arr: Any) -> int | None:
-    """JPEG quality if ``arr`` is a local sharded JPEG patch array with the index at the
+    """JPEG quality if ``arr`` is a sharded JPEG patch array with the index at the
     end, checksummed with crc32c, and default chunk keys; otherwise None."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
@@ -49,7 +49,7 @@ def _fast_layout(arr: Any) -> int | None:
     return int(sc.codecs[0].quality)
 
 
-def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> None:
+def write_patches(array_path: str | Path, start: int, patches: NDArray[np.uint8]) -> None:
     """Write ``patches`` at rows ``start:start + len(patches)`` of the patch array.
 
     ``start`` must be a multiple of the shard length, and the rows up to the end of the
@@ -57,15 +57,21 @@ def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> N
     """
     import google_crc32c
     import imagecodecs
-    import zarr
 
-    arr = zarr.open_array(str(array_path), mode="r+")
+    from ._store import is_remote, zarr_open_array
+
+    remote = is_remote(array_path)
+    arr = zarr_open_array(str(array_path), mode="r+")
     shard_len = int(arr.shards[0]) if arr.shards else 0
     quality = _fast_layout(arr) if shard_len else None
     if quality is None or start % shard_len:
         arr[start : start + len(patches)] = patches
         return
-    base = Path(array_path)
+    fs = None
+    if remote:
+        from . import _s3
+
+        fs = _s3.filesystem()
     for s0 in range(0, len(patches), shard_len):
         chunk = patches[s0 : s0 + shard_len]
         parts = [imagecodecs.jpeg8_encode(np.ascontiguousarray(p), level=quality) for p in chunk]
@@ -77,7 +83,10 @@ def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> N
         idx_bytes = index.tobytes()
         crc = np.uint32(google_crc32c.value(idx_bytes)).astype("<u4").tobytes()
         key = (start + s0) // shard_len
-        path = base / "c" / str(key) / "0" / "0" / "0"
+        if fs is not None:  # one PUT per shard: an object appears whole or not at all
+            fs.pipe_file(f"{str(array_path).split('://', 1)[1]}/c/{key}/0/0/0", b"".join([*parts, idx_bytes, crc]))
+            continue
+        path = Path(array_path) / "c" / str(key) / "0" / "0" / "0"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
