@@ -254,6 +254,8 @@ class S3Lock:
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_ok = 0.0
+        #: True when this writer took over the lease of a writer that stopped renewing it.
         self.took_over = False
 
     def _body(self) -> bytes:
@@ -334,18 +336,25 @@ class S3Lock:
         return self
 
     def _renew(self) -> None:
-        last_ok = time.monotonic()
+        self._last_ok = time.monotonic()
         while not self._stop.wait(self.lease_s / 4):
-            try:
-                self._etag = self._put(IfMatch=self._etag or "")
-                last_ok = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - a failed renewal is judged below
-                if error_code(exc) in ("PreconditionFailed", "NoSuchKey") or isinstance(exc, FileNotFoundError):
-                    self._lost = "another writer took the lock over after our lease expired"
-                    return
-                if time.monotonic() - last_ok > self.lease_s:
-                    self._lost = f"could not renew the lease for {self.lease_s:.0f} s ({type(exc).__name__}: {exc})"
-                    return
+            if not self._renew_once():
+                return
+
+    def _renew_once(self) -> bool:
+        """Rewrite the lock under ``If-Match``; False once the lease is lost."""
+        try:
+            self._etag = self._put(IfMatch=self._etag or "")
+            self._last_ok = time.monotonic()
+            return True
+        except Exception as exc:  # noqa: BLE001 - a failed renewal is judged below
+            if error_code(exc) in ("PreconditionFailed", "NoSuchKey") or isinstance(exc, (FileNotFoundError, FileExistsError)):
+                self._lost = "another writer took the lock over after our lease expired"
+                return False
+            if time.monotonic() - self._last_ok > self.lease_s:
+                self._lost = f"could not renew the lease for {self.lease_s:.0f} s ({type(exc).__name__}: {exc})"
+                return False
+            return True
 
     def check(self) -> None:
         """Raise when this writer no longer holds the lock (never commit then)."""

@@ -24,6 +24,7 @@ __all__ = [
     "X_LAYER",
     "append_rows",
     "create_experiment",
+    "obs_row_count",
     "read_X",
     "read_obs",
     "read_var",
@@ -86,6 +87,14 @@ def create_experiment(uri: str | Path) -> None:
         x.add_new_sparse_ndarray(X_LAYER, type=pa.float32(), shape=(1, 1))
     finally:
         exp.close()
+
+
+def obs_row_count(uri: str | Path) -> int:
+    """Obs rows written so far, committed or not (committed ones are those of the manifests)."""
+    soma = _soma()
+    u, ctx = _at(uri, "obs")
+    with soma.open(u, "r", context=ctx) as o:
+        return _count(o)
 
 
 def _count(df) -> int:  # type: ignore[no-untyped-def]

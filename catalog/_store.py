@@ -88,7 +88,8 @@ def join(base: str, *parts: str) -> str:
 
 
 def soma_context(uri: str | Path) -> Any:
-    """The TileDB-SOMA context for ``uri``: None (the default) locally, S3 settings otherwise."""
+    """The TileDB-SOMA context for ``uri``: None (TileDB's defaults) locally, S3 settings
+    from the environment for ``s3://`` (one per process, made on first use)."""
     if not is_remote(uri):
         return None
     from . import _s3
