@@ -70,9 +70,7 @@ class S3Config:
         if endpoint is not None:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise CatalogError(
-                    f"AWS_ENDPOINT_URL={endpoint!r} is not an http(s) URL; set it like http://127.0.0.1:9000"
-                )
+                raise CatalogError(f"AWS_ENDPOINT_URL={endpoint!r} is not an http(s) URL; set it like http://127.0.0.1:9000")
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
         return cls(endpoint, region, key, secret, os.environ.get("AWS_SESSION_TOKEN") or None)
 

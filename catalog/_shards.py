@@ -3,7 +3,8 @@
 zarr-python spends about 1 ms of per-chunk overhead when writing many small chunks
 into shards, seven times the cost of the JPEG encoding itself. A block of patches owns
 whole shards (the writer pads each block's slots to the shard length), so it can encode
-its chunks and write each shard file in one go, following the zarr v3 sharding
+its chunks and write each shard in one go (a file renamed into place locally, one object
+PUT on S3), following the zarr v3 sharding
 specification: inner chunks concatenated, then the index (offset, nbytes per chunk as
 little-endian uint64; 2**64 - 1 for an absent chunk) and its CRC32C, at the end.
 Arrays whose codecs differ from that layout are written through zarr instead.

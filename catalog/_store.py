@@ -248,7 +248,9 @@ class Layout:
             fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/json", **cond)
         except Exception as exc:
             code = _s3.error_code(exc)
-            if cond and (code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or isinstance(exc, FileExistsError)):
+            if cond and (
+                code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or isinstance(exc, FileExistsError)
+            ):
                 raise CommitConflict(f"{uri}: changed by another writer meanwhile ({code or type(exc).__name__})") from exc
             raise _s3.translate_error(exc, self.uri) from exc
 

@@ -78,8 +78,7 @@ class Catalog:
         self.layout.check_access()
         if not self.layout.exists(self.layout.catalog_json):
             raise NotACatalogError(
-                f"{self.uri}: not a hestkit catalog (no catalog.json). Create one with "
-                f"`hestkit ingest ... --catalog {self.uri}`"
+                f"{self.uri}: not a hestkit catalog (no catalog.json). Create one with `hestkit ingest ... --catalog {self.uri}`"
             )
         meta = self.layout.read_json(self.layout.catalog_json)
         if meta.get("encoding-type") != CATALOG_ENCODING:
@@ -145,9 +144,7 @@ class Catalog:
         return len(self.manifests())
 
     def __repr__(self) -> str:
-        return (
-            f"Catalog({self.uri!r}, samples={len(self)}, pairs={self.spec.patch_size_px}px@{self.spec.pixel_size_um}um/px)"
-        )
+        return f"Catalog({self.uri!r}, samples={len(self)}, pairs={self.spec.patch_size_px}px@{self.spec.pixel_size_um}um/px)"
 
     # -- queries -------------------------------------------------------------
     def pairs(

@@ -65,9 +65,7 @@ def test_reader_sees_a_consistent_snapshot_while_a_sample_is_appended(tmp_path: 
             if not during:
                 during = _read_all(snapshot)  # the old samples read whole while the writer is mid-commit
         if len(view) == n_old + n_new:
-            assert float(view.expression().sum()) == pytest.approx(
-                sum(float(t.counts[t.in_tissue].sum()) for t in [*old, new])
-            )
+            assert float(view.expression().sum()) == pytest.approx(sum(float(t.counts[t.in_tissue].sum()) for t in [*old, new]))
         time.sleep(0.2)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
