@@ -35,11 +35,13 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_concurrent_ingests_on_one_cluster_survive_a_killed_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three ingest calls at once (threads) on one multi-process cluster, into one catalog;
-    the first worker to reach a commit is SIGKILLed after writing its SOMA rows. dask reruns
-    the lost tasks elsewhere; every sample lands exactly once and the dead attempt's rows
-    stay invisible."""
-    import threading
+    """Three `hestkit ingest --scheduler` processes at once on one multi-process cluster,
+    into one catalog; the first worker to reach a commit is SIGKILLed after writing its SOMA
+    rows. dask reruns the lost tasks elsewhere; every sample lands exactly once and the dead
+    attempt's rows stay invisible."""
+    import os
+    import subprocess
+    import sys
 
     from distributed import LocalCluster
 
@@ -51,28 +53,21 @@ def test_concurrent_ingests_on_one_cluster_survive_a_killed_worker(tmp_path: Pat
     monkeypatch.setenv("HESTKIT_TEST_KILL_AT", "after-soma")
     monkeypatch.setenv("HESTKIT_TEST_KILL_ONCE", str(marker))
     cat = catalog.create(tmp_path / "cat")
-    errors: list[BaseException] = []
-    reports: list[catalog.IngestReport] = []
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HESTKIT_TEST_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
-
-        def run(i: int) -> None:
-            try:
-                reports.append(cat.ingest([tmp_path / f"in{i}"], options=ReadOptions(), scheduler=cluster.scheduler_address))
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    assert not errors, errors
+        cmd = [sys.executable, "-m", "cli.hestkit", "ingest", "--catalog", str(cat.path), "--scheduler", cluster.scheduler_address]
+        procs = [
+            subprocess.Popen([*cmd, str(tmp_path / f"in{i}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for i in range(3)
+        ]
+        outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
     assert marker.exists()  # a worker really was killed mid-commit
-    failed = [r.message for rep in reports for r in rep.failed]
-    assert not failed, failed
     cat = catalog.open(tmp_path / "cat")
-    samples = cat.samples()
-    assert sorted(samples["sample_id"]) == ["C0", "C1", "C2"]
+    assert sorted(cat.samples()["sample_id"]) == ["C0", "C1", "C2"]
     view = cat.pairs()
     expected = sum(int(t.in_tissue.sum()) for t in truths)
     assert len(view) == expected
