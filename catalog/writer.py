@@ -343,7 +343,7 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="10s"), None
+            return Client(scheduler, timeout="10s", set_as_default=False), None
         except OSError as exc:
             raise CatalogError(
                 f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address (tcp://HOST:8786)"
@@ -354,7 +354,9 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
         logging.getLogger(name).setLevel(logging.CRITICAL)
     n = workers or min(os.cpu_count() or 1, 8)
     cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=40)
-    return Client(cluster), cluster
+    # never the process-wide default: ingests running at once in one process (threads) would
+    # otherwise leave dask's global scheduler pointing at a closed client
+    return Client(cluster, set_as_default=False), cluster
 
 
 def _error_text(exc: BaseException) -> str:
@@ -428,7 +430,7 @@ def ingest_refs(
         max_inflight = max(2, 2 * n_workers)
         root_s = layout.uri
         pending = list(todo)
-        ac = as_completed()
+        ac = as_completed(loop=client.loop)
         kinds: dict[Any, tuple[str, SampleRef, Any]] = {}
         inflight = 0
         done_samples = 0
