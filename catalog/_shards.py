@@ -3,7 +3,8 @@
 zarr-python spends about 1 ms of per-chunk overhead when writing many small chunks
 into shards, seven times the cost of the JPEG encoding itself. A block of patches owns
 whole shards (the writer pads each block's slots to the shard length), so it can encode
-its chunks and write each shard file in one go, following the zarr v3 sharding
+its chunks and write each shard in one go (a file renamed into place locally, one object
+PUT on S3), following the zarr v3 sharding
 specification: inner chunks concatenated, then the index (offset, nbytes per chunk as
 little-endian uint64; 2**64 - 1 for an absent chunk) and its CRC32C, at the end.
 Arrays whose codecs differ from that layout are written through zarr instead.
@@ -26,7 +27,7 @@ _EMPTY = np.uint64(2**64 - 1)
 
 
 def _fast_layout(arr: Any) -> int | None:
-    """JPEG quality if ``arr`` is a local sharded JPEG patch array with the index at the
+    """JPEG quality if ``arr`` is a sharded JPEG patch array with the index at the
     end, checksummed with crc32c, and default chunk keys; otherwise None."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
@@ -50,7 +51,7 @@ def _fast_layout(arr: Any) -> int | None:
     return int(sc.codecs[0].quality)
 
 
-def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> None:
+def write_patches(array_path: str | Path, start: int, patches: NDArray[np.uint8]) -> None:
     """Write ``patches`` at rows ``start:start + len(patches)`` of the patch array.
 
     ``start`` must be a multiple of the shard length, and the rows up to the end of the
@@ -58,15 +59,21 @@ def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> N
     """
     import google_crc32c
     import imagecodecs
-    import zarr
 
-    arr = zarr.open_array(str(array_path), mode="r+")
+    from ._store import is_remote, zarr_open_array
+
+    remote = is_remote(array_path)
+    arr = zarr_open_array(str(array_path), mode="r+")
     shard_len = int(arr.shards[0]) if arr.shards else 0
     quality = _fast_layout(arr) if shard_len else None
     if quality is None or start % shard_len:
         arr[start : start + len(patches)] = patches
         return
-    base = Path(array_path)
+    fs = None
+    if remote:
+        from . import _s3
+
+        fs = _s3.filesystem()
     for s0 in range(0, len(patches), shard_len):
         chunk = patches[s0 : s0 + shard_len]
         parts = [imagecodecs.jpeg8_encode(np.ascontiguousarray(p), level=quality) for p in chunk]
@@ -78,7 +85,10 @@ def write_patches(array_path: Path, start: int, patches: NDArray[np.uint8]) -> N
         idx_bytes = index.tobytes()
         crc = np.uint32(google_crc32c.value(idx_bytes)).astype("<u4").tobytes()
         key = (start + s0) // shard_len
-        path = base / "c" / str(key) / "0" / "0" / "0"
+        if fs is not None:  # one PUT per shard: an object appears whole or not at all
+            fs.pipe_file(f"{str(array_path).split('://', 1)[1]}/c/{key}/0/0/0", b"".join([*parts, idx_bytes, crc]))
+            continue
+        path = Path(array_path) / "c" / str(key) / "0" / "0" / "0"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
@@ -100,10 +110,10 @@ class PatchReader:
     """
 
     def __init__(self, array_path: str) -> None:
-        import zarr
+        from ._store import zarr_open_array
 
         self.path = array_path
-        self._arr: Any = zarr.open_array(array_path, mode="r")
+        self._arr: Any = zarr_open_array(array_path, mode="r")
         shape = tuple(self._arr.shape)
         self._patch_shape = shape[1:]
         self._shard_len = int(self._arr.shards[0]) if self._arr.shards else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ __all__ = [
     "X_LAYER",
     "append_rows",
     "create_experiment",
+    "obs_row_count",
     "read_X",
     "read_obs",
     "read_obs_ranges",
@@ -66,9 +68,18 @@ def _soma():  # type: ignore[no-untyped-def]
     return tiledbsoma
 
 
-def create_experiment(uri: Path) -> None:
+def _at(uri: str | Path, *parts: str) -> tuple[str, Any]:
+    """The URI of an element below the experiment and the TileDB context for it (S3
+    settings from the environment, or None locally)."""
+    from ._store import join, soma_context
+
+    return join(str(uri), *parts), soma_context(uri)
+
+
+def create_experiment(uri: str | Path) -> None:
     soma = _soma()
-    exp = soma.Experiment.create(str(uri))
+    u, ctx = _at(uri)
+    exp = soma.Experiment.create(u, context=ctx)
     try:
         exp.add_new_dataframe("obs", schema=OBS_SCHEMA, index_column_names=["soma_joinid"], domain=[(0, 0)])
         ms = exp.add_new_collection("ms", soma.Collection)
@@ -80,12 +91,20 @@ def create_experiment(uri: Path) -> None:
         exp.close()
 
 
+def obs_row_count(uri: str | Path) -> int:
+    """Obs rows written so far, committed or not (committed ones are those of the manifests)."""
+    soma = _soma()
+    u, ctx = _at(uri, "obs")
+    with soma.open(u, "r", context=ctx) as o:
+        return _count(o)
+
+
 def _count(df) -> int:  # type: ignore[no-untyped-def]
     return int(df.count)
 
 
 def append_rows(
-    uri: Path, obs: pd.DataFrame, counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str]
+    uri: str | Path, obs: pd.DataFrame, counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str]
 ) -> tuple[int, dict[str, int]]:
     """Append ``obs`` rows (columns of ``OBS_SCHEMA``) with their ``counts`` (rows x genes).
 
@@ -94,9 +113,10 @@ def append_rows(
     """
     soma = _soma()
     n = len(obs)
-    with soma.open(str(uri / "obs"), "r") as o:
+    exp_uri, ctx = _at(uri)
+    with soma.open(_at(uri, "obs")[0], "r", context=ctx) as o:
         start = _count(o)
-    with soma.open(str(uri / "ms" / MEASUREMENT / "var"), "r") as vr:
+    with soma.open(_at(uri, "ms", MEASUREMENT, "var")[0], "r", context=ctx) as vr:
         var = vr.read(column_names=["soma_joinid", "var_id"]).concat().to_pandas()
     known = dict(zip(var["var_id"].astype(str), var["soma_joinid"].astype(np.int64), strict=True))
     n_var_old = len(known)
@@ -106,7 +126,7 @@ def append_rows(
     n_var = n_var_old + len(new)
     gene_map = {g: int(known[g]) for g in genes}
     # 1. grow the domains (a schema change: its own open/close)
-    with soma.open(str(uri), "w") as exp:
+    with soma.open(exp_uri, "w", context=ctx) as exp:
         rna = exp.ms[MEASUREMENT]
         if new:
             rna.var.tiledbsoma_resize_soma_joinid_shape(n_var)
@@ -118,7 +138,7 @@ def append_rows(
         if new_shape != shape:
             X.resize(new_shape)
     # 2. write the rows
-    with soma.open(str(uri), "w") as exp:
+    with soma.open(exp_uri, "w", context=ctx) as exp:
         rna = exp.ms[MEASUREMENT]
         if new:
             rna.var.write(
@@ -150,7 +170,7 @@ def append_rows(
     return start, gene_map
 
 
-def read_obs(uri: Path, ingest_ids: Sequence[str], value_filter: str | None = None) -> pd.DataFrame:
+def read_obs(uri: str | Path, ingest_ids: Sequence[str], value_filter: str | None = None) -> pd.DataFrame:
     """Obs rows of the given committed ingests (and an optional extra SOMA filter)."""
     soma = _soma()
     if not ingest_ids:
@@ -159,7 +179,8 @@ def read_obs(uri: Path, ingest_ids: Sequence[str], value_filter: str | None = No
     filt = f"ingest_id in [{quoted}]"
     if value_filter:
         filt = f"({filt}) and ({value_filter})"
-    with soma.open(str(uri / "obs"), "r") as obs:
+    u, ctx = _at(uri, "obs")
+    with soma.open(u, "r", context=ctx) as obs:
         tbl = obs.read(value_filter=filt).concat()
     return _obs_frame(_sorted_by_joinid(tbl))
 
@@ -168,7 +189,7 @@ def _empty_obs() -> pd.DataFrame:
     return _obs_frame(pa.schema([("soma_joinid", pa.int64()), *OBS_SCHEMA]).empty_table())
 
 
-def read_obs_ranges(uri: Path, ranges: Sequence[tuple[int, int, str]]) -> pd.DataFrame:
+def read_obs_ranges(uri: str | Path, ranges: Sequence[tuple[int, int, str]]) -> pd.DataFrame:
     """Obs rows of committed samples, each given as its manifest's ``(soma_joinid_start,
     soma_joinid_stop, ingest_id)``: a coordinate read of exactly those rows (no scan of
     the other samples' rows). Rows whose ``ingest_id`` is not the range's own (never in a
@@ -185,7 +206,8 @@ def read_obs_ranges(uri: Path, ranges: Sequence[tuple[int, int, str]]) -> pd.Dat
     else:
         lens = stops - starts
         coords = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens) + np.arange(int(lens.sum()))
-    with soma.open(str(uri / "obs"), "r") as obs:
+    u, ctx = _at(uri, "obs")
+    with soma.open(u, "r", context=ctx) as obs:
         tbl = obs.read(coords=(coords,)).concat()
     tbl = _sorted_by_joinid(tbl)
     j = tbl["soma_joinid"].to_numpy()
@@ -214,9 +236,10 @@ def _obs_frame(tbl: pa.Table) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def read_var(uri: Path) -> pd.DataFrame:
+def read_var(uri: str | Path) -> pd.DataFrame:
     soma = _soma()
-    with soma.open(str(uri / "ms" / MEASUREMENT / "var"), "r") as var:
+    u, ctx = _at(uri, "ms", MEASUREMENT, "var")
+    with soma.open(u, "r", context=ctx) as var:
         return var.read().concat().to_pandas()
 
 
@@ -226,7 +249,7 @@ def _as_coords(sorted_unique: np.ndarray) -> slice | np.ndarray:
     return slice(lo, hi) if hi - lo + 1 == len(sorted_unique) else sorted_unique
 
 
-def read_X(uri: Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
+def read_X(uri: str | Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
     """Counts for the given rows and genes, as CSR in the order given."""
     soma = _soma()
     obs_j = np.asarray(obs_joinids, dtype=np.int64)
@@ -237,7 +260,8 @@ def read_X(uri: Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.cs
     obs_run = _is_run(obs_j)
     obs_u = obs_j if obs_run or _is_increasing(obs_j) else np.unique(obs_j)
     var_u = var_j if _is_increasing(var_j) else np.unique(var_j)
-    with soma.open(str(uri / "ms" / MEASUREMENT / "X" / X_LAYER), "r") as X:
+    u, ctx = _at(uri, "ms", MEASUREMENT, "X", X_LAYER)
+    with soma.open(u, "r", context=ctx) as X:
         tbl = X.read(coords=(_as_coords(obs_u), _as_coords(var_u))).tables().concat()
     r = tbl["soma_dim_0"].to_numpy()
     c = tbl["soma_dim_1"].to_numpy()

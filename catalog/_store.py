@@ -1,4 +1,10 @@
-"""Catalog paths, encoding attributes, atomic writes and the writer lock."""
+"""Catalog locations (local folders and ``s3://`` URIs), encoding attributes, atomic
+writes and the writers' lock.
+
+Local catalogs use plain files: a temp file renamed over its target, ``fcntl.flock``.
+``s3://`` catalogs go through s3fs (manifests, catalog.json), TileDB's S3 VFS (SOMA) and
+zarr's fsspec store (patches), with conditional PUTs and a lease lock (:mod:`catalog._s3`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -29,11 +36,17 @@ __all__ = [
     "VOLUME_MANIFEST_VERSION",
     "VOLUME_VERSION",
     "CatalogLock",
+    "CommitConflict",
     "Layout",
     "atomic_write_json",
     "check_sample_id",
+    "is_remote",
+    "join",
     "new_ingest_id",
     "read_json",
+    "soma_context",
+    "zarr_open_array",
+    "zarr_open_group",
 ]
 
 CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.0.0"
@@ -59,33 +72,126 @@ def new_ingest_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
+def is_remote(uri: str | Path) -> bool:
+    """True for object-storage URIs (``s3://bucket/prefix``); local paths are never routed
+    through fsspec."""
+    s = str(uri)
+    if "://" not in s:
+        return False
+    scheme = s.split("://", 1)[0].lower()
+    if scheme == "s3":
+        return True
+    if scheme == "file":
+        return False
+    raise CatalogError(f"{s}: unsupported catalog location {scheme}://; use a local folder or s3://bucket/prefix")
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI (always ``/``-separated)."""
+    out = base.rstrip("/")
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+SOMA_READ_BUFFER_BYTES = 64 * 2**20
+"""Initial TileDB-SOMA read buffer per column. tiledbsoma's default (1 GiB per column)
+reserves tens of GB of address space per coordinate read, enough for ``fork`` (DataLoader
+workers, dask) to fail with ENOMEM; larger results are read in several passes."""
+
+_LOCAL_SOMA_CONTEXT: dict[int, Any] = {}
+
+
+def soma_context(uri: str | Path) -> Any:
+    """The TileDB-SOMA context for ``uri``, one per process (a forked child makes its own):
+    TileDB's defaults plus :data:`SOMA_READ_BUFFER_BYTES` locally, and S3 settings from the
+    environment for ``s3://``."""
+    if is_remote(uri):
+        from . import _s3
+
+        return _s3.soma_context()
+    pid = os.getpid()
+    ctx = _LOCAL_SOMA_CONTEXT.get(pid)
+    if ctx is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import tiledbsoma
+
+        ctx = tiledbsoma.SOMATileDBContext(tiledb_config={"soma.init_buffer_bytes": SOMA_READ_BUFFER_BYTES})
+        _LOCAL_SOMA_CONTEXT.clear()
+        _LOCAL_SOMA_CONTEXT[pid] = ctx
+    return ctx
+
+
+def zarr_open_group(uri: str, mode: Any) -> Any:
+    import zarr
+
+    if is_remote(uri):
+        from . import _s3
+
+        return zarr.open_group(uri, mode=mode, zarr_format=3, storage_options=_s3.storage_options())
+    return zarr.open_group(uri, mode=mode, zarr_format=3)
+
+
+def zarr_open_array(uri: str, mode: Any = "r") -> Any:
+    import zarr
+
+    if is_remote(uri):
+        from . import _s3
+
+        return zarr.open_array(uri, mode=mode, storage_options=_s3.storage_options())
+    return zarr.open_array(uri, mode=mode)
+
+
+def _key(uri: str) -> str:
+    """``s3://bucket/key`` -> ``bucket/key`` (what s3fs takes)."""
+    return uri.split("://", 1)[1]
+
+
 class Layout:
-    """Where each element of a local catalog lives."""
+    """Where each element of a catalog lives, and the few file operations the catalog
+    needs, for a local folder (plain files, ``fcntl`` lock, rename) or an ``s3://`` prefix
+    (s3fs, conditional PUTs, lease lock). Element locations are strings (paths or URIs)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.remote = is_remote(root)
+        self.uri = str(root).rstrip("/") if self.remote else str(Path(str(root).removeprefix("file://")))
 
     @property
-    def catalog_json(self) -> Path:
-        return self.root / "catalog.json"
+    def root(self) -> Path:
+        """The catalog folder (local catalogs only)."""
+        if self.remote:
+            raise CatalogError(f"{self.uri} is on object storage and has no local path; use its URI")
+        return Path(self.uri)
+
+    def join(self, *parts: str) -> str:
+        return join(self.uri, *parts)
 
     @property
-    def manifest_dir(self) -> Path:
-        return self.root / "manifest"
-
-    def manifest(self, sample_id: str) -> Path:
-        return self.manifest_dir / f"{sample_id}.json"
+    def catalog_json(self) -> str:
+        return self.join("catalog.json")
 
     @property
-    def soma(self) -> Path:
-        return self.root / "soma"
+    def manifest_dir(self) -> str:
+        return self.join("manifest")
+
+    def manifest(self, sample_id: str) -> str:
+        return self.join("manifest", f"{sample_id}.json")
 
     @property
-    def patches_dir(self) -> Path:
-        return self.root / "patches"
+    def soma(self) -> str:
+        return self.join("soma")
 
-    def patches(self, sample_id: str, ingest_id: str) -> Path:
-        return self.patches_dir / f"{sample_id}--{ingest_id}.zarr"
+    @property
+    def patches_dir(self) -> str:
+        return self.join("patches")
+
+    def patches(self, sample_id: str, ingest_id: str) -> str:
+        return self.join("patches", f"{sample_id}--{ingest_id}.zarr")
 
     @property
     def volumes_dir(self) -> Path:
@@ -109,8 +215,157 @@ class Layout:
         return self.sections_dir / f"{sample_id}.json"
 
     @property
-    def lock(self) -> Path:
-        return self.root / ".lock"
+    def lock(self) -> str:
+        return self.join(".lock")
+
+    def relative(self, uri: str) -> str:
+        """``uri`` relative to the catalog root (as manifests record it)."""
+        base = self.uri.rstrip("/") + "/"
+        if not uri.startswith(base):
+            raise CatalogError(f"{uri} is not inside the catalog {self.uri}")
+        return uri[len(base) :]
+
+    # -- operations --------------------------------------------------------------
+    def _fs(self) -> Any:
+        from . import _s3
+
+        return _s3.filesystem()
+
+    def _s3_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from . import _s3
+
+        try:
+            return fn(*args, **kwargs)
+        except CatalogError:
+            raise
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise _s3.translate_error(exc, self.uri) from exc
+
+    def check_access(self) -> None:
+        """Local: nothing. S3: the bucket exists, is reachable and answers our credentials."""
+        if self.remote:
+            from . import _s3
+
+            _s3.check_bucket(self.uri)
+
+    def exists(self, uri: str) -> bool:
+        if not self.remote:
+            return os.path.exists(uri)
+        fs = self._fs()
+        return bool(self._s3_call(fs.exists, _key(uri)))
+
+    def read_json(self, uri: str) -> Any:
+        if not self.remote:
+            return read_json(Path(uri))
+        fs = self._fs()
+        return json.loads(self._s3_call(fs.cat_file, _key(uri)))
+
+    def read_json_etag(self, uri: str) -> tuple[Any, str | None] | None:
+        """The object and (S3) its ETag, or None when absent."""
+        if not self.remote:
+            return (read_json(Path(uri)), None) if os.path.exists(uri) else None
+        fs = self._fs()
+        bucket, key = _key(uri).split("/", 1)
+        try:
+            head = self._s3_call(fs.call_s3, "head_object", Bucket=bucket, Key=key)
+            data = self._s3_call(fs.cat_file, _key(uri))
+        except FileNotFoundError:
+            return None
+        # callers hold the writers' lock, so the object cannot change between the two calls
+        return json.loads(data), str(head["ETag"])
+
+    def write_json(self, uri: str, obj: Any, *, if_absent: bool = False, if_match: str | None = None) -> None:
+        """Write ``obj`` as one atomic replacement: local temp file + fsync + rename; on S3 a
+        single PUT, conditional on the key being absent (``if_absent``) or unchanged
+        (``if_match``, an ETag). A failed condition raises :class:`CommitConflict`."""
+        if not self.remote:
+            p = Path(uri)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(p, obj)
+            return
+        from . import _s3
+
+        fs = self._fs()
+        bucket, key = _key(uri).split("/", 1)
+        cond: dict[str, str] = {}
+        if if_absent:
+            cond["IfNoneMatch"] = "*"
+        elif if_match is not None:
+            cond["IfMatch"] = if_match
+        body = json.dumps(obj, indent=1, default=_json_default).encode()
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/json", **cond)
+        except Exception as exc:
+            code = _s3.error_code(exc)
+            if cond and (
+                code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or isinstance(exc, FileExistsError)
+            ):
+                raise CommitConflict(f"{uri}: changed by another writer meanwhile ({code or type(exc).__name__})") from exc
+            raise _s3.translate_error(exc, self.uri) from exc
+
+    def manifest_files(self) -> list[tuple[str, Any]]:
+        """``(uri, parsed JSON)`` of every manifest, sorted by name."""
+        if not self.remote:
+            d = Path(self.manifest_dir)
+            if not d.exists():
+                return []
+            return [(str(p), read_json(p)) for p in sorted(d.glob("*.json")) if not p.name.startswith(".")]
+        fs = self._fs()
+        try:
+            names = self._s3_call(fs.ls, _key(self.manifest_dir), detail=False)
+        except FileNotFoundError:
+            return []
+        keys = sorted(n for n in names if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith("."))
+        if not keys:
+            return []
+        blobs = self._s3_call(fs.cat, keys, on_error="omit")  # concurrent GETs
+        return [(f"s3://{k}", json.loads(blobs[k])) for k in keys if k in blobs]
+
+    def remove_tree(self, uri: str) -> None:
+        if not self.remote:
+            shutil.rmtree(uri, ignore_errors=True)
+            return
+        fs = self._fs()
+        try:
+            fs.rm(_key(uri), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def is_empty(self) -> bool:
+        """No visible entries under the root (a new catalog may go here)."""
+        if not self.remote:
+            p = Path(self.uri)
+            return not p.exists() or not any(c for c in p.iterdir() if not c.name.startswith("."))
+        fs = self._fs()
+        try:
+            names = self._s3_call(fs.ls, _key(self.uri), detail=False)
+        except FileNotFoundError:
+            return True
+        return not any(n for n in names if not n.rsplit("/", 1)[-1].startswith("."))
+
+    def make_root(self) -> None:
+        """Local: the catalog folder (where the lock file goes). S3: nothing (prefixes are implicit)."""
+        if not self.remote:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+
+    def make_dirs(self) -> None:
+        if not self.remote:
+            Path(self.manifest_dir).mkdir(exist_ok=True)
+            Path(self.patches_dir).mkdir(exist_ok=True)
+
+    def writer_lock(self, timeout_s: float = 600.0) -> CatalogLock | Any:
+        """The writers' lock: ``fcntl.flock`` on ``.lock`` locally, :class:`catalog._s3.S3Lock` on S3."""
+        if not self.remote:
+            return CatalogLock(Path(self.lock), timeout_s)
+        from . import _s3
+
+        return _s3.S3Lock(self.lock, timeout_s)
+
+
+class CommitConflict(CatalogError):
+    """A conditional write lost to another writer."""
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

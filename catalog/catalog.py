@@ -21,12 +21,12 @@ from ._store import (
     CATALOG_ENCODING,
     CATALOG_VERSION,
     MANIFEST_ENCODING,
-    CatalogLock,
+    CommitConflict,
     Layout,
-    atomic_write_json,
     read_json,
+    zarr_open_array,
 )
-from .errors import CatalogVersionError, NotACatalogError, QueryError
+from .errors import CatalogError, CatalogVersionError, NotACatalogError, QueryError
 from .views import PairView
 from .volume_views import VolumePairView
 from .writer import IngestReport, ingest_refs
@@ -140,32 +140,44 @@ def _major(v: str) -> int:
 
 
 class Catalog:
-    """A catalog directory: SOMA expression + obs, zarr patches, one manifest per sample.
+    """A catalog: SOMA expression + obs, zarr patches, one manifest per sample, in a local
+    folder or under an ``s3://bucket/prefix`` URI.
 
     Use :func:`catalog.open` (read an existing one) or :func:`catalog.create`.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.layout = Layout(path)
-        self.path = self.layout.root
-        if not self.layout.catalog_json.exists():
+        #: Where the catalog lives: a local path or an ``s3://`` URI.
+        self.uri = self.layout.uri
+        self.layout.check_access()
+        if not self.layout.exists(self.layout.catalog_json):
             raise NotACatalogError(
-                f"{self.path}: not a hestkit catalog (no catalog.json). Create one with "
-                f"`hestkit ingest ... --catalog {self.path}`"
+                f"{self.uri}: not a hestkit catalog (no catalog.json). Create one with `hestkit ingest ... --catalog {self.uri}`"
             )
-        meta = read_json(self.layout.catalog_json)
+        meta = self.layout.read_json(self.layout.catalog_json)
         if meta.get("encoding-type") != CATALOG_ENCODING:
             raise NotACatalogError(
                 f"{self.layout.catalog_json}: encoding-type is {meta.get('encoding-type')!r}, expected {CATALOG_ENCODING!r}"
             )
         if _major(meta.get("encoding-version", "0")) > _major(CATALOG_VERSION):
             raise CatalogVersionError(
-                f"{self.path}: catalog format {meta.get('encoding-version')} was written by hestkit "
+                f"{self.uri}: catalog format {meta.get('encoding-version')} was written by hestkit "
                 f"{meta.get('created-by', '?')}; this hestkit reads format {CATALOG_VERSION}. Upgrade hestkit."
             )
         self.meta = meta
         ps = meta["pair-spec"]
         self.spec = PairSpec(int(ps["patch_size_px"]), float(ps["pixel_size_um"]), int(ps["jpeg_quality"]))
+
+    @property
+    def path(self) -> Path:
+        """The catalog folder of a local catalog (an ``s3://`` catalog has only :attr:`uri`)."""
+        return self.layout.root
+
+    @property
+    def remote(self) -> bool:
+        """True when the catalog is on object storage."""
+        return self.layout.remote
 
     # -- samples -------------------------------------------------------------
     def manifests(self) -> list[dict[str, Any]]:
@@ -176,41 +188,47 @@ class Catalog:
         Treat the returned dicts as read-only.
         """
         out: list[dict[str, Any]] = []
-        d = self.layout.manifest_dir
-        if not d.exists():
-            return out
-        cache = _MANIFEST_CACHE.setdefault(str(d.resolve()), {})
-        seen: set[str] = set()
-        for entry in sorted(os.scandir(d), key=lambda e: e.name):
-            name = entry.name
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
-            st = entry.stat()
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-            seen.add(name)
-            hit = cache.get(name)
-            if hit is not None and hit[0] == key:
-                m = hit[1]
-            else:
-                m = read_json(Path(entry.path))
+        entries: list[tuple[str, dict[str, Any]]] = []
+        if self.layout.remote:
+            for p, m in self.layout.manifest_files():
                 _share_gene_list(m)
-                cache[name] = (key, m)
+                entries.append((p, m))
+        else:
+            d = Path(self.layout.manifest_dir)
+            if not d.exists():
+                return out
+            cache = _MANIFEST_CACHE.setdefault(str(d.resolve()), {})
+            seen: set[str] = set()
+            for entry in sorted(os.scandir(d), key=lambda e: e.name):
+                name = entry.name
+                if name.startswith(".") or not name.endswith(".json"):
+                    continue
+                st = entry.stat()
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                seen.add(name)
+                hit = cache.get(name)
+                if hit is not None and hit[0] == key:
+                    m = hit[1]
+                else:
+                    m = read_json(Path(entry.path))
+                    _share_gene_list(m)
+                    cache[name] = (key, m)
+                entries.append((entry.path, m))
+            for name in set(cache) - seen:
+                cache.pop(name, None)
+        for p, m in entries:
             if m.get("encoding-type") != MANIFEST_ENCODING:
                 continue
             if _major(m.get("encoding-version", "0")) > 1:
-                raise CatalogVersionError(
-                    f"{entry.path}: manifest format {m.get('encoding-version')} is newer than this hestkit reads"
-                )
+                raise CatalogVersionError(f"{p}: manifest format {m.get('encoding-version')} is newer than this hestkit reads")
             out.append(m)
-        for name in set(cache) - seen:
-            cache.pop(name, None)
         return out
 
     def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> _VarLookup:
         """var names by joinid and a name -> joinid map, cached per process until the
         set of committed ingests changes (var only grows, and only by commits)."""
         sig = tuple(m["ingest_id"] for m in manifests)
-        key = str(self.layout.soma.resolve())
+        key = self.layout.soma if self.layout.remote else str(Path(self.layout.soma).resolve())
         vl = _VAR_CACHE.get(key)
         if vl is None or vl.signature != sig:
             var = _soma.read_var(self.layout.soma)
@@ -239,19 +257,17 @@ class Catalog:
         return df.sort_values("sample_id").reset_index(drop=True)
 
     def manifest(self, sample_id: str) -> dict[str, Any]:
-        p = self.layout.manifest(sample_id)
-        if not p.exists():
+        found = self.layout.read_json_etag(self.layout.manifest(sample_id))
+        if found is None:
             known = ", ".join(m["sample_id"] for m in self.manifests()[:10]) or "none"
-            raise QueryError(f"{self.path}: no sample {sample_id!r} (samples: {known})")
-        return dict(read_json(p))
+            raise QueryError(f"{self.uri}: no sample {sample_id!r} (samples: {known})")
+        return dict(found[0])
 
     def __len__(self) -> int:
         return len(self.manifests())
 
     def __repr__(self) -> str:
-        return (
-            f"Catalog({str(self.path)!r}, samples={len(self)}, pairs={self.spec.patch_size_px}px@{self.spec.pixel_size_um}um/px)"
-        )
+        return f"Catalog({self.uri!r}, samples={len(self)}, pairs={self.spec.patch_size_px}px@{self.spec.pixel_size_um}um/px)"
 
     # -- queries -------------------------------------------------------------
     def pairs(
@@ -277,7 +293,7 @@ class Catalog:
             known = {m["sample_id"] for m in manifests}
             unknown = [s for s in sample_ids if s not in known]
             if unknown:
-                raise QueryError(f"{self.path}: unknown sample id(s) {', '.join(unknown)}; see `hestkit ls {self.path}`")
+                raise QueryError(f"{self.uri}: unknown sample id(s) {', '.join(unknown)}; see `hestkit ls {self.uri}`")
         filters = {"organ": norm(organ), "technology": norm(technology), "species": norm(species), "patient": norm(patients)}
         chosen = []
         for m in manifests:
@@ -303,7 +319,7 @@ class Catalog:
                 (idx.append(j) if j >= 0 else missing.append(g))
             if missing:
                 raise QueryError(
-                    f"{self.path}: gene(s) not in the selected samples: {', '.join(map(str, missing[:20]))}"
+                    f"{self.uri}: gene(s) not in the selected samples: {', '.join(map(str, missing[:20]))}"
                     f"{' ...' if len(missing) > 20 else ''} ({len(gene_list)} genes available)"
                 )
             var_j = np.asarray(idx, dtype=np.int64)
@@ -311,15 +327,13 @@ class Catalog:
         obs = _soma.read_obs_ranges(
             self.layout.soma, [(int(m["soma_joinid_start"]), int(m["soma_joinid_stop"]), m["ingest_id"]) for m in chosen]
         )
-        patches = {m["sample_id"]: str(self.layout.root / m["patches_path"] / "patches") for m in chosen}
-        return PairView(self.path, obs, gene_list, var_j, patches, self.spec)
+        patches = {m["sample_id"]: self.layout.join(m["patches_path"], "patches") for m in chosen}
+        return PairView(self.uri, obs, gene_list, var_j, patches, self.spec)
 
     def sample_thumbnail(self, sample_id: str) -> tuple[np.ndarray, float]:
         """The stored thumbnail of a sample and its downsample from level 0."""
-        import zarr
-
         m = self.manifest(sample_id)
-        arr = zarr.open_array(str(self.layout.root / m["patches_path"] / "thumbnail"), mode="r")
+        arr = zarr_open_array(self.layout.join(m["patches_path"], "thumbnail"), mode="r")
         return np.asarray(arr[:]), float(arr.attrs["downsample"])  # type: ignore[arg-type]
 
     # -- writing -------------------------------------------------------------
@@ -342,7 +356,7 @@ class Catalog:
         for p in paths:
             refs.extend(scan(Path(p), opts, technology))
         return ingest_refs(
-            self.path,
+            self.uri,
             refs,
             self.spec,
             overwrite=overwrite,
@@ -373,6 +387,7 @@ class Catalog:
         CSV, or any :class:`~hestkit.volume.VolumeLike`) as an OME-Zarr multiscale image and
         commit it to the volume table. ``voxel_size_um`` is (z, y, x) micrometres; it
         overrides the file's. The volume lands whole or not at all."""
+        _vol.require_local(self.layout, "ingest-volume")
         return _vol.ingest_volume(
             self.path,
             path,
@@ -408,6 +423,7 @@ class Catalog:
         """Assemble a volume from registered serial-section H&E images: plane ``k`` is image
         ``k`` warped by ``affines[k]`` (level-0 px (x, y) -> volume um (x, y)), planes
         ``section_spacing_um`` apart, in-plane voxels of ``pixel_size_um``."""
+        _vol.require_local(self.layout, "a section stack")
         from hestkit.volume_stack import SectionStackVolume
 
         stack = SectionStackVolume(images, affines, section_spacing_um, pixel_size_um=pixel_size_um, shape_yx=shape_yx)
@@ -450,6 +466,7 @@ class Catalog:
         given as a 3x3 matrix (array, :class:`~hestkit.geometry.Affine` or file) or fitted
         to >= 3 landmark pairs (``(src_px, dst_um)`` arrays or an ``x_px,y_px,x_um,y_um`` CSV).
         The result's ``residuals_um`` are the landmark residuals (empty for a matrix)."""
+        _vol.require_local(self.layout, "link-section")
         m = self.manifest(sample_id)
         obs = _soma.read_obs(self.layout.soma, [m["ingest_id"]])
         return _vol.link_section(
@@ -543,48 +560,61 @@ class Catalog:
 
 
 def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: bool = True) -> Catalog:
-    """Create an empty catalog at ``path`` (or open it when it exists and ``exist_ok``)."""
+    """Create an empty catalog at ``path`` (a folder or ``s3://bucket/prefix``), or open
+    it when it exists and ``exist_ok``."""
     layout = Layout(path)
     spec = spec or PairSpec()
-    if layout.catalog_json.exists():
-        if not exist_ok:
-            raise NotACatalogError(f"{layout.root}: a catalog already exists here")
-        cat = Catalog(layout.root)
-        if cat.spec != spec:
-            raise QueryError(
-                f"{layout.root}: this catalog stores {cat.spec.patch_size_px} px patches at {cat.spec.pixel_size_um} um/px "
-                f"(JPEG q{cat.spec.jpeg_quality}), not {spec.patch_size_px} px at {spec.pixel_size_um} um/px "
-                f"(q{spec.jpeg_quality}); use another --catalog or the catalog's settings"
-            )
-        return cat
-    layout.root.mkdir(parents=True, exist_ok=True)
-    if any(p for p in layout.root.iterdir() if not p.name.startswith(".")):
-        raise NotACatalogError(f"{layout.root}: folder exists and is not empty; choose a new or empty folder for the catalog")
-    with CatalogLock(layout.lock):
-        if not layout.catalog_json.exists():
-            layout.manifest_dir.mkdir(exist_ok=True)
-            layout.patches_dir.mkdir(exist_ok=True)
-            _soma.create_experiment(layout.soma)
-            atomic_write_json(
-                layout.catalog_json,
-                {
-                    "encoding-type": CATALOG_ENCODING,
-                    "encoding-version": CATALOG_VERSION,
-                    "created-by": f"hestkit {_version()}",
-                    "pair-spec": {
-                        "patch_size_px": spec.patch_size_px,
-                        "pixel_size_um": spec.pixel_size_um,
-                        "jpeg_quality": spec.jpeg_quality,
-                        "centre": "patches are centred on the spot centre (obs x_px, y_px)",
-                    },
-                    "elements": {
-                        "manifest": "one JSON per committed sample; the set of these files is the catalog's content",
-                        "soma": "TileDB-SOMA Experiment: obs (one row per pair), ms/RNA/var (gene union), ms/RNA/X/counts (raw)",
-                        "patches": "zarr v3 group per sample ingest: patches (n, size, size, 3) uint8 JPEG, thumbnail",
-                    },
-                },
-            )
-    return Catalog(layout.root)
+    layout.check_access()
+    if not layout.exists(layout.catalog_json):
+        _check_empty(layout)  # and again under the lock
+        layout.make_root()
+        with layout.writer_lock():  # concurrent creators: one creates, the others open it
+            if not layout.exists(layout.catalog_json):
+                _create(layout, spec)
+        return Catalog(layout.uri)
+    if not exist_ok:
+        raise NotACatalogError(f"{layout.uri}: a catalog already exists here")
+    cat = Catalog(layout.uri)
+    if cat.spec != spec:
+        raise QueryError(
+            f"{layout.uri}: this catalog stores {cat.spec.patch_size_px} px patches at {cat.spec.pixel_size_um} um/px "
+            f"(JPEG q{cat.spec.jpeg_quality}), not {spec.patch_size_px} px at {spec.pixel_size_um} um/px "
+            f"(q{spec.jpeg_quality}); use another --catalog or the catalog's settings"
+        )
+    return cat
+
+
+def _check_empty(layout: Layout) -> None:
+    if not layout.is_empty():
+        where = "folder" if not layout.remote else "prefix"
+        raise NotACatalogError(f"{layout.uri}: {where} exists and is not empty; choose a new or empty {where} for the catalog")
+
+
+def _create(layout: Layout, spec: PairSpec) -> None:
+    """Write a new, empty catalog (the caller holds the writers' lock)."""
+    _check_empty(layout)
+    layout.make_dirs()
+    _soma.create_experiment(layout.soma)
+    meta = {
+        "encoding-type": CATALOG_ENCODING,
+        "encoding-version": CATALOG_VERSION,
+        "created-by": f"hestkit {_version()}",
+        "pair-spec": {
+            "patch_size_px": spec.patch_size_px,
+            "pixel_size_um": spec.pixel_size_um,
+            "jpeg_quality": spec.jpeg_quality,
+            "centre": "patches are centred on the spot centre (obs x_px, y_px)",
+        },
+        "elements": {
+            "manifest": "one JSON per committed sample; the set of these files is the catalog's content",
+            "soma": "TileDB-SOMA Experiment: obs (one row per pair), ms/RNA/var (gene union), ms/RNA/X/counts (raw)",
+            "patches": "zarr v3 group per sample ingest: patches (n, size, size, 3) uint8 JPEG, thumbnail",
+        },
+    }
+    try:
+        layout.write_json(layout.catalog_json, meta, if_absent=True)
+    except CommitConflict as exc:
+        raise CatalogError(f"{layout.uri}: another process created a catalog here meanwhile; open it instead") from exc
 
 
 def open_catalog(path: str | Path) -> Catalog:

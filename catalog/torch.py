@@ -28,7 +28,8 @@ class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
     ``expression`` is a float32 tensor over the view's genes, raw counts passed through
     ``expression_transform`` (e.g. ``np.log1p``) if given. With ``preload_expression``
     (default) the counts of the whole view are read once, here, as a sparse matrix;
-    patches are always read lazily. Zarr handles are opened per worker process.
+    patches are always read lazily. Zarr handles (and, for an ``s3://`` catalog, the S3
+    clients, from the worker's own environment) are opened per worker process.
     """
 
     def __init__(

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from hestkit.patches import PairSpec
 
 from . import _soma
+from ._store import join
 
 if TYPE_CHECKING:
     from .torch import PairDataset
@@ -39,19 +40,21 @@ class PairView:
 
     ``obs`` has one row per pair (``sample_id``, ``barcode``, ``x_px``/``y_px`` = spot
     centre in level-0 px of that sample's WSI, ``patch_index``, ...). Views pickle
-    cheaply (paths, not open handles), so DataLoader workers can share one.
+    cheaply (paths or ``s3://`` URIs, never open handles or credentials), so DataLoader
+    workers can share one: each process opens its own handles on first use.
     """
 
     def __init__(
         self,
-        root: Path,
+        root: str | Path,
         obs: pd.DataFrame,
         genes: list[str],
         var_joinids: np.ndarray,
         patch_arrays: dict[str, str],
         spec: PairSpec,
     ) -> None:
-        self.root = Path(root)
+        #: The catalog's location (local path or ``s3://`` URI).
+        self.root = str(root)
         self.obs = obs
         self.genes = list(genes)
         self._var_j = np.asarray(var_joinids, dtype=np.int64)
@@ -102,7 +105,7 @@ class PairView:
         """Raw counts, n_pairs x n_genes (CSR, float32), columns in the order of ``genes``
         (default: :attr:`genes`)."""
         view = self if genes is None else self.with_genes(genes)
-        return _soma.read_X(self.root / "soma", view._obs_j, view._var_j)
+        return _soma.read_X(join(self.root, "soma"), view._obs_j, view._var_j)
 
     def _array(self, sample_id: str) -> Any:
         import catalog._jpeg  # noqa: F401 - registers the codec
@@ -129,7 +132,7 @@ class PairView:
         blk = self._cache.get(b)
         if blk is None:
             lo, hi = b * _BLOCK_ROWS, min((b + 1) * _BLOCK_ROWS, len(self))
-            blk = _soma.read_X(self.root / "soma", self._obs_j[lo:hi], self._var_j)
+            blk = _soma.read_X(join(self.root, "soma"), self._obs_j[lo:hi], self._var_j)
             self._cache[b] = blk
             while len(self._cache) > 8:
                 self._cache.popitem(last=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,7 +64,7 @@ class VolumePairView:
         return self.pairs.genes
 
     @property
-    def root(self) -> Path:
+    def root(self) -> str:
         return self.pairs.root
 
     @property
@@ -128,7 +127,9 @@ class VolumePairView:
         i = self._index(i)
         c = self._centres[i]
         vid = str(self._vid[i])
-        return extract_subvolume(self.volume(vid), (float(c[0]), float(c[1]), float(c[2])), self.spec, fill=self._fills.get(vid, 0))
+        return extract_subvolume(
+            self.volume(vid), (float(c[0]), float(c[1]), float(c[2])), self.spec, fill=self._fills.get(vid, 0)
+        )
 
     def subvolumes(self, rows: NDArray[np.integer] | list[int]) -> NDArray[np.uint8]:
         """Sub-volumes of many pairs ``(len(rows), n_slices, size_px, size_px, C)``, each volume's
@@ -137,7 +138,9 @@ class VolumePairView:
         out = np.zeros((len(idx), self.spec.n_slices, self.spec.size_px, self.spec.size_px, max(self.channels, 1)), np.uint8)
         for vid in np.unique(self._vid[idx]) if len(idx) else []:
             sel = np.flatnonzero(self._vid[idx] == vid)
-            out[sel] = extract_subvolumes(self.volume(str(vid)), self._centres[idx[sel]], self.spec, fill=self._fills.get(str(vid), 0))
+            out[sel] = extract_subvolumes(
+                self.volume(str(vid)), self._centres[idx[sel]], self.spec, fill=self._fills.get(str(vid), 0)
+            )
         return out
 
     def patch(self, i: int) -> NDArray[np.uint8]:

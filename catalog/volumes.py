@@ -36,14 +36,13 @@ from ._store import (
     VOLUME_MANIFEST_ENCODING,
     VOLUME_MANIFEST_VERSION,
     VOLUME_VERSION,
-    CatalogLock,
     Layout,
     atomic_write_json,
     check_sample_id,
     new_ingest_id,
     read_json,
 )
-from .errors import CatalogVersionError, LinkError, QueryError, VolumeExistsError
+from .errors import CatalogError, CatalogVersionError, LinkError, QueryError, VolumeExistsError
 
 __all__ = [
     "MODALITIES",
@@ -147,9 +146,20 @@ def _check_volume_id(volume_id: str) -> str:
         raise VolumeError(str(exc).replace("sample id", "volume id").replace("--sample-id", "--volume-id")) from None
 
 
+def require_local(layout: Layout, what: str) -> None:
+    """Volumes and section links are stored in local catalogs only, for now."""
+    if layout.remote:
+        raise CatalogError(
+            f"{layout.uri}: {what} needs a local catalog; volumes and section links are not stored on object "
+            "storage yet (use a local catalog folder for 3D work)"
+        )
+
+
 # -- reading the tables --------------------------------------------------------------
 def volume_manifests(layout: Layout) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    if layout.remote:  # volumes live in local catalogs only (see require_local)
+        return out
     d = layout.volume_manifest_dir
     if not d.exists():
         return out
@@ -167,6 +177,8 @@ def volume_manifests(layout: Layout) -> list[dict[str, Any]]:
 
 def section_links(layout: Layout) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    if layout.remote:
+        return out
     d = layout.sections_dir
     if not d.exists():
         return out
@@ -361,7 +373,7 @@ def ingest_volume(
             "metadata": dict(metadata or {}),
         }
         old: Path | None = None
-        with CatalogLock(layout.lock):
+        with layout.writer_lock():
             if mpath.exists():
                 if not overwrite:
                     raise VolumeExistsError(f"{volume_id}: committed meanwhile by another writer; pass --overwrite to replace it")
@@ -382,7 +394,9 @@ def ingest_volume(
         _close(vol)
     if old is not None and old.exists() and old != gpath:
         shutil.rmtree(old, ignore_errors=True)
-    return VolumeIngestResult(volume_id, ingest_id, shape, vs, vol.channels, len(writer.factors), time.perf_counter() - t0, tuple(warnings))  # type: ignore[arg-type]
+    return VolumeIngestResult(
+        volume_id, ingest_id, shape, vs, vol.channels, len(writer.factors), time.perf_counter() - t0, tuple(warnings)
+    )  # type: ignore[arg-type]
 
 
 def _validate(
@@ -446,10 +460,14 @@ def read_affine_file(path: str | Path) -> Affine:
             if line.strip() and not line.lstrip().startswith("#")
         ]
     except (OSError, ValueError) as exc:
-        raise ReaderError(p, f"is not a matrix of numbers ({exc})", "write 3 rows of 3 numbers (comma or space separated)") from exc
+        raise ReaderError(
+            p, f"is not a matrix of numbers ({exc})", "write 3 rows of 3 numbers (comma or space separated)"
+        ) from exc
     a = np.asarray(rows, dtype=float) if rows and all(len(r) == len(rows[0]) for r in rows) else np.zeros((0, 0))
     if a.shape not in ((3, 3), (2, 3)):
-        raise ReaderError(p, f"holds a matrix of shape {a.shape}", "write the 3x3 affine (section px -> volume um), 3 rows of 3 numbers")
+        raise ReaderError(
+            p, f"holds a matrix of shape {a.shape}", "write the 3x3 affine (section px -> volume um), 3 rows of 3 numbers"
+        )
     return Affine.from_array(a)
 
 
@@ -465,7 +483,11 @@ def read_landmarks(path: str | Path) -> tuple[NDArray[np.float64], NDArray[np.fl
     need = ["x_px", "y_px", "x_um", "y_um"]
     missing = [c for c in need if c not in cols]
     if missing:
-        raise ReaderError(p, f"lacks column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})", "name the columns x_px,y_px,x_um,y_um")
+        raise ReaderError(
+            p,
+            f"lacks column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})",
+            "name the columns x_px,y_px,x_um,y_um",
+        )
     try:
         a = df[[cols[c] for c in need]].to_numpy(dtype=float)
     except ValueError as exc:
@@ -480,7 +502,9 @@ def _check_affine(aff: Affine, what: str) -> None:
     if not np.isfinite(m).all():
         raise LinkError(f"{what}: the affine has non-finite entries; give a 3x3 matrix of numbers")
     if not np.allclose(m[2], [0.0, 0.0, 1.0], atol=1e-9):
-        raise LinkError(f"{what}: the affine's last row is {m[2].tolist()}, expected [0, 0, 1] (a 2D affine, not a projective map)")
+        raise LinkError(
+            f"{what}: the affine's last row is {m[2].tolist()}, expected [0, 0, 1] (a 2D affine, not a projective map)"
+        )
     lin = m[:2, :2]
     det = float(np.linalg.det(lin))
     sv = np.linalg.svd(lin, compute_uv=False)
@@ -523,7 +547,11 @@ def link_section(
     residuals = np.zeros(0)
     n_landmarks = 0
     if affine is not None:
-        aff = read_affine_file(affine) if isinstance(affine, (str, Path)) else (affine if isinstance(affine, Affine) else _affine_from(affine, what))
+        aff = (
+            read_affine_file(affine)
+            if isinstance(affine, (str, Path))
+            else (affine if isinstance(affine, Affine) else _affine_from(affine, what))
+        )
         source = "matrix"
     else:
         if isinstance(landmarks, (str, Path)):
@@ -597,7 +625,7 @@ def link_section(
         "warnings": warnings,
     }
     spath = layout.section(sample_id)
-    with CatalogLock(layout.lock):
+    with layout.writer_lock():
         if spath.exists() and not overwrite:
             prev = read_json(spath)
             raise LinkError(

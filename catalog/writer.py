@@ -1,7 +1,7 @@
 """Ingest: stage each sample (patches, then SOMA rows), then commit it with its manifest.
 
-A sample is visible only once its manifest file exists; the manifest is written last,
-atomically, under the catalog lock. Work runs on dask.distributed: an in-process
+A sample is visible only once its manifest exists; the manifest is written last, in one
+atomic step (a local rename, or a single conditional PUT on S3), under the writers' lock. Work runs on dask.distributed: an in-process
 threaded cluster by default, or an existing cluster given by its scheduler address.
 Samples are pipelined: at most ``2 x workers`` samples are in flight at once, and
 each sample's slide blocks are separate tasks.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import time
 import traceback
@@ -35,12 +34,11 @@ from ._store import (
     MANIFEST_VERSION,
     PATCHES_ENCODING,
     PATCHES_VERSION,
-    CatalogLock,
+    CommitConflict,
     Layout,
-    atomic_write_json,
     check_sample_id,
     new_ingest_id,
-    read_json,
+    zarr_open_group,
 )
 from .errors import CatalogError, SampleExistsError
 
@@ -50,6 +48,10 @@ __all__ = ["SHARD_PATCHES", "IngestReport", "SampleResult", "ingest_refs"]
 SHARD_PATCHES = 64
 #: Fault injection for tests: kill this process at the named point of a commit.
 _KILL_ENV = "HESTKIT_TEST_KILL_AT"
+#: ... only the first process to create this marker file is killed (dask retries survive).
+_KILL_ONCE_ENV = "HESTKIT_TEST_KILL_ONCE"
+#: ... or sleep there ("POINT:SECONDS"), to let a test observe a commit in flight.
+_SLEEP_ENV = "HESTKIT_TEST_SLEEP_AT"
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class _PatchJob:
     centres_px: np.ndarray
     plan: PatchPlan
     spec: PairSpec
-    array_path: Path
+    array_path: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,7 +106,7 @@ class _Prepared:
     job: _PatchJob
     n_spots_total: int
     n_in_tissue: int
-    group_path: Path
+    group_path: str
     image_size: tuple[int, int]
     seconds: float
 
@@ -116,13 +118,24 @@ def fingerprint(ref: SampleRef) -> str:
 
 
 def _maybe_kill(point: str) -> None:
-    if os.environ.get(_KILL_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+    sleep = os.environ.get(_SLEEP_ENV, "")
+    if sleep.startswith(point + ":"):
+        time.sleep(float(sleep.split(":", 1)[1]))
+    if os.environ.get(_KILL_ENV) != point:
+        return
+    marker = os.environ.get(_KILL_ONCE_ENV)
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prepare(root: str, ref: SampleRef, spec: PairSpec) -> _Prepared:
-    import zarr
-
+def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prepared:
+    """Load and plan a sample and create its patch group under ``ingest_id`` (chosen by
+    the client, so a recomputation after a lost worker finds the same group and leaves the
+    shards already written in place)."""
     import catalog._jpeg  # noqa: F401 - registers the codec on this worker
 
     t0 = time.perf_counter()
@@ -133,14 +146,13 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec) -> _Prepared:
     spots = source.spots[keep].reset_index(drop=True)
     counts = source.counts[np.flatnonzero(keep)]
     source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
-    ingest_id = new_ingest_id()
     with open_slide(source.image_path) as slide:
         plan = plan_patches(slide, source.centres_px(), source.pixel_size.value, spec, slot_align=SHARD_PATCHES)
         thumb, thumb_ds = slide.thumbnail(1024)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
     gpath = layout.patches(source.sample_id, ingest_id)
-    group = zarr.open_group(str(gpath), mode="w", zarr_format=3)
+    group = zarr_open_group(gpath, mode="a")
     group.attrs.update(
         {
             "encoding-type": PATCHES_ENCODING,
@@ -157,21 +169,28 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec) -> _Prepared:
     from ._jpeg import JpegCodec
 
     p = spec.patch_size_px
-    group.create_array(
-        "patches",
-        shape=(max(plan.n_slots, 1), p, p, 3),
-        chunks=(1, p, p, 3),
-        shards=(SHARD_PATCHES, p, p, 3),
-        dtype="uint8",
-        serializer=JpegCodec(quality=spec.jpeg_quality),
-        compressors=None,
-        fill_value=0,
-        dimension_names=["pair", "y", "x", "c"],
+    shape = (max(plan.n_slots, 1), p, p, 3)
+    if "patches" in group and tuple(group["patches"].shape) == shape:
+        pass  # recomputed after a lost worker: keep the shards written meanwhile
+    else:
+        group.create_array(
+            "patches",
+            shape=shape,
+            chunks=(1, p, p, 3),
+            shards=(SHARD_PATCHES, p, p, 3),
+            dtype="uint8",
+            serializer=JpegCodec(quality=spec.jpeg_quality),
+            compressors=None,
+            fill_value=0,
+            dimension_names=["pair", "y", "x", "c"],
+            overwrite=True,
+        )
+    tarr = group.create_array(
+        "thumbnail", shape=thumb.shape, chunks=thumb.shape, dtype="uint8", dimension_names=["y", "x", "c"], overwrite=True
     )
-    tarr = group.create_array("thumbnail", shape=thumb.shape, chunks=thumb.shape, dtype="uint8", dimension_names=["y", "x", "c"])
     tarr[:] = thumb
     tarr.attrs["downsample"] = thumb_ds
-    job = _PatchJob(source.image_path, source.centres_px(), plan, spec, gpath / "patches")
+    job = _PatchJob(source.image_path, source.centres_px(), plan, spec, f"{gpath}/patches")
     return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
 
 
@@ -187,7 +206,7 @@ def _cut(job: _PatchJob, block_index: int) -> int:
     return len(patches)
 
 
-def _obs_frame(prep: _Prepared) -> pd.DataFrame:
+def _obs_frame(prep: _Prepared, ingest_id: str) -> pd.DataFrame:
     s = prep.source
     kept = prep.job.plan.kept
     spots = s.spots.iloc[kept].reset_index(drop=True)
@@ -200,9 +219,9 @@ def _obs_frame(prep: _Prepared) -> pd.DataFrame:
     n = len(spots)
     return pd.DataFrame(
         {
-            "obs_id": [f"{s.sample_id}/{prep.ingest_id}/{b}" for b in spots["barcode"]],
+            "obs_id": [f"{s.sample_id}/{ingest_id}/{b}" for b in spots["barcode"]],
             "sample_id": s.sample_id,
-            "ingest_id": prep.ingest_id,
+            "ingest_id": ingest_id,
             "barcode": spots["barcode"].astype(str),
             "organ": text("organ"),
             "technology": s.technology,
@@ -223,22 +242,30 @@ def _obs_frame(prep: _Prepared) -> pd.DataFrame:
 
 
 def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool, version: str) -> SampleResult:
+    """Append the sample's SOMA rows, then write its manifest (the commit point), under
+    the writers' lock. Each attempt mints its own ``ingest_id`` for the rows, so rows of
+    an attempt that died (a killed worker, retried by dask) can never become visible."""
     layout = Layout(root)
     s = prep.source
     plan = prep.job.plan
     if sum(written) != plan.n_pairs:
         raise CatalogError(f"{s.sample_id}: wrote {sum(written)} patches, planned {plan.n_pairs}")
-    obs = _obs_frame(prep)
+    ingest_id = new_ingest_id()
+    obs = _obs_frame(prep, ingest_id)
     counts = s.counts[plan.kept]
     mpath = layout.manifest(s.sample_id)
-    old_patches: Path | None = None
-    with CatalogLock(layout.lock):
-        if mpath.exists():
+    old_patches: str | None = None
+    with layout.writer_lock() as lock:
+        current = layout.read_json_etag(mpath)
+        old_etag: str | None = None
+        if current is not None:
             if not overwrite:
                 raise SampleExistsError(
                     f"{s.sample_id}: already in the catalog (committed meanwhile); pass --overwrite to replace it"
                 )
-            old_patches = layout.root / read_json(mpath)["patches_path"]
+            old_patches = layout.join(current[0]["patches_path"])
+            old_etag = current[1]
+        _check(lock)
         start, _gene_map = _soma.append_rows(layout.soma, obs, counts, s.genes, s.gene_ids)
         _maybe_kill("after-soma")
         md = s.metadata
@@ -246,7 +273,7 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "encoding-type": MANIFEST_ENCODING,
             "encoding-version": MANIFEST_VERSION,
             "sample_id": s.sample_id,
-            "ingest_id": prep.ingest_id,
+            "ingest_id": ingest_id,
             "technology": s.technology,
             "organ": md.get("organ"),
             "species": md.get("species"),
@@ -267,7 +294,7 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "image_height": prep.image_size[1],
             "source_level": plan.level,
             "source_level_downsample": plan.level_downsample,
-            "patches_path": str(prep.group_path.relative_to(layout.root)),
+            "patches_path": layout.relative(prep.group_path),
             "n_slots": plan.n_slots,
             "soma_joinid_start": start,
             "soma_joinid_stop": start + len(obs),
@@ -280,10 +307,15 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "warnings": s.warnings,
             "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
         }
-        layout.manifest_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(mpath, manifest)
-    if old_patches is not None and old_patches.exists() and old_patches != prep.group_path:
-        shutil.rmtree(old_patches, ignore_errors=True)
+        _check(lock)
+        try:
+            layout.write_json(mpath, manifest, if_absent=current is None, if_match=old_etag)
+        except CommitConflict as exc:
+            raise CatalogError(
+                f"{s.sample_id}: another writer committed this sample meanwhile ({exc}); nothing of this ingest is visible"
+            ) from exc
+    if old_patches is not None and old_patches != prep.group_path:
+        layout.remove_tree(old_patches)
     return SampleResult(
         s.sample_id,
         "ingested",
@@ -295,8 +327,15 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
     )
 
 
-def _discard(prep: _Prepared) -> None:
-    shutil.rmtree(prep.group_path, ignore_errors=True)
+def _check(lock: Any) -> None:
+    """Raise if an object-storage lease was lost (a local lock cannot be)."""
+    check = getattr(lock, "check", None)
+    if check is not None:
+        check()
+
+
+def _discard(root: str, prep: _Prepared) -> None:
+    Layout(root).remove_tree(prep.group_path)
 
 
 def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-untyped-def]
@@ -304,7 +343,7 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="10s"), None
+            return Client(scheduler, timeout="10s", set_as_default=False), None
         except OSError as exc:
             raise CatalogError(
                 f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address (tcp://HOST:8786)"
@@ -315,7 +354,9 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
         logging.getLogger(name).setLevel(logging.CRITICAL)
     n = workers or min(os.cpu_count() or 1, 8)
     cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=40)
-    return Client(cluster), cluster
+    # never the process-wide default: ingests running at once in one process (threads) would
+    # otherwise leave dask's global scheduler pointing at a closed client
+    return Client(cluster, set_as_default=False), cluster
 
 
 def _error_text(exc: BaseException) -> str:
@@ -345,6 +386,8 @@ def ingest_refs(
 
     layout = Layout(root)
     report = IngestReport()
+    # on object storage, one listing and concurrent GETs beat a HEAD per sample
+    listed = {m.get("sample_id"): m for _, m in layout.manifest_files()} if layout.remote else None
     seen: dict[str, SampleRef] = {}
     todo: list[SampleRef] = []
     conflicts: list[str] = []
@@ -356,9 +399,15 @@ def ingest_refs(
             )
             continue
         seen[ref.sample_id] = ref
-        m = layout.manifest(ref.sample_id)
-        if m.exists() and not overwrite:
-            existing = read_json(m)
+        if overwrite:
+            todo.append(ref)
+            continue
+        if listed is not None:
+            existing = listed.get(ref.sample_id)
+        else:
+            found = layout.read_json_etag(layout.manifest(ref.sample_id))
+            existing = found[0] if found is not None else None
+        if existing is not None:
             if existing.get("source_fingerprint") == fingerprint(ref):
                 report.results.append(
                     SampleResult(ref.sample_id, "skipped", "already in the catalog (pass --overwrite to re-ingest)")
@@ -379,9 +428,9 @@ def ingest_refs(
     try:
         n_workers = max(sum(client.nthreads().values()), 1)
         max_inflight = max(2, 2 * n_workers)
-        root_s = str(layout.root)
+        root_s = layout.uri
         pending = list(todo)
-        ac = as_completed()
+        ac = as_completed(loop=client.loop)
         kinds: dict[Any, tuple[str, SampleRef, Any]] = {}
         inflight = 0
         done_samples = 0
@@ -393,7 +442,7 @@ def ingest_refs(
             while pending and inflight < max_inflight:
                 ref = pending.pop(0)
                 t_start[ref.sample_id] = time.perf_counter()
-                fut = client.submit(_prepare, root_s, ref, spec, pure=False, priority=-len(t_start))
+                fut = client.submit(_prepare, root_s, ref, spec, new_ingest_id(), pure=False, priority=-len(t_start))
                 kinds[fut] = ("prepare", ref, None)
                 ac.add(fut)
                 inflight += 1
@@ -408,7 +457,7 @@ def ingest_refs(
                 exc = fut.exception()
                 report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc)))
                 if kind == "commit" and prep_fut is not None:
-                    client.submit(_discard, prep_fut, pure=False)
+                    client.submit(_discard, root_s, prep_fut, pure=False)
                 inflight -= 1
                 done_samples += 1
                 if progress:

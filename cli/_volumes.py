@@ -12,7 +12,17 @@ from ._common import fail, handle_errors, print_table, progress_bars
 
 __all__ = ["VOLUME_SUMMARY_COLUMNS", "Modality", "print_volumes", "register"]
 
-VOLUME_SUMMARY_COLUMNS = ["volume_id", "modality", "organ", "patient", "shape_zyx", "voxel_size_um", "channels", "n_levels", "n_sections"]
+VOLUME_SUMMARY_COLUMNS = [
+    "volume_id",
+    "modality",
+    "organ",
+    "patient",
+    "shape_zyx",
+    "voxel_size_um",
+    "channels",
+    "n_levels",
+    "n_sections",
+]
 SECTION_SUMMARY_COLUMNS = ["sample_id", "volume_id", "z_um", "affine_source", "residual_max_um", "n_spots_inside"]
 
 
@@ -22,7 +32,7 @@ class Modality(str, Enum):
     he_stack = "he-stack"
 
 
-def print_volumes(cat_path: Path) -> bool:
+def print_volumes(cat_path: str | Path) -> bool:
     """Print the volume and section tables of a catalog; False when it has no volumes."""
     import catalog
 
@@ -50,9 +60,13 @@ def ingest_volume(
     volume_id: Annotated[str, typer.Option("--volume-id", help="Id of the volume in the catalog.")],
     voxel_size_um: Annotated[
         tuple[float, float, float] | None,
-        typer.Option("--voxel-size-um", help="Voxel size Z Y X in micrometres (overrides the file's; required when it has none)."),
+        typer.Option(
+            "--voxel-size-um", help="Voxel size Z Y X in micrometres (overrides the file's; required when it has none)."
+        ),
     ] = None,
-    modality: Annotated[Modality, typer.Option(help="microct (1 channel), otls (light-sheet, any channels), he-stack (RGB).")] = Modality.microct,
+    modality: Annotated[
+        Modality, typer.Option(help="microct (1 channel), otls (light-sheet, any channels), he-stack (RGB).")
+    ] = Modality.microct,
     organ: Annotated[str | None, typer.Option(help="Organ, e.g. Prostate.")] = None,
     species: Annotated[str | None, typer.Option(help="Species, e.g. 'Homo sapiens'.")] = None,
     patient: Annotated[str | None, typer.Option(help="Patient id.")] = None,

@@ -46,7 +46,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def _main_summary(cat_path: Path) -> None:
+def _main_summary(cat_path: str) -> None:
     import catalog
 
     cat = catalog.open(cat_path)
@@ -63,7 +63,9 @@ def ingest(
     paths: Annotated[
         list[Path], typer.Argument(help="Sample folders (Space Ranger outs/, HEST-1k root, ...).", show_default=False)
     ],
-    catalog_dir: Annotated[Path, typer.Option("--catalog", "-c", help="Catalog folder (created if missing).")],
+    catalog_dir: Annotated[
+        str, typer.Option("--catalog", "-c", help="Catalog folder or s3://bucket/prefix (created if missing).")
+    ],
     image: Annotated[Path | None, typer.Option(help="Full-resolution H&E image (TIFF, OME-TIFF, SVS, NDPI, PNG, ...).")] = None,
     organ: Annotated[str | None, typer.Option(help="Organ of the sample(s), e.g. Breast.")] = None,
     species: Annotated[str | None, typer.Option(help="Species, e.g. 'Homo sapiens'.")] = None,
@@ -156,7 +158,7 @@ def ingest(
 
 @app.command("ls")
 def ls(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     all_columns: Annotated[bool, typer.Option("--all", help="Show every column.")] = False,
 ) -> None:
     """List the samples of a catalog, and its volumes and linked sections."""
@@ -177,7 +179,7 @@ def ls(
 
 @app.command()
 def query(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     organ: Annotated[list[str] | None, typer.Option(help="Organ(s) to keep.")] = None,
     technology: Annotated[list[str] | None, typer.Option(help="Technology(ies): visium, visium-hd, xenium, st.")] = None,
     species: Annotated[list[str] | None, typer.Option(help="Species to keep.")] = None,
@@ -207,7 +209,7 @@ def query(
 
 @app.command()
 def plot(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     sample_id: Annotated[str, typer.Argument(help="Sample id (see hestkit ls).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     gene: Annotated[str | None, typer.Option(help="Colour by this gene (default: total counts).")] = None,
@@ -229,7 +231,7 @@ class ExportFormat(str, Enum):
 
 @app.command()
 def export(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     sample_id: Annotated[str, typer.Argument(help="Sample id (see hestkit ls).")],
     fmt: Annotated[
         ExportFormat,
@@ -284,7 +286,7 @@ def demo(
                 rep = cat.ingest([e.path], options=opts, workers=workers, progress=prog)
                 if rep.failed:
                     fail(rep.failed[0].message)
-        _main_summary(cat_dir)
+        _main_summary(str(cat_dir))
         first = cat.samples()["sample_id"].iloc[0]
         png = plot_sample(cat, first, out / f"{first}_spatial.png")
         view = cat.pairs()

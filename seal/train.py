@@ -83,7 +83,7 @@ def select_view(cat: Any, cfg: Any) -> Any:
         keep = ~view.obs["sample_id"].isin(list(cfg.exclude_samples)).to_numpy()
         view = view.subset(np.flatnonzero(keep))
     if len(view) == 0:
-        raise SelectionError(f"{cat.path}: the selection holds no pairs; check the filters against `hestkit ls {cat.path}`")
+        raise SelectionError(f"{cat.uri}: the selection holds no pairs; check the filters against `hestkit ls {cat.uri}`")
     return view
 
 
