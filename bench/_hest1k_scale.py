@@ -37,7 +37,6 @@ from catalog._store import (
     MANIFEST_VERSION,
     PATCHES_ENCODING,
     PATCHES_VERSION,
-    CatalogLock,
     Layout,
     atomic_write_json,
     check_sample_id,
@@ -190,7 +189,7 @@ def _patch_group(layout: Layout, sid: str, ingest_id: str, n: int, spec: PairSpe
 
     from catalog._jpeg import JpegCodec
 
-    gpath = layout.patches(sid, ingest_id)
+    gpath = Path(layout.patches(sid, ingest_id))
     group = zarr.open_group(str(gpath), mode="w", zarr_format=3)
     group.attrs.update(
         {
@@ -323,12 +322,12 @@ def build_scale_catalog(
             c = counts.tocoo()
             mats.append(sp.csr_matrix((c.data, (c.row, cmap[c.col])), shape=(counts.shape[0], len(union))))
         obs_all = pd.concat([b[3] for b in batch], ignore_index=True)
-        with CatalogLock(layout.lock):
+        with layout.writer_lock():
             start, _ = _soma.append_rows(layout.soma, obs_all, sp.vstack(mats).tocsr(), list(union), list(union.values()))
             off = start
             for row, sid, ingest_id, obs, _c, genes, _ids, gpath in batch:
                 m = _manifest(row, sid, ingest_id, obs, genes, gpath, layout, off, sid in patch_ids)
-                atomic_write_json(layout.manifest(sid), m)
+                atomic_write_json(Path(layout.manifest(sid)), m)
                 off += len(obs)
         batch.clear()
 
