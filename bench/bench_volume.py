@@ -116,7 +116,9 @@ def bench_ingest(shapes: list[str], keep: Path | None) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
-    print("| volume (z x y x x) | voxels | hestkit ingest-volume | peak RSS | tifffile.imread + ome-zarr write_image | peak RSS | RSS ratio |")
+    print(
+        "| volume (z x y x x) | voxels | hestkit ingest-volume | peak RSS | tifffile.imread + ome-zarr write_image | peak RSS | RSS ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for s, vox, _mib, _gen, o, p in rows:
         print(
@@ -153,7 +155,9 @@ def bench_extract(shape_s: str, n: int) -> None:
         assert (single == batched).all()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}; volume {shape_s} at 2 um, {n} sub-volumes of 9x224x224")
+    print(
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}; volume {shape_s} at 2 um, {n} sub-volumes of 9x224x224"
+    )
     print("| method | sub-volumes/s | ratio |")
     print("|---|---|---|")
     print(f"| extract_subvolume, one call per centre | {n / t_single:.1f} | 1.0x |")
@@ -173,7 +177,13 @@ def bench_learn(seed: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hk_voll_"))
     try:
         co = make_volume_cohort(
-            tmp / "data", seed=seed, n_volumes=2, shape_zyx=(24, 400, 400), section_depths_um=(12, 24, 36), n_genes=24, section_pixel_size_um=1.0
+            tmp / "data",
+            seed=seed,
+            n_volumes=2,
+            shape_zyx=(24, 400, 400),
+            section_depths_um=(12, 24, 36),
+            n_genes=24,
+            section_pixel_size_um=1.0,
         )
         cat = catalog.create(tmp / "cat")
         for v in co.volumes:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog
+from .errors import CatalogError
 
 __all__ = ["EMBEDDINGS_ENCODING", "EMBEDDINGS_VERSION", "EmbeddingStore"]
 
@@ -29,6 +30,11 @@ class EmbeddingStore:
     def __init__(self, cat: Catalog, key: str, meta: dict[str, Any] | None = None) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", key):
             raise ValueError(f"embedding key {key!r} must be 1-128 letters, digits, '.', '_' or '-'")
+        if cat.remote:
+            raise CatalogError(
+                f"{cat.uri}: embeddings are cached in local catalogs only; on object storage use "
+                "`seal eval --no-cache` (embeddings are then computed in memory)"
+            )
         self.cat = cat
         self.key = key
         self.dir = cat.path / "embeddings" / key

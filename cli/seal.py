@@ -42,7 +42,7 @@ def _blocks(v: str) -> int:
 
 @app.command()
 def fit(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder (from hestkit ingest).")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI (from hestkit ingest).")],
     backbone: Annotated[str, typer.Option(help="Any timm model name, e.g. vit_base_patch16_224.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     weights: Annotated[Path | None, typer.Option(help="Local weights (.safetensors/.pth/.bin) for the backbone.")] = None,
@@ -122,7 +122,7 @@ def fit(
 
 @app.command()
 def embed(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI.")],
     model: Annotated[Path | None, typer.Option(help="A seal fit model directory.")] = None,
     backbone: Annotated[str | None, typer.Option(help="A timm model name (instead of --model).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local weights for --backbone.")] = None,
@@ -156,7 +156,7 @@ def embed(
 
 @app.command("eval")
 def eval_(
-    catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI.")],
     encoder: Annotated[
         list[str], typer.Option(help="timm:NAME, timm:NAME@WEIGHTS or a seal fit model directory; repeat to compare.")
     ],

@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Catalog = Annotated[Path, typer.Argument(help="Catalog folder holding volumes and linked sections.")]
+Catalog = Annotated[str, typer.Argument(help="Catalog folder holding volumes and linked sections.")]
 Epochs = Annotated[int, typer.Option(help="Epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Sub-volumes per step.")]
 Lr = Annotated[float, typer.Option(help="AdamW learning rate (1e-4 for pretrained encoders; ~1e-3 for small random ones).")]

@@ -345,4 +345,3 @@ def voxel_centre_um(volume: VolumeLike, index_zyx: ArrayLike, level: int = 0) ->
     idx = np.asarray(index_zyx, dtype=np.float64).reshape(-1, 3)
     out: NDArray[np.float64] = (idx + 0.5) * np.asarray(level_voxel_size_um(volume, level))
     return out
-

@@ -117,9 +117,7 @@ class VolumeSource:
             lvl = len(self.levels) - 1
             lz = self.levels[lvl].shape_zyx[0]
             picks = sorted({round(float(i)) for i in np.linspace(0, lz - 1, min(lz, 16))})
-            vals = [
-                np.asarray(self._read_native(slice(k, k + 1), slice(None), slice(None), lvl)).ravel()[::7] for k in picks
-            ]
+            vals = [np.asarray(self._read_native(slice(k, k + 1), slice(None), slice(None), lvl)).ravel()[::7] for k in picks]
             sample = np.concatenate(vals).astype(np.float64) if vals else np.zeros(1)
             lo, hi = np.percentile(sample, [0.1, 99.9]) if nz else (0.0, 1.0)
             if hi <= lo:
@@ -129,7 +127,9 @@ class VolumeSource:
 
     def __repr__(self) -> str:
         v = self._voxel_size_um or self.embedded_voxel_size_um
-        return f"{type(self).__name__}({str(self.path)!r}, shape_zyx={self.shape_zyx}, channels={self.channels}, voxel_size_um={v})"
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, shape_zyx={self.shape_zyx}, channels={self.channels}, voxel_size_um={v})"
+        )
 
 
 class ArrayVolume(VolumeSource):

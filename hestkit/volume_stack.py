@@ -127,7 +127,12 @@ class SectionStackVolume:
         to_region = np.array([[1.0 / ds, 0.0, -lo[0] - 0.5], [0.0, 1.0 / ds, -lo[1] - 0.5], [0.0, 0.0, 1.0]])
         m = to_region @ inv.to_array() @ m_out
         res = cv2.warpAffine(
-            region, m[:2], (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=(GLASS, GLASS, GLASS)
+            region,
+            m[:2],
+            (w, h),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(GLASS, GLASS, GLASS),
         )
         return np.asarray(res, dtype=np.uint8).reshape(h, w, 3)
 

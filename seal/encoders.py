@@ -4,6 +4,7 @@ embeddings of catalog pairs, cached in the catalog by model identity."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,9 @@ def embed_view(
     and cached in the catalog under the encoder's key."""
     from catalog.embeddings import EmbeddingStore
 
+    if cache and getattr(cat, "remote", False):
+        warnings.warn(f"{cat.uri}: no embedding cache on object storage; computing embeddings in memory", stacklevel=2)
+        cache = False
     store = (
         EmbeddingStore(
             cat,

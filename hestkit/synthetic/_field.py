@@ -182,7 +182,9 @@ class TissueField:
         return res
 
 
-def make_field(extent_um: tuple[float, float, float], gene_base: NDArray[np.float64], rng: np.random.Generator, seed: int) -> TissueField:
+def make_field(
+    extent_um: tuple[float, float, float], gene_base: NDArray[np.float64], rng: np.random.Generator, seed: int
+) -> TissueField:
     """A seeded :class:`TissueField` over a volume of ``extent_um`` (z, y, x)."""
     ext = np.asarray(extent_um, dtype=np.float64)
     k_n, b_n = N_PROGRAMS, 4
@@ -197,7 +199,14 @@ def make_field(extent_um: tuple[float, float, float], gene_base: NDArray[np.floa
             scales[k, b] = np.maximum(frac * ext, 40.0)
             weights[k, b] = rng.uniform(0.5, 1.0) * (1 if b == 0 or rng.uniform() < 0.75 else -0.5)
     cy, cx = ext[1] / 2 + rng.uniform(-0.04, 0.04) * ext[1], ext[2] / 2 + rng.uniform(-0.04, 0.04) * ext[2]
-    tissue = (float(cy), float(cx), float(0.44 * ext[1]), float(0.44 * ext[2]), float(rng.uniform(0.03, 0.08)), float(rng.uniform(0, 6.28)))
+    tissue = (
+        float(cy),
+        float(cx),
+        float(0.44 * ext[1]),
+        float(0.44 * ext[2]),
+        float(rng.uniform(0.03, 0.08)),
+        float(rng.uniform(0, 6.28)),
+    )
     probe = TissueField(tuple(ext), centres, scales, weights, np.zeros(k_n), np.ones(k_n), gene_base, tissue, seed)  # type: ignore[arg-type]
     g = [np.linspace(0.05, 0.95, n) * e for n, e in zip((7, 15, 15), ext, strict=True)]
     grid = np.stack(np.meshgrid(*g, indexing="ij"), axis=-1).reshape(-1, 3)

@@ -409,14 +409,29 @@ def make_large_volume(
     tz, ty, tx = (min(t, s) for t, s in zip(tile_zyx, shape_zyx, strict=True))
     ext = (tz * voxel_size_um[0], ty * voxel_size_um[1], tx * voxel_size_um[2])
     tissue = make_field(ext, np.ones(8), rng, seed)
-    tissue = TissueField(ext, tissue.centres, tissue.scales, tissue.weights, tissue.lo, tissue.hi, tissue.gene_base, (ext[1] / 2, ext[2] / 2, 1e9, 1e9, 0.0, 0.0), seed)
+    tissue = TissueField(
+        ext,
+        tissue.centres,
+        tissue.scales,
+        tissue.weights,
+        tissue.lo,
+        tissue.hi,
+        tissue.gene_base,
+        (ext[1] / 2, ext[2] / 2, 1e9, 1e9, 0.0, 0.0),
+        seed,
+    )
     gy, gx = np.meshgrid((np.arange(ty) + 0.5) * voxel_size_um[1], (np.arange(tx) + 0.5) * voxel_size_um[2], indexing="ij")
     channels = 1 if modality == "microct" else 2
     tile = np.empty((tz, ty, tx, channels), np.uint8)
     for k in range(tz):
         pts = np.stack([np.full(gy.size, (k + 0.5) * voxel_size_um[0]), gy.ravel(), gx.ravel()], axis=1)
         tile[k] = tissue.render(pts, modality).reshape(ty, tx, channels)
-    flips = {(fz, fy, fx): tile[:: (-1 if fz else 1), :: (-1 if fy else 1), :: (-1 if fx else 1)] for fz in (0, 1) for fy in (0, 1) for fx in (0, 1)}
+    flips = {
+        (fz, fy, fx): tile[:: (-1 if fz else 1), :: (-1 if fy else 1), :: (-1 if fx else 1)]
+        for fz in (0, 1)
+        for fy in (0, 1)
+        for fx in (0, 1)
+    }
     nz, ny, nx = shape_zyx
 
     def block(z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.uint8]:
@@ -456,5 +471,7 @@ def make_large_volume(
     md = {"axes": "ZYX" if channels == 1 else "ZCYX", "PhysicalSizeZ": vz, "PhysicalSizeY": vy, "PhysicalSizeX": vx}
     shape = (nz, ny, nx) if channels == 1 else (nz, channels, ny, nx)
     with tifffile.TiffWriter(out, ome=True, bigtiff=nz * ny * nx * channels > 2**31) as tw:
-        tw.write(planes(), shape=shape, dtype=np.uint8, metadata=md, photometric="minisblack", compression="zlib", rowsperstrip=64)
+        tw.write(
+            planes(), shape=shape, dtype=np.uint8, metadata=md, photometric="minisblack", compression="zlib", rowsperstrip=64
+        )
     return out

@@ -57,7 +57,16 @@ def test_concurrent_ingests_on_one_cluster_survive_a_killed_worker(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("HESTKIT_TEST_")}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
-        cmd = [sys.executable, "-m", "cli.hestkit", "ingest", "--catalog", str(cat.path), "--scheduler", cluster.scheduler_address]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.hestkit",
+            "ingest",
+            "--catalog",
+            str(cat.path),
+            "--scheduler",
+            cluster.scheduler_address,
+        ]
         procs = [
             subprocess.Popen([*cmd, str(tmp_path / f"in{i}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             for i in range(3)

@@ -173,6 +173,15 @@ def test_cli_on_s3(s3_env: str, two_samples: list[SyntheticSample]) -> None:
     assert r.exit_code == 0, r.output
     assert str(int(t.in_tissue.sum())) in r.output
     assert len(catalog.open(uri).pairs(organ="Breast")) == int(t.in_tissue.sum())
+    # what is not on object storage yet says so
+    cat = catalog.open(uri)
+    assert cat.volumes().empty and cat.sections().empty
+    with pytest.raises(CatalogError, match="needs a local catalog"):
+        cat.link_section("cli0", "vol", 10.0, affine=np.eye(3))
+    from catalog.embeddings import EmbeddingStore
+
+    with pytest.raises(CatalogError, match="--no-cache"):
+        EmbeddingStore(cat, "key", {})
 
 
 def test_s3_errors_name_the_fix(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:

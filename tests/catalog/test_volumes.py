@@ -112,7 +112,11 @@ def _formats(tmp: Path, a: np.ndarray) -> dict[str, tuple[Path, tuple[float, flo
     root = zarr.group(store=parse_url(tmp / "oz.zarr", mode="w").store)
     axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
     write_image(
-        np.moveaxis(a, 3, 0), root, axes=axes, scale_factors=[], coordinate_transformations=[[{"type": "scale", "scale": [1, 4.0, 1.5, 1.5]}]]
+        np.moveaxis(a, 3, 0),
+        root,
+        axes=axes,
+        scale_factors=[],
+        coordinate_transformations=[[{"type": "scale", "scale": [1, 4.0, 1.5, 1.5]}]],
     )
     out["ome-zarr"] = (tmp / "oz.zarr", None)
     return out
@@ -304,10 +308,7 @@ def test_volumes_of_different_channels_cannot_share_a_view(vol: SyntheticVolume,
 
 def test_crashed_volume_ingest_is_invisible(vol: SyntheticVolume, tmp_path: Path) -> None:
     cat = catalog.create(tmp_path / "cat")
-    code = (
-        "import catalog, sys; c = catalog.open(sys.argv[1]); "
-        "c.ingest_volume(sys.argv[2], 'crash', modality='otls')"
-    )
+    code = "import catalog, sys; c = catalog.open(sys.argv[1]); c.ingest_volume(sys.argv[2], 'crash', modality='otls')"
     env = {**os.environ, "HESTKIT_TEST_KILL_AT": "volume-before-manifest", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code, str(cat.path), str(vol.path)], env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]

@@ -35,17 +35,36 @@ def vol(tmp_path_factory: pytest.TempPathFactory) -> SyntheticVolume:
 def test_ingest_volume_link_section_ls(vol: SyntheticVolume, tmp_path: Path) -> None:
     cat = tmp_path / "cat"
     r = runner.invoke(
-        app, ["ingest-volume", str(vol.path), "--catalog", str(cat), "--volume-id", "blockA", "--organ", "Prostate", "--patient", "P8", "-q"]
+        app,
+        [
+            "ingest-volume",
+            str(vol.path),
+            "--catalog",
+            str(cat),
+            "--volume-id",
+            "blockA",
+            "--organ",
+            "Prostate",
+            "--patient",
+            "P8",
+            "-q",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "12 x 128 x 128 voxels" in r.output and "2 x 2 x 2 um" in r.output
     s0, s1 = vol.sections
-    r = runner.invoke(app, ["ingest", str(s0.path), str(s1.path), "--catalog", str(cat), "--organ", "Prostate", "-q", "--workers", "1"])
+    r = runner.invoke(
+        app, ["ingest", str(s0.path), str(s1.path), "--catalog", str(cat), "--organ", "Prostate", "-q", "--workers", "1"]
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["link-section", str(cat), s0.sample_id, "--volume", "blockA", "--z-um", "10", "--landmarks", str(s0.landmarks_path)])
+    r = runner.invoke(
+        app, ["link-section", str(cat), s0.sample_id, "--volume", "blockA", "--z-um", "10", "--landmarks", str(s0.landmarks_path)]
+    )
     assert r.exit_code == 0, r.output
     assert "landmark residuals" in r.output and f"linked {s0.sample_id} to volume blockA at z = 10 um" in r.output
-    r = runner.invoke(app, ["link-section", str(cat), s1.sample_id, "--volume", "blockA", "--z-um", "14", "--affine", str(s1.affine_path)])
+    r = runner.invoke(
+        app, ["link-section", str(cat), s1.sample_id, "--volume", "blockA", "--z-um", "14", "--affine", str(s1.affine_path)]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["ls", str(cat)])
     assert r.exit_code == 0 and "blockA" in r.output and "microct" in r.output and "2 linked sections" in r.output
@@ -64,12 +83,16 @@ def test_cli_bad_input_exits_nonzero(vol: SyntheticVolume, tmp_path: Path) -> No
             tw.write(np.zeros((16, 16), np.uint8), metadata=None)
     r = runner.invoke(app, ["ingest-volume", str(plain), "--catalog", str(cat), "--volume-id", "v", "-q"])
     assert r.exit_code == 1 and "--voxel-size-um" in r.output
-    r = runner.invoke(app, ["ingest-volume", str(plain), "--catalog", str(cat), "--volume-id", "v", "--voxel-size-um", "3", "1", "1", "-q"])
+    r = runner.invoke(
+        app, ["ingest-volume", str(plain), "--catalog", str(cat), "--volume-id", "v", "--voxel-size-um", "3", "1", "1", "-q"]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["ingest", str(vol.sections[0].path), "--catalog", str(cat), "-q", "--workers", "1"])
     assert r.exit_code == 0, r.output
     sid = vol.sections[0].sample_id
-    r = runner.invoke(app, ["link-section", str(cat), sid, "--volume", "v", "--z-um", "100", "--affine", str(vol.sections[0].affine_path)])
+    r = runner.invoke(
+        app, ["link-section", str(cat), sid, "--volume", "v", "--z-um", "100", "--affine", str(vol.sections[0].affine_path)]
+    )
     assert r.exit_code == 1 and "outside the volume" in r.output
     lm = tmp_path / "two.csv"
     lm.write_text("x_px,y_px,x_um,y_um\n0,0,0,0\n10,0,5,0\n")

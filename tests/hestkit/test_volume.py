@@ -123,7 +123,13 @@ def test_uint16_is_windowed(tmp_path: Path) -> None:
 
 
 def _write_ome(p: Path, a: np.ndarray) -> Path:
-    tifffile.imwrite(p, a, ome=True, photometric="minisblack", metadata={"axes": "ZYX", "PhysicalSizeZ": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeX": 1.0})
+    tifffile.imwrite(
+        p,
+        a,
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": "ZYX", "PhysicalSizeZ": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeX": 1.0},
+    )
     return p
 
 
@@ -147,7 +153,9 @@ def test_ngff_pyramid_is_valid_and_pooled(tmp_path: Path) -> None:
     a = _vol((8, 96, 80, 2))
     w = write_volume_ngff(ArrayVolume(a, (1.0, 1.0, 1.0)), tmp_path / "v.zarr", chunks_zyx=(4, 32, 32))
     assert w.factors == [(1, 1, 1)]
-    w = NgffVolumeWriter(tmp_path / "p.zarr", (8, 96, 80), channels=2, voxel_size_um=(1.0, 1.0, 1.0), chunks_zyx=(4, 32, 32), min_side=24)
+    w = NgffVolumeWriter(
+        tmp_path / "p.zarr", (8, 96, 80), channels=2, voxel_size_um=(1.0, 1.0, 1.0), chunks_zyx=(4, 32, 32), min_side=24
+    )
     w.write_from(ArrayVolume(a, (1.0, 1.0, 1.0)), tile_yx=32)
     w.build_pyramid()
     assert w.factors[:2] == [(1, 1, 1), (2, 2, 2)]
@@ -197,7 +205,9 @@ def test_z_weights_box_and_linear() -> None:
 
 def test_best_level_picks_coarsest_sufficient(tmp_path: Path) -> None:
     a = _vol((16, 128, 128, 1))
-    w = NgffVolumeWriter(tmp_path / "p.zarr", (16, 128, 128), channels=1, voxel_size_um=(0.25, 0.25, 0.25), chunks_zyx=(8, 32, 32), min_side=16)
+    w = NgffVolumeWriter(
+        tmp_path / "p.zarr", (16, 128, 128), channels=1, voxel_size_um=(0.25, 0.25, 0.25), chunks_zyx=(8, 32, 32), min_side=16
+    )
     w.write_from(ArrayVolume(a, (0.25,) * 3))
     w.build_pyramid()
     v = open_volume(tmp_path / "p.zarr")
@@ -215,7 +225,9 @@ def test_best_level_picks_coarsest_sufficient(tmp_path: Path) -> None:
     size_px=st.sampled_from([16, 24]),
     ps=st.sampled_from([0.5, 1.0, 2.0]),
 )
-def test_linear_ramp_lands_where_the_frame_says(vz: float, vxy: float, fz: float, fy: float, fx: float, size_px: int, ps: float) -> None:
+def test_linear_ramp_lands_where_the_frame_says(
+    vz: float, vxy: float, fz: float, fy: float, fx: float, size_px: int, ps: float
+) -> None:
     """On a volume whose value is linear in (z, y, x) um, every output pixel of a sub-volume
     equals the ramp at that pixel's centre in the volume frame (any voxel size, any centre)."""
     shape = (24, 80, 80)
@@ -261,7 +273,9 @@ def test_coarser_level_gives_the_same_picture(tmp_path: Path) -> None:
     (0.25 um voxels, low-passed) agree: levels share one frame."""
     z, y, x = np.meshgrid(np.arange(16), np.arange(128), np.arange(128), indexing="ij")
     a = (120 + 60 * np.sin(y / 9.0) * np.cos(x / 13.0) + 3 * z).astype(np.uint8)
-    w = NgffVolumeWriter(tmp_path / "s.zarr", a.shape, channels=1, voxel_size_um=(0.25, 0.25, 0.25), chunks_zyx=(8, 32, 32), min_side=16)
+    w = NgffVolumeWriter(
+        tmp_path / "s.zarr", a.shape, channels=1, voxel_size_um=(0.25, 0.25, 0.25), chunks_zyx=(8, 32, 32), min_side=16
+    )
     w.write_from(ArrayVolume(a, (0.25,) * 3))
     w.build_pyramid()
     v = open_volume(tmp_path / "s.zarr")
@@ -276,7 +290,9 @@ def test_coarser_level_gives_the_same_picture(tmp_path: Path) -> None:
 def test_pyramid_blocks_and_odd_edges(tmp_path: Path) -> None:
     """Levels are pooled block by block (several blocks here) and odd edges replicate."""
     a = _vol((5, 1100, 71, 1), seed=7)
-    w = NgffVolumeWriter(tmp_path / "o.zarr", (5, 1100, 71), channels=1, voxel_size_um=(1.0, 1.0, 1.0), chunks_zyx=(2, 16, 16), min_side=300)
+    w = NgffVolumeWriter(
+        tmp_path / "o.zarr", (5, 1100, 71), channels=1, voxel_size_um=(1.0, 1.0, 1.0), chunks_zyx=(2, 16, 16), min_side=300
+    )
     w.write_from(ArrayVolume(a, (1.0, 1.0, 1.0)), tile_yx=256)
     w.build_pyramid()
     assert w.factors[1] == (2, 2, 2)

@@ -92,7 +92,14 @@ def test_morphology_carries_the_programmes(cohort: SyntheticVolumeCohort) -> Non
 
 
 def test_same_seed_same_cohort(tmp_path: Path) -> None:
-    kw = {"seed": 4, "n_volumes": 1, "shape_zyx": (4, 60, 60), "section_depths_um": (4.0,), "n_genes": 8, "section_pixel_size_um": 2.0}
+    kw = {
+        "seed": 4,
+        "n_volumes": 1,
+        "shape_zyx": (4, 60, 60),
+        "section_depths_um": (4.0,),
+        "n_genes": 8,
+        "section_pixel_size_um": 2.0,
+    }
     a = make_volume_cohort(tmp_path / "a", **kw)  # type: ignore[arg-type]
     b = make_volume_cohort(tmp_path / "b", **kw)  # type: ignore[arg-type]
     full = (slice(0, 4), slice(0, 60), slice(0, 60))
@@ -105,7 +112,10 @@ def test_large_volume_is_mirrored_tissue(tmp_path: Path, fmt: str) -> None:
     from hestkit.synthetic import make_large_volume
 
     p = make_large_volume(
-        tmp_path / ("big.ome.tif" if fmt == "ome-tiff" else "big.zarr"), shape_zyx=(6, 70, 90), tile_zyx=(4, 32, 32), fmt=fmt  # type: ignore[arg-type]
+        tmp_path / ("big.ome.tif" if fmt == "ome-tiff" else "big.zarr"),
+        shape_zyx=(6, 70, 90),
+        tile_zyx=(4, 32, 32),
+        fmt=fmt,  # type: ignore[arg-type]
     )
     v = open_volume(p)
     assert v.shape_zyx == (6, 70, 90) and v.voxel_size_um == pytest.approx((2.0, 2.0, 2.0))
