@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["clip_loss", "expression_loss", "gather_features", "kl_divergence", "pearson_loss", "standardised_mse"]
+__all__ = [
+    "ObjectiveWeights",
+    "clip_loss",
+    "expression_loss",
+    "gather_features",
+    "kl_divergence",
+    "pearson_loss",
+    "seal_objective",
+    "standardised_mse",
+]
 
 
 def gather_features(x: torch.Tensor) -> torch.Tensor:
@@ -52,3 +64,46 @@ def expression_loss(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)), mean over the batch."""
     return -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1))
+
+
+class ObjectiveWeights(Protocol):
+    """The settings of :func:`seal_objective` (SEAL's and VORTEX's training configs)."""
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def w_clip(self) -> float: ...
+
+    @property
+    def w_recon(self) -> float: ...
+
+    @property
+    def w_pred(self) -> float: ...
+
+    @property
+    def kl_weight(self) -> float: ...
+
+
+def seal_objective(
+    image_emb: torch.Tensor,
+    expr: torch.Tensor,
+    vae: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    head: Callable[[torch.Tensor], torch.Tensor],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    w: ObjectiveWeights,
+) -> dict[str, torch.Tensor]:
+    """The training objective for an image (or volume) embedding and its expression: InfoNCE
+    between the embedding and the expression VAE's mean, the VAE's reconstruction, expression
+    predicted from the embedding by ``head``, and the VAE's KL term; each part and their
+    weighted sum (``"loss"``)."""
+    mu, logvar, recon = vae(expr)
+    parts = {
+        "clip": clip_loss(image_emb, mu, w.temperature),
+        "recon": expression_loss(recon, expr, mean, std),
+        "pred": expression_loss(head(image_emb), expr, mean, std),
+        "kl": kl_divergence(mu.float(), logvar.float()),
+    }
+    parts["loss"] = w.w_clip * parts["clip"] + w.w_recon * parts["recon"] + w.w_pred * parts["pred"] + w.kl_weight * parts["kl"]
+    return parts

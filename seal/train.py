@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from .data import ExpressionPrep, PatchTransform, SealDataset, apply_preprocessing, fit_preprocessing, patient_split
 from .errors import SelectionError
-from .losses import clip_loss, expression_loss, kl_divergence
+from .losses import seal_objective
 from .models import LoraSpec, SealModel, create_backbone, data_config, wrap_lora
 
 __all__ = ["FitConfig", "fit", "resolve_device", "select_view"]
@@ -130,19 +130,7 @@ def _amp(device: torch.device) -> Any:
 def _losses(
     model: SealModel, img: torch.Tensor, expr: torch.Tensor, cfg: FitConfig, mean: torch.Tensor, std: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    f = model.embed_image(img)
-    mu, logvar, recon = model.vae(expr)
-    pred = model.head(f)
-    parts = {
-        "clip": clip_loss(f, mu, cfg.temperature),
-        "recon": expression_loss(recon, expr, mean, std),
-        "pred": expression_loss(pred, expr, mean, std),
-        "kl": kl_divergence(mu.float(), logvar.float()),
-    }
-    parts["loss"] = (
-        cfg.w_clip * parts["clip"] + cfg.w_recon * parts["recon"] + cfg.w_pred * parts["pred"] + cfg.kl_weight * parts["kl"]
-    )
-    return parts
+    return seal_objective(model.embed_image(img), expr, model.vae, model.head, mean, std, cfg)
 
 
 class _Objective(nn.Module):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..data import ExpressionPrep, apply_preprocessing, fit_preprocessing
 from ..errors import SelectionError
-from ..losses import clip_loss, expression_loss, kl_divergence
+from ..losses import seal_objective
 from ..train import _amp, _pearson_mean, _schedule, _trainable_state, resolve_device
 from .config import ModelConfig, TrainConfig
 from .data import PairSource, SubvolumeTransform, VolumeDataset
@@ -95,19 +95,7 @@ def _smooth_ok(source: PairSource, smooth: bool) -> bool:
 def _losses(
     model: VortexModel, x: torch.Tensor, expr: torch.Tensor, cfg: TrainConfig, mean: torch.Tensor, std: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    f = model.embed_volume(x)
-    mu, logvar, recon = model.vae(expr)
-    pred = model.head(f)
-    parts = {
-        "clip": clip_loss(f, mu, cfg.temperature),
-        "recon": expression_loss(recon, expr, mean, std),
-        "pred": expression_loss(pred, expr, mean, std),
-        "kl": kl_divergence(mu.float(), logvar.float()),
-    }
-    parts["loss"] = (
-        cfg.w_clip * parts["clip"] + cfg.w_recon * parts["recon"] + cfg.w_pred * parts["pred"] + cfg.kl_weight * parts["kl"]
-    )
-    return parts
+    return seal_objective(model.embed_volume(x), expr, model.vae, model.head, mean, std, cfg)
 
 
 @torch.no_grad()
