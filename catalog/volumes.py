@@ -156,42 +156,36 @@ def require_local(layout: Layout, what: str) -> None:
 
 
 # -- reading the tables --------------------------------------------------------------
-def volume_manifests(layout: Layout) -> list[dict[str, Any]]:
+def _read_elements(layout: Layout, d: Path, encoding: str, version: str, what: str) -> list[dict[str, Any]]:
+    """The JSON elements of ``encoding`` in folder ``d``, sorted by name (none on object
+    storage: volumes live in local catalogs only, see :func:`require_local`)."""
     out: list[dict[str, Any]] = []
-    if layout.remote:  # volumes live in local catalogs only (see require_local)
-        return out
-    d = layout.volume_manifest_dir
-    if not d.exists():
+    if layout.remote or not d.exists():
         return out
     for p in sorted(d.glob("*.json")):
         if p.name.startswith("."):
             continue
         m = read_json(p)
-        if m.get("encoding-type") != VOLUME_MANIFEST_ENCODING:
+        if m.get("encoding-type") != encoding:
             continue
-        if _major(m.get("encoding-version", "0")) > _major(VOLUME_MANIFEST_VERSION):
-            raise CatalogVersionError(f"{p}: volume manifest format {m.get('encoding-version')} is newer than this hestkit reads")
+        if _major(m.get("encoding-version", "0")) > _major(version):
+            raise CatalogVersionError(f"{p}: {what} format {m.get('encoding-version')} is newer than this hestkit reads")
         out.append(m)
     return out
+
+
+def volume_manifests(layout: Layout) -> list[dict[str, Any]]:
+    if layout.remote:
+        return []
+    return _read_elements(
+        layout, layout.volume_manifest_dir, VOLUME_MANIFEST_ENCODING, VOLUME_MANIFEST_VERSION, "volume manifest"
+    )
 
 
 def section_links(layout: Layout) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
     if layout.remote:
-        return out
-    d = layout.sections_dir
-    if not d.exists():
-        return out
-    for p in sorted(d.glob("*.json")):
-        if p.name.startswith("."):
-            continue
-        m = read_json(p)
-        if m.get("encoding-type") != SECTION_ENCODING:
-            continue
-        if _major(m.get("encoding-version", "0")) > _major(SECTION_VERSION):
-            raise CatalogVersionError(f"{p}: section link format {m.get('encoding-version')} is newer than this hestkit reads")
-        out.append(m)
-    return out
+        return []
+    return _read_elements(layout, layout.sections_dir, SECTION_ENCODING, SECTION_VERSION, "section link")
 
 
 def volumes_frame(layout: Layout) -> pd.DataFrame:
