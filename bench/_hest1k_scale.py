@@ -42,7 +42,7 @@ from catalog._store import (
     check_sample_id,
     new_ingest_id,
 )
-from catalog.writer import SHARD_PATCHES
+from catalog.writer import SHARD_PATCHES, write_gene_list
 from hestkit.patches import PairSpec
 from hestkit.readers.hest1k import HEST_TECHNOLOGIES
 from hestkit.synthetic import gene_table
@@ -235,6 +235,7 @@ def _manifest(
     start: int,
     has_patches: bool,
 ) -> dict[str, Any]:
+    genes_ref = write_gene_list(layout, genes)  # the writer's shared genes/{sha256}.json
     n_obs = len(obs)
     technology = str(row.technology)
     px = float(obs["pixel_size_um"].iloc[0]) if n_obs else float("nan")
@@ -267,7 +268,7 @@ def _manifest(
         "n_slots": int(max(SHARD_PATCHES, math.ceil(n_obs / SHARD_PATCHES) * SHARD_PATCHES)),
         "soma_joinid_start": start,
         "soma_joinid_stop": start + n_obs,
-        "genes": genes,
+        "genes_ref": genes_ref,
         "reader": "hest1k-scale-generator",
         "source_paths": [],
         "source_fingerprint": "",

@@ -224,7 +224,7 @@ def main() -> None:
         f"{stats.get('samples_per_commit', 1)} sample(s) per SOMA commit | "
         f"{stats['seconds']:.0f} s | {stats['total_bytes'] / gib:.2f} GiB "
         f"(soma {stats['sizes'].get('soma', 0) / gib:.2f}, patches {stats['sizes'].get('patches', 0) / gib:.2f}, "
-        f"manifest {stats['sizes'].get('manifest', 0) / gib:.3f}) |"
+        f"manifest {stats['sizes'].get('manifest', 0) / gib:.3f}, genes {stats['sizes'].get('genes', 0) / gib:.3f}) |"
     )
     if args.build_only:
         return

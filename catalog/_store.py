@@ -25,6 +25,8 @@ from .errors import CatalogError
 __all__ = [
     "CATALOG_ENCODING",
     "CATALOG_VERSION",
+    "GENE_LIST_ENCODING",
+    "GENE_LIST_VERSION",
     "MANIFEST_ENCODING",
     "MANIFEST_VERSION",
     "PATCHES_ENCODING",
@@ -50,7 +52,10 @@ __all__ = [
 ]
 
 CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.0.0"
-MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "1.0.0"
+#: 2.0.0: the gene list moved out of the manifest into a shared ``genes/{sha256}.json``
+#: (``genes_ref``); 1.x manifests carry it inline (``genes``) and are still read.
+MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "2.0.0"
+GENE_LIST_ENCODING, GENE_LIST_VERSION = "hestkit-gene-list", "1.0.0"
 PATCHES_ENCODING, PATCHES_VERSION = "hestkit-patches", "1.0.0"
 VOLUME_ENCODING, VOLUME_VERSION = "hestkit-volume", "1.0.0"
 VOLUME_MANIFEST_ENCODING, VOLUME_MANIFEST_VERSION = "hestkit-volume-manifest", "1.0.0"
@@ -181,6 +186,10 @@ class Layout:
 
     def manifest(self, sample_id: str) -> str:
         return self.join("manifest", f"{sample_id}.json")
+
+    def gene_list(self, ref: str) -> str:
+        """The content-addressed gene list ``genes/{sha256-hex}.json``."""
+        return self.join("genes", f"{ref}.json")
 
     @property
     def soma(self) -> str:

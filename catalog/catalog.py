@@ -20,7 +20,10 @@ from . import volumes as _vol
 from ._store import (
     CATALOG_ENCODING,
     CATALOG_VERSION,
+    GENE_LIST_ENCODING,
+    GENE_LIST_VERSION,
     MANIFEST_ENCODING,
+    MANIFEST_VERSION,
     CommitConflict,
     Layout,
     read_json,
@@ -59,8 +62,11 @@ SAMPLE_COLUMNS = [
 
 #: Parsed manifests per manifest folder: file name -> ((inode, mtime_ns, size), manifest).
 _MANIFEST_CACHE: dict[str, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] = {}
-#: Distinct gene lists of cached manifests, so that samples of one panel share one list
-#: object (1,229 HEST-1k-sized manifests hold ~29 M gene names, ~230 distinct lists).
+#: Gene lists of 2.x manifests by their content hash (``genes_ref``), loaded on demand
+#: and kept for the process (the hash names the content, so it holds for any catalog).
+_GENE_LISTS_BY_REF: dict[str, list[str]] = {}
+#: Distinct inline gene lists of cached 1.x manifests, so that samples of one panel share
+#: one list object.
 _GENE_LISTS: dict[tuple[int, str, str, str], list[list[str]]] = {}
 #: var lookups per SOMA experiment (see :meth:`Catalog._var_lookup`).
 _VAR_CACHE: dict[str, _VarLookup] = {}
@@ -92,26 +98,76 @@ class _VarLookup:
         self._joinids = np.asarray(joinids, dtype=np.int64)
         self._lists: dict[tuple[int, str, str, str], list[tuple[list[str], np.ndarray]]] = {}
         self._by_ingest: dict[str, np.ndarray] = {}
+        self._by_ref: dict[str, np.ndarray] = {}
+        self._unions: dict[tuple[str, ...], np.ndarray] = {}
 
     def inherit(self, old: _VarLookup) -> None:
         """Keep the per-ingest gene joinids of an older lookup: var is append-only, so a
         joinid, once given to a gene, never changes."""
         self._lists = dict(old._lists)
         self._by_ingest = dict(old._by_ingest)
+        self._by_ref = dict(old._by_ref)
+        self._unions = dict(old._unions)
 
     def lookup(self, genes: Sequence[str]) -> np.ndarray:
         """var joinids of ``genes`` (-1 where absent)."""
         pos = self._index.get_indexer(np.asarray(list(genes), dtype=object))
         return np.where(pos >= 0, self._joinids[pos], -1).astype(np.int64)
 
-    def joinids_of(self, manifest: dict[str, Any]) -> np.ndarray:
-        """var joinids of a manifest's genes: computed once per ingest, and once per
-        distinct list (samples of one panel or reference share their list)."""
+    def present(self, manifests: Sequence[dict[str, Any]], genes_of: Callable[[dict[str, Any]], list[str]]) -> np.ndarray:
+        """A mask over var joinids: the genes of any of ``manifests``. The shared lists of
+        2.x manifests not mapped yet are loaded (``genes_of``) and mapped as ONE union of
+        names (hashing each name once is ~3x cheaper than an index lookup per list, and
+        HEST-1k-like selections touch hundreds of distinct lists); the result is cached per
+        set of lists, so a repeated query only ORs a cached mask."""
+        mask = np.zeros(len(self.names), dtype=bool)
+        by_ref: dict[str, dict[str, Any]] = {}
+        for m in manifests:
+            ref = m.get("genes_ref")
+            if ref is None:
+                mask[self.joinids_of(m, genes_of)] = True
+            else:
+                by_ref.setdefault(str(ref), m)
+        if not by_ref:
+            return mask
+        key = tuple(sorted(by_ref))
+        hit = self._unions.get(key)
+        if hit is None:
+            hit = np.zeros(len(self.names), dtype=bool)
+            names: set[str] = set()
+            for ref, m in by_ref.items():
+                known = self._by_ref.get(ref)
+                if known is not None:
+                    hit[known] = True
+                else:
+                    names.update(genes_of(m))
+            if names:
+                j = self.lookup(list(names))
+                hit[j[j >= 0]] = True
+            if len(self._unions) >= 64:  # a few recent selections; each mask is len(var) bytes
+                self._unions.pop(next(iter(self._unions)))
+            self._unions[key] = hit
+        mask |= hit
+        return mask
+
+    def joinids_of(self, manifest: dict[str, Any], genes_of: Callable[[dict[str, Any]], list[str]]) -> np.ndarray:
+        """var joinids of a manifest's genes (``genes_of(manifest)``, called only when not
+        known yet): computed once per distinct list (by ``genes_ref`` for 2.x manifests,
+        by ingest and list content for 1.x), so only the lists of the samples a query
+        touches are ever loaded and mapped."""
+        ref = manifest.get("genes_ref")
+        if ref is not None:
+            out = self._by_ref.get(str(ref))
+            if out is None:
+                out = self.lookup(genes_of(manifest))
+                out = out[out >= 0]
+                self._by_ref[str(ref)] = out
+            return out
         iid = str(manifest["ingest_id"])
         out = self._by_ingest.get(iid)
         if out is not None:
             return out
-        genes = manifest["genes"]
+        genes = genes_of(manifest)
         key = (len(genes), str(genes[0]), str(genes[len(genes) // 2]), str(genes[-1])) if genes else (0, "", "", "")
         bucket = self._lists.setdefault(key, [])
         for known, j in bucket:
@@ -219,10 +275,52 @@ class Catalog:
         for p, m in entries:
             if m.get("encoding-type") != MANIFEST_ENCODING:
                 continue
-            if _major(m.get("encoding-version", "0")) > 1:
-                raise CatalogVersionError(f"{p}: manifest format {m.get('encoding-version')} is newer than this hestkit reads")
+            if _major(m.get("encoding-version", "0")) > _major(MANIFEST_VERSION):
+                raise CatalogVersionError(
+                    f"{p}: manifest format {m.get('encoding-version')} is newer than this hestkit reads "
+                    f"({MANIFEST_VERSION}); upgrade hestkit"
+                )
             out.append(m)
         return out
+
+    def sample_genes(self, manifest: dict[str, Any]) -> list[str]:
+        """A sample's gene list, in its source's order: inline in a 1.x manifest, else the
+        shared ``genes/{genes_ref}.json``, read on first use and cached per process.
+        Treat the returned list as read-only (samples with the same genes share it)."""
+        inline = manifest.get("genes")
+        if inline is not None:
+            return list(inline) if not isinstance(inline, list) else inline
+        ref = manifest.get("genes_ref")
+        sid = manifest.get("sample_id", "?")
+        if not isinstance(ref, str) or not ref:
+            raise CatalogError(
+                f"{self.layout.manifest(str(sid))}: manifest has neither 'genes' nor 'genes_ref'; "
+                "re-ingest the sample with --overwrite"
+            )
+        genes = _GENE_LISTS_BY_REF.get(ref)
+        if genes is None:
+            uri = self.layout.gene_list(ref)
+            try:
+                doc = self.layout.read_json(uri)
+            except FileNotFoundError:
+                doc = None
+            if doc is None:
+                raise CatalogError(
+                    f"{uri}: gene list of sample {sid!r} is missing (the catalog is damaged); "
+                    "re-ingest the sample with --overwrite"
+                )
+            if doc.get("encoding-type") != GENE_LIST_ENCODING or _major(doc.get("encoding-version", "0")) > _major(
+                GENE_LIST_VERSION
+            ):
+                raise CatalogVersionError(
+                    f"{uri}: encoding {doc.get('encoding-type')!r} {doc.get('encoding-version')!r}, expected "
+                    f"{GENE_LIST_ENCODING!r} {GENE_LIST_VERSION}; upgrade hestkit or re-ingest the sample"
+                )
+            genes = doc.get("genes")
+            if not isinstance(genes, list):
+                raise CatalogError(f"{uri}: 'genes' is not a list of gene names; re-ingest the sample with --overwrite")
+            _GENE_LISTS_BY_REF[ref] = genes
+        return genes
 
     def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> _VarLookup:
         """var names by joinid and a name -> joinid map, cached per process until the
@@ -303,9 +401,7 @@ class Catalog:
                 chosen.append(m)
         # genes: the union over the chosen samples, in catalog (var) order
         vl = self._var_lookup(manifests) if chosen else _VarLookup((), np.zeros(0, object), np.zeros(0, np.int64))
-        present = np.zeros(len(vl.names), dtype=bool)
-        for m in chosen:
-            present[vl.joinids_of(m)] = True
+        present = vl.present(chosen, self.sample_genes)
         var_j = np.flatnonzero(present).astype(np.int64)
         gene_list = vl.names[var_j].tolist()
         if genes is not None:
@@ -607,6 +703,7 @@ def _create(layout: Layout, spec: PairSpec) -> None:
         },
         "elements": {
             "manifest": "one JSON per committed sample; the set of these files is the catalog's content",
+            "genes": "genes/{sha256}.json: one gene list per distinct list, referenced by manifests' genes_ref",
             "soma": "TileDB-SOMA Experiment: obs (one row per pair), ms/RNA/var (gene union), ms/RNA/X/counts (raw)",
             "patches": "zarr v3 group per sample ingest: patches (n, size, size, 3) uint8 JPEG, thumbnail",
         },

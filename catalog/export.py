@@ -28,7 +28,8 @@ def sample_anndata(cat: Catalog, sample_id: str) -> Any:
 
     m = cat.manifest(sample_id)
     view = cat.pairs(sample_ids=[sample_id])
-    genes = [g for g in view.genes if g in set(m["genes"])]
+    own = set(cat.sample_genes(m))
+    genes = [g for g in view.genes if g in own]
     view = view.with_genes(genes)
     obs = object_strings(view.obs.drop(columns=["soma_joinid", "obs_id", "ingest_id", "patch_index"]))
     obs.index = pd.Index(obs["barcode"].astype(str).to_numpy(), name=None)

@@ -10,6 +10,7 @@ each sample's slide blocks are separate tasks.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import time
@@ -30,6 +31,8 @@ from hestkit.slide import open_slide, thread_slide
 
 from . import _soma
 from ._store import (
+    GENE_LIST_ENCODING,
+    GENE_LIST_VERSION,
     MANIFEST_ENCODING,
     MANIFEST_VERSION,
     PATCHES_ENCODING,
@@ -42,7 +45,7 @@ from ._store import (
 )
 from .errors import CatalogError, SampleExistsError
 
-__all__ = ["SHARD_PATCHES", "IngestReport", "SampleResult", "ingest_refs"]
+__all__ = ["SHARD_PATCHES", "IngestReport", "SampleResult", "gene_list_ref", "ingest_refs", "write_gene_list"]
 
 #: Patches per zarr shard (one patch per chunk).
 SHARD_PATCHES = 64
@@ -255,6 +258,9 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
     counts = s.counts[plan.kept]
     mpath = layout.manifest(s.sample_id)
     old_patches: str | None = None
+    # the gene list first (outside the lock: it is content-addressed and idempotent); a
+    # failed commit may leave it unreferenced, never a manifest without its list
+    genes_ref = write_gene_list(layout, s.genes)
     with layout.writer_lock() as lock:
         current = layout.read_json_etag(mpath)
         old_etag: str | None = None
@@ -298,7 +304,7 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "n_slots": plan.n_slots,
             "soma_joinid_start": start,
             "soma_joinid_stop": start + len(obs),
-            "genes": s.genes,
+            "genes_ref": genes_ref,
             "reader": prep.ref.reader,
             "source_paths": s.source_paths,
             "source_fingerprint": fingerprint(prep.ref),
@@ -325,6 +331,30 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
         pixel_size_source=s.pixel_size.source,
         warnings=tuple(s.warnings),
     )
+
+
+def gene_list_ref(genes: Sequence[str]) -> str:
+    """The content address of a gene list: SHA-256 (hex) of its compact JSON encoding
+    (``json.dumps(genes, separators=(",", ":"), ensure_ascii=False)``, UTF-8)."""
+    text = json.dumps([str(g) for g in genes], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_gene_list(layout: Layout, genes: Sequence[str]) -> str:
+    """Write ``genes`` as the shared element ``genes/{sha256}.json`` unless it is already
+    there, and return the hash (the manifest's ``genes_ref``). Idempotent and safe for
+    concurrent writers: the content is fixed by the name, so an existing file (locally) or
+    a lost conditional PUT (S3) means the same list is already stored."""
+    ref = gene_list_ref(genes)
+    uri = layout.gene_list(ref)
+    if not layout.remote and os.path.exists(uri):
+        return ref
+    doc = {"encoding-type": GENE_LIST_ENCODING, "encoding-version": GENE_LIST_VERSION, "genes": [str(g) for g in genes]}
+    try:
+        layout.write_json(uri, doc, if_absent=True)
+    except CommitConflict:
+        pass  # another writer stored this very list (same name, same content)
+    return ref
 
 
 def _check(lock: Any) -> None:

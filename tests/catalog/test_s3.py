@@ -22,6 +22,7 @@ import pytest
 
 import catalog
 from catalog.errors import CatalogError
+from catalog.writer import write_gene_list
 from hestkit.sample import ReadOptions
 from hestkit.synthetic import SyntheticSample, make_visium
 
@@ -156,6 +157,13 @@ def test_s3_catalog_matches_a_local_one(s3_env: str, two_samples: list[Synthetic
         text = fs.cat_file(f"{s3_env}/cohort/cat/{key}").decode()
         assert _SECRET not in text and _KEY not in text and "127.0.0.1" not in text
     assert not fs.exists(f"{s3_env}/cohort/cat/.lock")  # released after each commit
+    # both samples have the same genes: one shared, content-addressed gene list on S3
+    ms = cat.manifests()
+    assert ms[0]["genes_ref"] == ms[1]["genes_ref"] and "genes" not in ms[0]
+    assert fs.ls(f"{s3_env}/cohort/cat/genes", detail=False) == [f"{s3_env}/cohort/cat/genes/{ms[0]['genes_ref']}.json"]
+    assert cat.sample_genes(ms[0]) == list(two_samples[0].genes)
+    # writing it again is a no-op: the conditional PUT loses to the existing key, which is fine
+    assert write_gene_list(cat.layout, list(two_samples[0].genes)) == ms[0]["genes_ref"]
 
 
 def test_cli_on_s3(s3_env: str, two_samples: list[SyntheticSample]) -> None:

@@ -92,7 +92,7 @@ def test_expression_matches_the_generated_counts(built: tuple[Any, Any, Path, An
     per_spot = scale.DETECTED_FRACTION[row["technology"]] * n_genes * 0.02
     want = scale._counts(rng, int(row["spots_under_tissue"]), n_genes, per_spot)
     view = cat.pairs(sample_ids=[row["id"]])
-    genes = m["genes"]
+    genes = cat.sample_genes(m)
     got = view.expression(genes)
     assert got.shape == want.shape
     assert (got != want).nnz == 0
