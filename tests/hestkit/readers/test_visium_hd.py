@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 import catalog
 from hestkit.errors import ValidationError
+from hestkit.readers import _visium_hd_bins as hdb
 from hestkit.readers import find_reader, list_readers, register_reader
 from hestkit.readers import visium_hd as vhd
 from hestkit.readers._tenx import read_10x_h5
@@ -252,28 +253,28 @@ def test_other_feature_types_mex_and_csv_positions(small_copy: Path, small: Synt
 def test_barcode_join() -> None:
     keys = np.array([b"s_002um_00001_00002-1", b"a", b"bb", b"s_002um_00001_00003-1"])
     query = np.array([b"bb", b"s_002um_00001_00003-1", b"zz", b"a", b"s_002um_00001_00002-1xx"])
-    assert vhd._join(keys, query).tolist() == [2, 3, -1, 1, -1]
-    assert vhd._join(np.concatenate([keys, keys[:1]]), query) is None
-    assert vhd._join(np.empty(0, dtype="S1"), query).tolist() == [-1] * 5
+    assert hdb._join(keys, query).tolist() == [2, 3, -1, 1, -1]
+    assert hdb._join(np.concatenate([keys, keys[:1]]), query) is None
+    assert hdb._join(np.empty(0, dtype="S1"), query).tolist() == [-1] * 5
 
 
 def test_barcode_join_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:
     keys = np.array([b"x1", b"x2", b"x3"])
-    monkeypatch.setattr(vhd, "_hash_bytes", lambda a, width: np.zeros(a.size, dtype=np.uint64))
-    assert vhd._join(keys, np.array([b"x3", b"x1", b"y"])).tolist() == [2, 0, -1]
-    assert vhd._join(np.array([b"x1", b"x1"]), np.array([b"x1"])) is None
+    monkeypatch.setattr(hdb, "_hash_bytes", lambda a, width: np.zeros(a.size, dtype=np.uint64))
+    assert hdb._join(keys, np.array([b"x3", b"x1", b"y"])).tolist() == [2, 0, -1]
+    assert hdb._join(np.array([b"x1", b"x1"]), np.array([b"x1"])) is None
     # a foreign barcode whose hash equals a known one is not taken for it
-    monkeypatch.setattr(vhd, "_hash_bytes", lambda a, width: np.arange(a.size, dtype=np.uint64))
-    assert vhd._join(keys, np.array([b"x1", b"zz"])).tolist() == [0, -1]
+    monkeypatch.setattr(hdb, "_hash_bytes", lambda a, width: np.arange(a.size, dtype=np.uint64))
+    assert hdb._join(keys, np.array([b"x1", b"zz"])).tolist() == [0, -1]
 
 
 def test_arrow_barcodes_to_bytes() -> None:
     arr = pa.array(["s_002um_00001_00002-1", None, "é", "", "ab"])
-    assert vhd._arrow_bytes(arr).tolist() == [b"s_002um_00001_00002-1", b"", "é".encode(), b"", b"ab"]
-    assert vhd._arrow_bytes(arr.slice(2, 2)).tolist() == ["é".encode(), b""]
-    assert vhd._arrow_bytes(pa.array(["ab", "cd"], type=pa.large_string())).tolist() == [b"ab", b"cd"]
-    assert vhd._arrow_bytes(pa.array([12, 3])).tolist() == [b"12", b"3"]
-    assert vhd._arrow_bytes(pa.array([], type=pa.string())).size == 0
+    assert hdb._arrow_bytes(arr).tolist() == [b"s_002um_00001_00002-1", b"", "é".encode(), b"", b"ab"]
+    assert hdb._arrow_bytes(arr.slice(2, 2)).tolist() == ["é".encode(), b""]
+    assert hdb._arrow_bytes(pa.array(["ab", "cd"], type=pa.large_string())).tolist() == [b"ab", b"cd"]
+    assert hdb._arrow_bytes(pa.array([12, 3])).tolist() == [b"12", b"3"]
+    assert hdb._arrow_bytes(pa.array([], type=pa.string())).size == 0
 
 
 def test_duplicate_positions_and_corrupt_matrix(small_copy: Path) -> None:
@@ -452,11 +453,11 @@ def test_malformed_barcode_falls_back_to_the_join(
 def test_parse_bin_barcodes() -> None:
     t = b"s_002um_00000_00000-1"
     good = np.array([b"s_002um_00012_03405-1", b"s_002um_99999_00000-1"])
-    r, c = vhd._parse_bin_barcodes(good, t)
+    r, c = hdb._parse_bin_barcodes(good, t)
     assert r.tolist() == [12, 99999] and c.tolist() == [3405, 0]
     wide = good.astype("S30")  # NUL padded
-    assert vhd._parse_bin_barcodes(wide, t)[0].tolist() == [12, 99999]
+    assert hdb._parse_bin_barcodes(wide, t)[0].tolist() == [12, 99999]
     for bad in (b"s_002um_00012_03405-2", b"s_008um_00012_03405-1", b"s_002um_0001/_03405-1", b"s_002um_00012_03405-1x", b"x"):
-        assert vhd._parse_bin_barcodes(np.array([good[0], bad]), t) is None, bad
-    assert vhd._parse_bin_barcodes(np.array([b"s_002um_0012_3405-1"]), t) is None
-    assert vhd._parse_bin_barcodes(np.empty(0, dtype="S1"), t)[0].size == 0
+        assert hdb._parse_bin_barcodes(np.array([good[0], bad]), t) is None, bad
+    assert hdb._parse_bin_barcodes(np.array([b"s_002um_0012_3405-1"]), t) is None
+    assert hdb._parse_bin_barcodes(np.empty(0, dtype="S1"), t)[0].size == 0
