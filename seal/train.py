@@ -102,6 +102,42 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
 
+def _save_checkpoint(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int, step: int, config: dict[str, Any]
+) -> None:
+    """The trainable weights, optimizer and schedule after ``epoch``, written atomically."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "trainable": _trainable_state(model),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "config": config,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _resume_checkpoint(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, config: dict[str, Any]
+) -> tuple[int, int]:
+    """Load ``path`` (written by :func:`_save_checkpoint`) into the model, optimizer and
+    schedule; ``(first epoch to run, step)``, or ``(0, 0)`` with a warning when absent."""
+    if not path.exists():
+        warnings.warn(f"{path} not found: starting from scratch", stacklevel=3)
+        return 0, 0
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck.get("config") != config:
+        warnings.warn(f"{path}: resuming with settings that differ from the checkpoint's", stacklevel=3)
+    model.load_state_dict(ck["trainable"], strict=False)
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    return int(ck["epoch"]) + 1, int(ck["step"])
+
+
 def _pearson_mean(pred: np.ndarray, true: np.ndarray) -> float:
     p = pred - pred.mean(0)
     t = true - true.mean(0)
@@ -239,17 +275,7 @@ def fit(
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
-    start_epoch, step = 0, 0
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("config") != cfg.to_dict():
-            warnings.warn(f"{ckpt_path}: resuming with settings that differ from the checkpoint's", stacklevel=2)
-        model.load_state_dict(ck["trainable"], strict=False)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, step = int(ck["epoch"]) + 1, int(ck["step"])
-    elif resume:
-        warnings.warn(f"{ckpt_path} not found: starting from scratch", stacklevel=2)
+    start_epoch, step = _resume_checkpoint(ckpt_path, model, opt, sched, cfg.to_dict()) if resume else (0, 0)
 
     val_loader = None
     if val_view is not None and val_vals is not None and len(val_view) > 0:
@@ -319,19 +345,7 @@ def fit(
             ep_rec.update(_probe(model, val_loader, device, cfg, mean, std))
         tr.log(ep_rec)
         if rank == 0:
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(
-                {
-                    "trainable": _trainable_state(model),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "config": cfg.to_dict(),
-                },
-                tmp,
-            )
-            os.replace(tmp, ckpt_path)
+            _save_checkpoint(ckpt_path, model, opt, sched, epoch, step, cfg.to_dict())
     if rank == 0 and last_epoch == cfg.epochs:
         _save_model(out, model, cfg, prep, dcfg, dim)
     if world > 1:

@@ -6,7 +6,6 @@ CUDA (fp32 on CPU), seeded runs (deterministic on CPU), a checkpoint after every
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ..data import ExpressionPrep, apply_preprocessing, fit_preprocessing
 from ..errors import SelectionError
 from ..losses import seal_objective
-from ..train import _amp, _pearson_mean, _schedule, _trainable_state, resolve_device
+from ..train import _amp, _pearson_mean, _resume_checkpoint, _save_checkpoint, _schedule, resolve_device
 from .config import ModelConfig, TrainConfig
 from .data import PairSource, SubvolumeTransform, VolumeDataset
 from .errors import SectionError
@@ -168,17 +167,7 @@ def train_model(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, int(cfg.warmup_fraction * total)))
-    start, step = 0, 0
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("config") != cfg.to_dict():
-            warnings.warn(f"{ckpt_path}: resuming with settings that differ from the checkpoint's", stacklevel=2)
-        model.load_state_dict(ck["trainable"], strict=False)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, step = int(ck["epoch"]) + 1, int(ck["step"])
-    elif resume:
-        warnings.warn(f"{ckpt_path} not found: starting from scratch", stacklevel=2)
+    start, step = _resume_checkpoint(ckpt_path, model, opt, sched, cfg.to_dict()) if resume else (0, 0)
 
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     for epoch in range(start, last):
@@ -228,19 +217,7 @@ def train_model(
                 ep["val_pearson"] = _pearson_mean(pred, val[1])
                 model.train()
             log.write(json.dumps(ep) + "\n")
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "trainable": _trainable_state(model),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "config": cfg.to_dict(),
-            },
-            tmp,
-        )
-        os.replace(tmp, ckpt_path)
+        _save_checkpoint(ckpt_path, model, opt, sched, epoch, step, cfg.to_dict())
     if last == cfg.epochs:
         from hestkit import __version__
 
