@@ -22,6 +22,7 @@ would do it), on the smaller volume, in the same run (ratio).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -96,16 +97,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     pretrain(out / "cat", mcfg, tcfg, out / "pretrained", volumes=pre_vols, progress=False)
     t_pre = time.perf_counter() - t0
-    ft = TrainConfig(
-        epochs=args.finetune_epochs,
-        batch_size=16,
-        lr=1e-3,
-        weight_decay=0.05,
-        n_genes=40,
-        device="cpu",
-        cache_pairs=True,
-        seed=args.seed,
-    )
+    ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs)
     t0 = time.perf_counter()
     res = serial_section_eval(
         out / "cat", out / "pretrained", targets, out / "eval", SerialSectionConfig(train=ft, device="cpu"), progress=False
