@@ -42,7 +42,7 @@ from catalog._store import (
     check_sample_id,
     new_ingest_id,
 )
-from catalog.writer import SHARD_PATCHES, write_gene_list
+from catalog.writer import SHARD_PATCHES, write_gene_joinids, write_gene_list
 from hestkit.patches import PairSpec
 from hestkit.readers.hest1k import HEST_TECHNOLOGIES
 from hestkit.synthetic import gene_table
@@ -324,10 +324,11 @@ def build_scale_catalog(
             mats.append(sp.csr_matrix((c.data, (c.row, cmap[c.col])), shape=(counts.shape[0], len(union))))
         obs_all = pd.concat([b[3] for b in batch], ignore_index=True)
         with layout.writer_lock():
-            start, _ = _soma.append_rows(layout.soma, obs_all, sp.vstack(mats).tocsr(), list(union), list(union.values()))
+            start, gene_map = _soma.append_rows(layout.soma, obs_all, sp.vstack(mats).tocsr(), list(union), list(union.values()))
             off = start
             for row, sid, ingest_id, obs, _c, genes, _ids, gpath in batch:
                 m = _manifest(row, sid, ingest_id, obs, genes, gpath, layout, off, sid in patch_ids)
+                write_gene_joinids(layout, m["genes_ref"], [gene_map[g] for g in genes])  # as the writer's commit
                 atomic_write_json(Path(layout.manifest(sid)), m)
                 off += len(obs)
         batch.clear()

@@ -1,9 +1,12 @@
-"""First query in a fresh process: shared gene lists (manifest 2.0.0) vs inline (1.0.0).
+"""First query in a fresh process: shared gene lists with their var-joinid indexes
+(manifest 2.0.0 + ``genes/*.joinids-v1.npy``), the same without the indexes, and gene
+lists inline in the manifests (1.0.0).
 
-Takes a catalog built by ``bench_hest1k_scale.py --build-only``, makes a twin next to it
-whose manifests carry their gene lists inline (the 1.0.0 form; ``soma`` and ``patches``
-are symlinks, nothing else is copied), then times ``catalog.open`` + ``pairs(organ=...,
-technology=...)`` in fresh Python processes, alternating the two catalogs::
+Takes a catalog built by ``bench_hest1k_scale.py --build-only``, makes two twins next to
+it (``soma``, ``patches`` and the other elements are symlinks, nothing else is copied):
+one whose ``genes/`` holds the lists but not their indexes, one whose manifests carry their
+gene lists inline (the 1.0.0 form); then times ``catalog.open`` + ``pairs(organ=...,
+technology=...)`` in fresh Python processes, alternating the catalogs::
 
     .venv/bin/python bench/bench_gene_lists.py --workdir /tmp/hestkit-scale --runs 3
 """
@@ -44,6 +47,15 @@ def make_v1_twin(root: Path, twin: Path) -> None:
         (twin / "manifest" / f"{m['sample_id']}.json").write_text(json.dumps(old, indent=1))
 
 
+def make_noindex_twin(root: Path, twin: Path) -> None:
+    """``twin``: ``root`` without the gene lists' var-joinid indexes."""
+    (twin / "genes").mkdir(parents=True)
+    for name in ("soma", "patches", "manifest", "catalog.json"):
+        os.symlink(root / name, twin / name)
+    for f in (root / "genes").glob("*.json"):
+        os.symlink(f, twin / "genes" / f.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hestkit-scale"))
@@ -51,13 +63,19 @@ def main() -> None:
     ap.add_argument("--technology", default="st")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    root, twin = args.workdir / "catalog", args.workdir / "catalog-v1"
+    root, twin, plain = args.workdir / "catalog", args.workdir / "catalog-v1", args.workdir / "catalog-noindex"
     if not twin.exists():
         make_v1_twin(root, twin)
+    if not plain.exists():
+        make_noindex_twin(root, plain)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    times: dict[str, list[float]] = {"2.0.0 (genes/ shared)": [], "1.0.0 (inline)": []}
+    times: dict[str, list[float]] = {
+        "2.0.0, genes/ shared + var-joinid indexes": [],
+        "2.0.0, genes/ shared, no indexes": [],
+        "1.0.0 (inline)": [],
+    }
     for _ in range(args.runs):
-        for label, path in zip(times, (root, twin), strict=True):
+        for label, path in zip(times, (root, plain, twin), strict=True):
             out = subprocess.run(
                 [sys.executable, "-c", _CHILD, str(path), args.organ, args.technology],
                 env=env,
@@ -70,8 +88,9 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     for k, v in times.items():
         print(f"| {k} | {', '.join(f'{t:.2f}' for t in v)} s | best {best[k]:.2f} s |")
-    a, b = best.values()
-    print(f"first query, inline / shared (best of {args.runs}): {b / a:.2f}x")
+    a, b, c = best.values()
+    print(f"first query, no indexes / indexes (best of {args.runs}): {b / a:.2f}x")
+    print(f"first query, inline / indexes (best of {args.runs}): {c / a:.2f}x")
 
 
 if __name__ == "__main__":

@@ -260,6 +260,25 @@ def main() -> None:
             f"{X.nnz:,} non-zeros | view {t_view:.2f} s, total {dt:.2f} s |"
         )
     assert len(v) == stats["n_spots"]
+    # the same 50-gene read from each X layer, in this run: a ratio
+    layer_s: dict[str, float] = {}
+    mats = {}
+    default_fraction = _soma.BY_GENE_MAX_FRACTION
+    for label, frac in (("gene-major X/counts_by_gene", 1.0), ("row-major X/counts", 0.0)):
+        _soma.BY_GENE_MAX_FRACTION = frac
+        best = float("inf")
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            mats[label] = v.expression()
+            best = min(best, time.perf_counter() - t)
+        layer_s[label] = best
+        print(f"| expression(), 50 genes x {len(v):,} pairs, {label} (best of {args.repeats}) | {best:.2f} s |")
+    _soma.BY_GENE_MAX_FRACTION = default_fraction
+    a, b = mats.values()
+    assert a.nnz == b.nnz and (a != b).nnz == 0, "the two X layers disagree"
+    g, r = layer_s.values()
+    print(f"| 50-gene read, row-major / gene-major | {r / g:.1f}x |")
+    del mats, a, b
 
     # -- loader: catalog (zarr JPEG shards) vs HEST-style per-sample .h5 -------------------
     import gc

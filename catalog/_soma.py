@@ -9,7 +9,7 @@ or crashed ingest are never seen.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import scipy.sparse as sp
 __all__ = [
     "MEASUREMENT",
     "OBS_SCHEMA",
+    "X_BY_GENE_LAYER",
     "X_LAYER",
     "append_rows",
     "create_experiment",
@@ -34,6 +35,25 @@ __all__ = [
 
 MEASUREMENT = "RNA"
 X_LAYER = "counts"
+#: The same counts stored gene-major (TileDB column-major tile and cell order, one gene
+#: per space tile, small data tiles), so that reading a few genes over many spots touches
+#: only those genes' tiles instead of every non-zero of the rows (``X/counts`` is
+#: row-major: right for reading whole rows, a pair's expression). Catalogs created
+#: before it have only ``counts``; readers then use that.
+X_BY_GENE_LAYER = "counts_by_gene"
+BY_GENE_PLATFORM_CONFIG: dict[str, Any] = {
+    "tiledb": {
+        "create": {
+            "capacity": 4096,
+            "tile_order": "col-major",
+            "cell_order": "col-major",
+            "dims": {"soma_dim_0": {"tile": 2048}, "soma_dim_1": {"tile": 1}},
+        }
+    }
+}
+#: :func:`read_X` reads :data:`X_BY_GENE_LAYER` when the genes asked for are at most this
+#: fraction of var (and the layer exists).
+BY_GENE_MAX_FRACTION = 1 / 8
 
 OBS_SCHEMA = pa.schema(
     [
@@ -68,6 +88,12 @@ def _soma():  # type: ignore[no-untyped-def]
     return tiledbsoma
 
 
+def _join(base: str, *parts: str) -> str:
+    from ._store import join
+
+    return join(base, *parts)
+
+
 def _at(uri: str | Path, *parts: str) -> tuple[str, Any]:
     """The URI of an element below the experiment and the TileDB context for it (S3
     settings from the environment, or None locally)."""
@@ -87,6 +113,7 @@ def create_experiment(uri: str | Path) -> None:
         rna.add_new_dataframe("var", schema=VAR_SCHEMA, index_column_names=["soma_joinid"], domain=[(0, 0)])
         x = rna.add_new_collection("X", soma.Collection)
         x.add_new_sparse_ndarray(X_LAYER, type=pa.float32(), shape=(1, 1))
+        x.add_new_sparse_ndarray(X_BY_GENE_LAYER, type=pa.float32(), shape=(1, 1), platform_config=BY_GENE_PLATFORM_CONFIG)
     finally:
         exp.close()
 
@@ -132,11 +159,12 @@ def append_rows(
             rna.var.tiledbsoma_resize_soma_joinid_shape(n_var)
         if n:
             exp.obs.tiledbsoma_resize_soma_joinid_shape(start + n)
-        X = rna.X[X_LAYER]
-        shape = tuple(X.shape)
-        new_shape = (max(shape[0], start + n), max(shape[1], n_var))
-        if new_shape != shape:
-            X.resize(new_shape)
+        for layer in _layers(rna.X):
+            X = rna.X[layer]
+            shape = tuple(X.shape)
+            new_shape = (max(shape[0], start + n), max(shape[1], n_var))
+            if new_shape != shape:
+                X.resize(new_shape)
     # 2. write the rows
     with soma.open(exp_uri, "w", context=ctx) as exp:
         rna = exp.ms[MEASUREMENT]
@@ -158,16 +186,22 @@ def append_rows(
         coo = counts.tocoo()
         if coo.nnz:
             col_map = np.array([gene_map[g] for g in genes], dtype=np.int64)
-            rna.X[X_LAYER].write(
-                pa.Table.from_pydict(
-                    {
-                        "soma_dim_0": coo.row.astype(np.int64) + start,
-                        "soma_dim_1": col_map[coo.col],
-                        "soma_data": coo.data.astype(np.float32),
-                    }
-                )
+            cells = pa.Table.from_pydict(
+                {
+                    "soma_dim_0": coo.row.astype(np.int64) + start,
+                    "soma_dim_1": col_map[coo.col],
+                    "soma_data": coo.data.astype(np.float32),
+                }
             )
+            for layer in _layers(rna.X):
+                rna.X[layer].write(cells)
     return start, gene_map
+
+
+def _layers(x: Any) -> list[str]:
+    """The X layers a commit writes: ``counts`` and, where the catalog has it, the
+    gene-major copy."""
+    return [X_LAYER, X_BY_GENE_LAYER] if X_BY_GENE_LAYER in x else [X_LAYER]
 
 
 def read_obs(uri: str | Path, ingest_ids: Sequence[str], value_filter: str | None = None) -> pd.DataFrame:
@@ -189,35 +223,111 @@ def _empty_obs() -> pd.DataFrame:
     return _obs_frame(pa.schema([("soma_joinid", pa.int64()), *OBS_SCHEMA]).empty_table())
 
 
-def read_obs_ranges(uri: str | Path, ranges: Sequence[tuple[int, int, str]]) -> pd.DataFrame:
+#: obs columns that are one value per committed ingest (the writer fills them so);
+#: :func:`read_obs_ranges` reads them once per sample, not once per row.
+PER_SAMPLE_COLUMNS = ("sample_id", "ingest_id", "organ", "technology", "species", "patient", "pixel_size_um", "spot_size_um")
+#: obs columns that vary per row.
+PER_ROW_COLUMNS = (
+    "soma_joinid",
+    "obs_id",
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "x_px",
+    "y_px",
+    "x_um",
+    "y_um",
+    "patch_index",
+)
+
+
+def read_obs_ranges(
+    uri: str | Path, ranges: Sequence[tuple[int, int, str]], constants: Sequence[Mapping[str, Any]] | None = None
+) -> pd.DataFrame:
     """Obs rows of committed samples, each given as its manifest's ``(soma_joinid_start,
     soma_joinid_stop, ingest_id)``: a coordinate read of exactly those rows (no scan of
-    the other samples' rows). Rows whose ``ingest_id`` is not the range's own (never in a
-    consistent catalog) are dropped, so only committed rows are ever returned."""
+    the other samples' rows), in joinid order.
+
+    With ``constants`` (one mapping per range, holding the range's
+    :data:`PER_SAMPLE_COLUMNS` values as its manifest records them), only the per-row
+    columns (:data:`PER_ROW_COLUMNS`, about half of a row's bytes) are read: the
+    per-sample ones are repeated from ``constants``, as the writer filled them. Every
+    row must come back. Otherwise (and
+    without ``constants``) whole rows are read and only those whose ``ingest_id`` is the
+    range's own are kept, so only committed rows are ever returned."""
     soma = _soma()
-    rs = sorted((int(a), int(b), str(i)) for a, b, i in ranges if int(b) > int(a))
-    if not rs:
+    keyed = sorted(((int(a), int(b), str(i), k) for k, (a, b, i) in enumerate(ranges) if int(b) > int(a)), key=lambda r: r[0])
+    if not keyed:
         return _empty_obs()
-    starts = np.array([a for a, _, _ in rs], dtype=np.int64)
-    stops = np.array([b for _, b, _ in rs], dtype=np.int64)
+    starts = np.array([r[0] for r in keyed], dtype=np.int64)
+    stops = np.array([r[1] for r in keyed], dtype=np.int64)
+    lens = stops - starts
     coords: slice | np.ndarray
     if np.all(starts[1:] == stops[:-1]):
         coords = slice(int(starts[0]), int(stops[-1]) - 1)  # SOMA slices are inclusive
     else:
-        lens = stops - starts
         coords = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens) + np.arange(int(lens.sum()))
+    consts = _constants_table([constants[r[3]] for r in keyed], [r[2] for r in keyed]) if constants is not None else None
     u, ctx = _at(uri, "obs")
     with soma.open(u, "r", context=ctx) as obs:
-        tbl = obs.read(coords=(coords,)).concat()
-    tbl = _sorted_by_joinid(tbl)
+        if consts is not None:
+            tbl = _sorted_by_joinid(obs.read(coords=(coords,), column_names=list(PER_ROW_COLUMNS)).concat())
+            if len(tbl) == int(lens.sum()):
+                return _with_constants(tbl, consts, lens)
+        tbl = _sorted_by_joinid(obs.read(coords=(coords,)).concat())
     j = tbl["soma_joinid"].to_numpy()
     k = np.searchsorted(starts, j, side="right") - 1
-    expected = pa.DictionaryArray.from_arrays(pa.array(k, pa.int32()), pa.array([i for _, _, i in rs], pa.large_string()))
+    expected = pa.DictionaryArray.from_arrays(pa.array(k, pa.int32()), pa.array([r[2] for r in keyed], pa.large_string()))
     same = pc.equal(tbl["ingest_id"], expected.cast(pa.large_string()))
     ok = (j < stops[k]) & np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)
     if not ok.all():
         tbl = tbl.filter(pa.array(ok))
     return _obs_frame(tbl)
+
+
+def obs_text(v: Any) -> str:
+    """How the writer stores an optional text attribute in obs: ``""`` for missing."""
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+
+def _constants_table(consts: Sequence[Mapping[str, Any]], ingest_ids: Sequence[str]) -> pa.Table | None:
+    """One row per range with its per-sample values, or None when one is missing."""
+    cols: dict[str, list[Any]] = {c: [] for c in PER_SAMPLE_COLUMNS}
+    for c, iid in zip(consts, ingest_ids, strict=True):
+        if c.get("ingest_id") not in (None, iid) or not all(k in c for k in PER_SAMPLE_COLUMNS if k != "ingest_id"):
+            return None
+        for k in PER_SAMPLE_COLUMNS:
+            v = iid if k == "ingest_id" else c[k]
+            if k in ("pixel_size_um", "spot_size_um"):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    return None
+                cols[k].append(float(v))
+            else:
+                cols[k].append(obs_text(v))
+    return pa.table({k: pa.array(v, OBS_SCHEMA.field(k).type) for k, v in cols.items()})
+
+
+def _with_constants(tbl: pa.Table, consts: pa.Table, lens: np.ndarray) -> pd.DataFrame:
+    """obs from ``tbl`` (the per-row columns; the rows of range ``k`` in order) with the
+    per-sample columns repeated over each range's rows, in :data:`OBS_SCHEMA` order."""
+    k = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
+    cols: dict[str, Any] = {}
+    for c in PER_SAMPLE_COLUMNS:
+        vals = consts[c].to_numpy(zero_copy_only=False)
+        if c in _TEXT_PER_SAMPLE:
+            codes, cats = pd.factorize(vals)
+            cols[c] = pd.Categorical.from_codes(codes.astype(np.int32)[k], categories=pd.Index(cats, dtype=object))
+        else:
+            cols[c] = np.asarray(vals, dtype=np.float64)[k]
+    for c in PER_ROW_COLUMNS:
+        col = tbl[c]
+        if pa.types.is_large_string(col.type) or pa.types.is_string(col.type):
+            cols[c] = pd.arrays.ArrowStringArray(col)  # the chunks as they are: no copy
+        else:
+            cols[c] = col.to_numpy()
+    names = ["soma_joinid", *(f.name for f in OBS_SCHEMA)]
+    return pd.DataFrame({n: cols[n] for n in names}, copy=False)
 
 
 def _sorted_by_joinid(tbl: pa.Table) -> pa.Table:
@@ -227,12 +337,21 @@ def _sorted_by_joinid(tbl: pa.Table) -> pa.Table:
     return tbl
 
 
-def _obs_frame(tbl: pa.Table) -> pd.DataFrame:
-    """obs as pandas; text columns as pyarrow-backed strings (no Python object per cell:
-    the whole catalog's 2 M rows convert in a fraction of a second)."""
+#: Per-sample text columns, held as pandas categoricals (one string per sample, not per row).
+_TEXT_PER_SAMPLE = tuple(c for c in PER_SAMPLE_COLUMNS if pa.types.is_large_string(OBS_SCHEMA.field(c).type))
+
+
+def _obs_frame(tbl: pa.Table, categorical: bool = True) -> pd.DataFrame:
+    """obs as pandas: per-row text columns as pyarrow-backed strings (no Python object per
+    cell: 2 M rows convert in a fraction of a second), per-sample text columns
+    (``sample_id``, ``organ``, ...) as categoricals."""
     df: pd.DataFrame = tbl.to_pandas(
         types_mapper={pa.large_string(): pd.StringDtype("pyarrow"), pa.string(): pd.StringDtype("pyarrow")}.get
     )
+    if categorical:
+        for c in _TEXT_PER_SAMPLE:
+            if c in df.columns:
+                df[c] = pd.Categorical(df[c].astype(object), categories=pd.Index(pd.unique(df[c].astype(object)), dtype=object))
     return df.reset_index(drop=True)
 
 
@@ -250,7 +369,12 @@ def _as_coords(sorted_unique: np.ndarray) -> slice | np.ndarray:
 
 
 def read_X(uri: str | Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
-    """Counts for the given rows and genes, as CSR in the order given."""
+    """Counts for the given rows and genes, as CSR in the order given.
+
+    A few genes (at most :data:`BY_GENE_MAX_FRACTION` of var) are read from the
+    gene-major layer when the catalog has it (the cost follows those genes' non-zeros,
+    not every non-zero of the rows); other reads, and catalogs without that layer, read
+    the row-major ``counts``."""
     soma = _soma()
     obs_j = np.asarray(obs_joinids, dtype=np.int64)
     var_j = np.asarray(var_joinids, dtype=np.int64)
@@ -260,8 +384,10 @@ def read_X(uri: str | Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) ->
     obs_run = _is_run(obs_j)
     obs_u = obs_j if obs_run or _is_increasing(obs_j) else np.unique(obs_j)
     var_u = var_j if _is_increasing(var_j) else np.unique(var_j)
-    u, ctx = _at(uri, "ms", MEASUREMENT, "X", X_LAYER)
-    with soma.open(u, "r", context=ctx) as X:
+    x_uri, ctx = _at(uri, "ms", MEASUREMENT, "X")
+    n_var = _by_gene_layer(x_uri, ctx)
+    layer = X_BY_GENE_LAYER if n_var and len(var_u) <= n_var * BY_GENE_MAX_FRACTION else X_LAYER
+    with soma.open(_join(x_uri, layer), "r", context=ctx) as X:
         tbl = X.read(coords=(_as_coords(obs_u), _as_coords(var_u))).tables().concat()
     r = tbl["soma_dim_0"].to_numpy()
     c = tbl["soma_dim_1"].to_numpy()
@@ -274,6 +400,26 @@ def read_X(uri: str | Path, obs_joinids: np.ndarray, var_joinids: np.ndarray) ->
     v_sorter = np.argsort(var_j, kind="stable")
     ci = v_sorter[np.searchsorted(var_j, c, sorter=v_sorter)]
     return sp.csr_matrix((d.astype(np.float32), (ri, ci)), shape=out_shape)
+
+
+#: Per X collection URI: 0 without the gene-major layer, else the var size seen (layers
+#: are made with their catalog and never removed; var only grows, so a stale size only
+#: makes :func:`read_X` choose the gene-major layer a little less often).
+_BY_GENE: dict[str, int] = {}
+
+
+def _by_gene_layer(x_uri: str, ctx: Any) -> int:
+    hit = _BY_GENE.get(x_uri)
+    if hit is None:
+        soma = _soma()
+        with soma.open(x_uri, "r", context=ctx) as x:
+            has = X_BY_GENE_LAYER in x
+        hit = 0
+        if has:
+            with soma.open(_join(x_uri, X_LAYER), "r", context=ctx) as X:
+                hit = max(1, int(X.shape[1]))
+        _BY_GENE[x_uri] = hit
+    return hit
 
 
 def _is_increasing(a: np.ndarray) -> bool:

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,7 @@ from .errors import CatalogError
 __all__ = [
     "CATALOG_ENCODING",
     "CATALOG_VERSION",
+    "GENE_JOINIDS_SUFFIX",
     "GENE_LIST_ENCODING",
     "GENE_LIST_VERSION",
     "MANIFEST_ENCODING",
@@ -40,6 +42,7 @@ __all__ = [
     "CatalogLock",
     "CommitConflict",
     "Layout",
+    "atomic_write_bytes",
     "atomic_write_json",
     "check_sample_id",
     "is_remote",
@@ -56,6 +59,11 @@ CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.0.0"
 #: (``genes_ref``); 1.x manifests carry it inline (``genes``) and are still read.
 MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "2.0.0"
 GENE_LIST_ENCODING, GENE_LIST_VERSION = "hestkit-gene-list", "1.0.0"
+#: File-name suffix of a gene list's var-joinid index, ``genes/{sha256}.joinids-v1.npy``: a
+#: 1-D int32 (int64 past 2**31 genes) ``.npy`` holding the var ``soma_joinid`` of each gene of the list, in the
+#: list's order. The version is in the name, so a reader never parses a newer layout: it
+#: ignores the file and maps the names itself.
+GENE_JOINIDS_SUFFIX = "joinids-v1.npy"
 PATCHES_ENCODING, PATCHES_VERSION = "hestkit-patches", "1.0.0"
 VOLUME_ENCODING, VOLUME_VERSION = "hestkit-volume", "1.0.0"
 VOLUME_MANIFEST_ENCODING, VOLUME_MANIFEST_VERSION = "hestkit-volume-manifest", "1.0.0"
@@ -191,6 +199,10 @@ class Layout:
         """The content-addressed gene list ``genes/{sha256-hex}.json``."""
         return self.join("genes", f"{ref}.json")
 
+    def gene_joinids(self, ref: str) -> str:
+        """The var-joinid index of gene list ``ref`` (see :data:`GENE_JOINIDS_SUFFIX`)."""
+        return self.join("genes", f"{ref}.{GENE_JOINIDS_SUFFIX}")
+
     @property
     def soma(self) -> str:
         return self.join("soma")
@@ -314,6 +326,52 @@ class Layout:
                 raise CommitConflict(f"{uri}: changed by another writer meanwhile ({code or type(exc).__name__})") from exc
             raise _s3.translate_error(exc, self.uri) from exc
 
+    def write_bytes_once(self, uri: str, data: bytes) -> bool:
+        """Store an immutable object unless it exists (its content is fixed by its name).
+        Locally an atomic temp-file rename; on S3 a PUT conditional on the key being
+        absent. Returns False when it was already there."""
+        if not self.remote:
+            p = Path(uri)
+            if p.exists():
+                return False
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(p, data)
+            return True
+        from . import _s3
+
+        fs = self._fs()
+        bucket, key = _key(uri).split("/", 1)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except Exception as exc:
+            code = _s3.error_code(exc)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or isinstance(exc, FileExistsError):
+                return False
+            raise _s3.translate_error(exc, self.uri) from exc
+        return True
+
+    def read_many(self, uris: Sequence[str]) -> dict[str, bytes]:
+        """The bytes of each of ``uris`` that exists (absent ones are left out); on S3 with
+        concurrent GETs."""
+        out: dict[str, bytes] = {}
+        if not uris:
+            return out
+        if not self.remote:
+            for u in uris:
+                try:
+                    with open(u, "rb") as fh:
+                        out[u] = fh.read()
+                except FileNotFoundError:
+                    pass
+            return out
+        fs = self._fs()
+        blobs = self._s3_call(fs.cat, [_key(u) for u in uris], on_error="omit")
+        for u in uris:
+            b = blobs.get(_key(u))
+            if isinstance(b, bytes):
+                out[u] = b
+        return out
+
     def manifest_files(self) -> list[tuple[str, Any]]:
         """``(uri, parsed JSON)`` of every manifest, sorted by name."""
         if not self.remote:
@@ -379,9 +437,13 @@ class CommitConflict(CatalogError):
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default).encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    data = json.dumps(obj, indent=1, sort_keys=False, default=_json_default)
-    with open(tmp, "w") as fh:
+    with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -114,12 +115,20 @@ class _VarLookup:
         pos = self._index.get_indexer(np.asarray(list(genes), dtype=object))
         return np.where(pos >= 0, self._joinids[pos], -1).astype(np.int64)
 
-    def present(self, manifests: Sequence[dict[str, Any]], genes_of: Callable[[dict[str, Any]], list[str]]) -> np.ndarray:
-        """A mask over var joinids: the genes of any of ``manifests``. The shared lists of
-        2.x manifests not mapped yet are loaded (``genes_of``) and mapped as ONE union of
-        names (hashing each name once is ~3x cheaper than an index lookup per list, and
-        HEST-1k-like selections touch hundreds of distinct lists); the result is cached per
-        set of lists, so a repeated query only ORs a cached mask."""
+    def present(
+        self,
+        manifests: Sequence[dict[str, Any]],
+        genes_of: Callable[[dict[str, Any]], list[str]],
+        indexed: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None,
+    ) -> np.ndarray:
+        """A mask over var joinids: the genes of any of ``manifests``.
+
+        2.x manifests share gene lists by ``genes_ref``; each list not mapped yet is
+        taken from its stored var-joinid index (``indexed(refs)``: one small binary read
+        per list, no names parsed). Lists without an index (catalogs written before it)
+        are loaded (``genes_of``) and mapped as ONE union of names (hashing each name once
+        is ~3x cheaper than an index lookup per list). The result is cached per set of
+        lists, so a repeated query only ORs a cached mask."""
         mask = np.zeros(len(self.names), dtype=bool)
         by_ref: dict[str, dict[str, Any]] = {}
         for m in manifests:
@@ -134,6 +143,10 @@ class _VarLookup:
         hit = self._unions.get(key)
         if hit is None:
             hit = np.zeros(len(self.names), dtype=bool)
+            todo = [r for r in by_ref if r not in self._by_ref]
+            if todo and indexed is not None:
+                for ref, j in indexed(todo).items():
+                    self._by_ref[ref] = j
             names: set[str] = set()
             for ref, m in by_ref.items():
                 known = self._by_ref.get(ref)
@@ -150,18 +163,33 @@ class _VarLookup:
         mask |= hit
         return mask
 
-    def joinids_of(self, manifest: dict[str, Any], genes_of: Callable[[dict[str, Any]], list[str]]) -> np.ndarray:
-        """var joinids of a manifest's genes (``genes_of(manifest)``, called only when not
-        known yet): computed once per distinct list (by ``genes_ref`` for 2.x manifests,
-        by ingest and list content for 1.x), so only the lists of the samples a query
-        touches are ever loaded and mapped."""
+    def accept_index(self, joinids: np.ndarray) -> bool:
+        """A stored var-joinid index is usable: int, 1-D, inside this var."""
+        return (
+            joinids.ndim == 1
+            and joinids.dtype.kind in "iu"
+            and (len(joinids) == 0 or (int(joinids.min()) >= 0 and int(joinids.max()) < len(self.names)))
+        )
+
+    def joinids_of(
+        self,
+        manifest: dict[str, Any],
+        genes_of: Callable[[dict[str, Any]], list[str]],
+        indexed: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None,
+    ) -> np.ndarray:
+        """var joinids of a manifest's genes: from the list's stored index, else by mapping
+        ``genes_of(manifest)`` (called only when not known yet), once per distinct list
+        (by ``genes_ref`` for 2.x manifests, by ingest and list content for 1.x), so only
+        the lists of the samples a query touches are ever loaded and mapped."""
         ref = manifest.get("genes_ref")
         if ref is not None:
             out = self._by_ref.get(str(ref))
+            if out is None and indexed is not None:
+                out = indexed([str(ref)]).get(str(ref))
             if out is None:
                 out = self.lookup(genes_of(manifest))
                 out = out[out >= 0]
-                self._by_ref[str(ref)] = out
+            self._by_ref[str(ref)] = out
             return out
         iid = str(manifest["ingest_id"])
         out = self._by_ingest.get(iid)
@@ -180,6 +208,13 @@ class _VarLookup:
             bucket.append((genes, out))
         self._by_ingest[iid] = out
         return out
+
+
+def _obs_constants(m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's values of the per-sample obs columns (see :func:`_soma.read_obs_ranges`)."""
+    out = {k: m.get(k) for k in ("sample_id", "ingest_id", "organ", "technology", "species", "patient", "pixel_size_um")}
+    out["spot_size_um"] = m.get("spot_diameter_um")
+    return {k: v for k, v in out.items() if v is not None or k in ("organ", "species", "patient")}
 
 
 def _version() -> str:
@@ -322,6 +357,56 @@ class Catalog:
             _GENE_LISTS_BY_REF[ref] = genes
         return genes
 
+    def _indexed_joinids(self, vl: _VarLookup, refs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored var-joinid indexes of gene lists ``refs`` (those present and valid;
+        a missing or unreadable one is left out and its names are mapped instead)."""
+        uris = {self.layout.gene_joinids(r): r for r in refs}
+        out: dict[str, np.ndarray] = {}
+        for uri, data in self.layout.read_many(list(uris)).items():
+            try:
+                j = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError):
+                continue
+            if isinstance(j, np.ndarray) and vl.accept_index(j):
+                out[uris[uri]] = j.astype(np.int64, copy=False)
+        return out
+
+    def gene_joinids(self, manifest: dict[str, Any]) -> np.ndarray:
+        """The var ``soma_joinid`` of each of a sample's genes (the columns of its counts in
+        ``ms/RNA/X/counts``), from the stored index of its gene list when there is one."""
+        vl = self._var_lookup(self.manifests())
+        return vl.joinids_of(manifest, self.sample_genes, lambda refs: self._indexed_joinids(vl, refs))
+
+    def index_gene_lists(self, progress: Callable[[str, int, int], None] | None = None) -> int:
+        """Write the var-joinid index (``genes/{sha256}.joinids-v1.npy``) of every gene list
+        of a committed sample that lacks one; returns how many were written.
+
+        Ingest writes the index with each new list; catalogs written before the index
+        existed lack it, and their queries map gene names instead (correct, slower). Safe
+        beside running readers and writers: an index is derived from the list and var
+        alone, never changes, and is stored only where absent."""
+        from .writer import write_gene_joinids
+
+        manifests = self.manifests()
+        vl = self._var_lookup(manifests)
+        refs = sorted({str(m["genes_ref"]): m for m in manifests if m.get("genes_ref")}.items())
+        have = self.layout.read_many([self.layout.gene_joinids(r) for r, _ in refs]) if refs else {}
+        todo = [(r, m) for r, m in refs if self.layout.gene_joinids(r) not in have]
+        written = 0
+        for k, (ref, m) in enumerate(todo):
+            genes = self.sample_genes(m)
+            j = vl.lookup(genes)
+            if (j < 0).any():
+                missing = [g for g, x in zip(genes, j.tolist(), strict=True) if x < 0][:5]
+                raise CatalogError(
+                    f"{self.layout.gene_list(ref)}: gene(s) {', '.join(missing)} of sample {m.get('sample_id')!r} are not "
+                    "in var (the catalog is damaged); re-ingest the sample with --overwrite"
+                )
+            written += bool(write_gene_joinids(self.layout, ref, j))
+            if progress is not None:
+                progress("index gene lists", k + 1, len(todo))
+        return written
+
     def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> _VarLookup:
         """var names by joinid and a name -> joinid map, cached per process until the
         set of committed ingests changes (var only grows, and only by commits)."""
@@ -401,7 +486,7 @@ class Catalog:
                 chosen.append(m)
         # genes: the union over the chosen samples, in catalog (var) order
         vl = self._var_lookup(manifests) if chosen else _VarLookup((), np.zeros(0, object), np.zeros(0, np.int64))
-        present = vl.present(chosen, self.sample_genes)
+        present = vl.present(chosen, self.sample_genes, lambda refs: self._indexed_joinids(vl, refs))
         var_j = np.flatnonzero(present).astype(np.int64)
         gene_list = vl.names[var_j].tolist()
         if genes is not None:
@@ -421,7 +506,9 @@ class Catalog:
             var_j = np.asarray(idx, dtype=np.int64)
             gene_list = vl.names[var_j].tolist()
         obs = _soma.read_obs_ranges(
-            self.layout.soma, [(int(m["soma_joinid_start"]), int(m["soma_joinid_stop"]), m["ingest_id"]) for m in chosen]
+            self.layout.soma,
+            [(int(m["soma_joinid_start"]), int(m["soma_joinid_stop"]), m["ingest_id"]) for m in chosen],
+            [_obs_constants(m) for m in chosen],
         )
         patches = {m["sample_id"]: self.layout.join(m["patches_path"], "patches") for m in chosen}
         return PairView(self.uri, obs, gene_list, var_j, patches, self.spec)

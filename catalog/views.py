@@ -86,6 +86,9 @@ class PairView:
     def subset(self, rows: np.ndarray | slice | list[int]) -> PairView:
         """A view of some rows (positions), keeping the genes."""
         obs = self.obs.iloc[rows].reset_index(drop=True)
+        for c in obs.columns:
+            if isinstance(obs[c].dtype, pd.CategoricalDtype):
+                obs[c] = obs[c].cat.remove_unused_categories()
         keep = set(obs["sample_id"].unique())
         arrays = {k: v for k, v in self._patch_arrays.items() if k in keep}
         return PairView(self.root, obs, self.genes, self._var_j, arrays, self.spec)

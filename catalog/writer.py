@@ -10,6 +10,7 @@ each sample's slide blocks are separate tasks.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -45,7 +46,15 @@ from ._store import (
 )
 from .errors import CatalogError, SampleExistsError
 
-__all__ = ["SHARD_PATCHES", "IngestReport", "SampleResult", "gene_list_ref", "ingest_refs", "write_gene_list"]
+__all__ = [
+    "SHARD_PATCHES",
+    "IngestReport",
+    "SampleResult",
+    "gene_list_ref",
+    "ingest_refs",
+    "write_gene_joinids",
+    "write_gene_list",
+]
 
 #: Patches per zarr shard (one patch per chunk).
 SHARD_PATCHES = 64
@@ -272,8 +281,9 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             old_patches = layout.join(current[0]["patches_path"])
             old_etag = current[1]
         _check(lock)
-        start, _gene_map = _soma.append_rows(layout.soma, obs, counts, s.genes, s.gene_ids)
+        start, gene_map = _soma.append_rows(layout.soma, obs, counts, s.genes, s.gene_ids)
         _maybe_kill("after-soma")
+        write_gene_joinids(layout, genes_ref, [gene_map[g] for g in s.genes])
         md = s.metadata
         manifest: dict[str, Any] = {
             "encoding-type": MANIFEST_ENCODING,
@@ -355,6 +365,21 @@ def write_gene_list(layout: Layout, genes: Sequence[str]) -> str:
     except CommitConflict:
         pass  # another writer stored this very list (same name, same content)
     return ref
+
+
+def write_gene_joinids(layout: Layout, ref: str, joinids: Sequence[int] | np.ndarray) -> bool:
+    """Store the var-joinid index of gene list ``ref`` (``genes/{ref}.joinids-v1.npy``,
+    the var ``soma_joinid`` of each of its genes, in list order; int32 while joinids fit)
+    unless it is there.
+
+    Called under the writers' lock once the list's genes are in var, before the manifest
+    that references the list; var only grows and a gene keeps its joinid, so the index
+    of a list never changes and concurrent writers write identical bytes. Readers use it
+    to find a sample's genes in var without parsing and hashing the names."""
+    buf = io.BytesIO()
+    j = np.asarray(joinids, dtype=np.int64)
+    np.save(buf, j.astype(np.int32) if not len(j) or int(j.max()) < 2**31 else j, allow_pickle=False)
+    return layout.write_bytes_once(layout.gene_joinids(ref), buf.getvalue())
 
 
 def _check(lock: Any) -> None:

@@ -178,6 +178,22 @@ def ls(
 
 
 @app.command()
+def reindex(
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
+) -> None:
+    """Write the gene-list indexes that queries use to find each sample's genes without
+    reading gene names (catalogs from hestkit versions before they existed lack them).
+    Safe while others read or ingest."""
+    with handle_errors():
+        import catalog
+
+        cat = catalog.open(catalog_dir)
+        with progress_bars() as bars:
+            n = cat.index_gene_lists(progress=bars)
+        typer.echo(f"{catalog_dir}: wrote {n} gene-list index(es)" if n else f"{catalog_dir}: every gene list is indexed")
+
+
+@app.command()
 def query(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     organ: Annotated[list[str] | None, typer.Option(help="Organ(s) to keep.")] = None,
@@ -197,7 +213,9 @@ def query(
         if len(view) == 0:
             typer.echo("no pairs match this selection")
         else:
-            counts = view.obs.groupby(["sample_id", "organ", "technology", "species", "patient"], dropna=False).size()
+            counts = view.obs.groupby(
+                ["sample_id", "organ", "technology", "species", "patient"], dropna=False, observed=True
+            ).size()
             df = counts.rename("pairs").reset_index()
             print_table(df, title=f"{len(view)} pairs, {len(view.genes)} genes")
         if out is not None:

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 import catalog
+from catalog import _soma
 from catalog.errors import CatalogError
-from catalog.writer import write_gene_list
+from catalog.writer import write_gene_joinids, write_gene_list
 from hestkit.sample import ReadOptions
 from hestkit.synthetic import SyntheticSample, make_visium
 
@@ -160,10 +161,18 @@ def test_s3_catalog_matches_a_local_one(s3_env: str, two_samples: list[Synthetic
     # both samples have the same genes: one shared, content-addressed gene list on S3
     ms = cat.manifests()
     assert ms[0]["genes_ref"] == ms[1]["genes_ref"] and "genes" not in ms[0]
-    assert fs.ls(f"{s3_env}/cohort/cat/genes", detail=False) == [f"{s3_env}/cohort/cat/genes/{ms[0]['genes_ref']}.json"]
+    ref = ms[0]["genes_ref"]
+    assert sorted(fs.ls(f"{s3_env}/cohort/cat/genes", detail=False)) == sorted(
+        [f"{s3_env}/cohort/cat/genes/{ref}.json", f"{s3_env}/cohort/cat/genes/{ref}.joinids-v1.npy"]
+    )
     assert cat.sample_genes(ms[0]) == list(two_samples[0].genes)
-    # writing it again is a no-op: the conditional PUT loses to the existing key, which is fine
-    assert write_gene_list(cat.layout, list(two_samples[0].genes)) == ms[0]["genes_ref"]
+    # the list's var-joinid index, read back from S3, is the lookup of its names in var
+    var = _soma.read_var(cat.layout.soma)
+    by_name = dict(zip(var["var_id"], var["soma_joinid"], strict=True))
+    assert cat.gene_joinids(ms[0]).tolist() == [by_name[g] for g in two_samples[0].genes]
+    # writing either again is a no-op: the conditional PUT loses to the existing key, which is fine
+    assert write_gene_list(cat.layout, list(two_samples[0].genes)) == ref
+    assert write_gene_joinids(cat.layout, ref, cat.gene_joinids(ms[0])) is False
 
 
 def test_cli_on_s3(s3_env: str, two_samples: list[SyntheticSample]) -> None:
