@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--loader-repeats", type=int, default=2, help="alternating runs per loader; the best is kept")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--skip-loader", action="store_true", help="build and query figures only (no patches needed)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -280,6 +281,8 @@ def main() -> None:
     print(f"| 50-gene read, row-major / gene-major | {r / g:.1f}x |")
     del mats, a, b
 
+    if args.skip_loader:
+        return
     # -- loader: catalog (zarr JPEG shards) vs HEST-style per-sample .h5 -------------------
     import gc
 

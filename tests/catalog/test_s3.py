@@ -137,6 +137,10 @@ def test_s3_catalog_matches_a_local_one(s3_env: str, two_samples: list[Synthetic
     assert not view.obs.duplicated(["sample_id", "barcode"]).any()
     assert view.genes == lview.genes
     assert (view.expression() != lview.expression()).nnz == 0
+    few = view.genes[:: max(1, len(view.genes) // 4)][:4]  # a few genes: read from X/counts_by_gene
+    assert len(few) <= len(view.genes) * _soma.BY_GENE_MAX_FRACTION
+    assert (view.with_genes(few).expression() != lview.with_genes(few).expression()).nnz == 0
+    assert view.with_genes(few).expression().nnz > 0
     assert float(view.expression().sum()) == pytest.approx(sum(float(t.counts[t.in_tissue].sum()) for t in two_samples))
     # queries go through SOMA on S3
     lung = cat.pairs(organ="lung", genes=view.genes[:3])
