@@ -9,7 +9,7 @@ or crashed ingest are never seen.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "X_BY_GENE_LAYER",
     "X_LAYER",
     "append_rows",
+    "consolidate",
     "create_experiment",
     "obs_row_count",
     "read_X",
@@ -222,6 +223,46 @@ def _layers(x: Any) -> list[str]:
     """The X layers a commit writes: ``counts`` and, where the catalog has it, the
     gene-major copy."""
     return [X_LAYER, X_BY_GENE_LAYER] if X_BY_GENE_LAYER in x else [X_LAYER]
+
+
+#: TileDB settings for :func:`consolidate`: smaller per-attribute merge buffers than
+#: TileDB's default, which held ~2x the peak memory (`bench/bench_compact_memory.py`).
+CONSOLIDATION_CONFIG: dict[str, str] = {"sm.consolidation.buffer_size": str(8 * 2**20)}
+
+
+def consolidate(uri: str | Path, progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+    """Merge the fragments of every SOMA array of the experiment (obs, var, each X layer)
+    into one, then delete the merged ones (TileDB consolidation + vacuum); returns the
+    arrays done. Each commit adds one fragment per array, and reads pay a cost per
+    fragment (a HEST-1k-sized catalog ingested sample by sample holds ~1,229).
+
+    The caller holds the writers' lock. Readers that opened an array before its vacuum
+    and are still reading it may fail (their fragments are gone); a new read sees the
+    merged fragment. The cell values and joinids do not change."""
+    soma = _soma()
+    exp_uri, ctx = _at(uri)
+    with soma.open(exp_uri, "r", context=ctx) as exp:
+        layers = _layers(exp.ms[MEASUREMENT].X)
+    ctx = ctx.replace(tiledb_config=CONSOLIDATION_CONFIG)
+    arrays = [("obs",), ("ms", MEASUREMENT, "var"), *(("ms", MEASUREMENT, "X", layer) for layer in layers)]
+    done = []
+    for k, parts in enumerate(arrays):
+        u = _at(uri, *parts)[0]
+        with soma.open(u, "w", context=ctx) as arr:
+            merge = getattr(getattr(arr, "_handle", None), "consolidate_and_vacuum", None)
+            if merge is None:
+                from .errors import CatalogError
+
+                raise CatalogError(
+                    f"{u}: this tiledbsoma ({soma.__version__}) has no fragment consolidation; "
+                    "upgrade tiledbsoma (pip install -U tiledbsoma) to compact the catalog"
+                )
+            merge(["fragments"])
+            merge(["fragment_meta", "commits"])
+        done.append("/".join(parts))
+        if progress is not None:
+            progress("compact SOMA arrays", k + 1, len(arrays))
+    return done
 
 
 def read_obs(uri: str | Path, ingest_ids: Sequence[str], value_filter: str | None = None) -> pd.DataFrame:

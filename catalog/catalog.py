@@ -407,6 +407,22 @@ class Catalog:
                 progress("index gene lists", k + 1, len(todo))
         return written
 
+    def compact(self, progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+        """Merge the TileDB fragments of the catalog's SOMA arrays into one per array, and
+        write any missing gene-list index; returns the arrays compacted.
+
+        Every commit adds a fragment to obs and to each X layer, and a read pays a cost
+        per fragment (a HEST-1k-sized catalog ingested sample by sample holds 1,229; the
+        effect on its queries is in `docs/benchmarks.md`). Holds the writers' lock
+        throughout (ingests wait for it);
+        values, joinids and manifests do not change. Run it when no job is reading the
+        catalog: a read that began before an array's old fragments are deleted may fail
+        (run it again); reads that start afterwards see the merged array."""
+        with self.layout.writer_lock(timeout_s=3600.0):
+            done = _soma.consolidate(self.layout.soma, progress=progress)
+        self.index_gene_lists(progress=progress)
+        return done
+
     def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> _VarLookup:
         """var names by joinid and a name -> joinid map, cached per process until the
         set of committed ingests changes (var only grows, and only by commits)."""

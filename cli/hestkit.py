@@ -194,6 +194,24 @@ def reindex(
 
 
 @app.command()
+def compact(
+    catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
+) -> None:
+    """Merge the catalog's TileDB fragments (one per commit) into one per array, for faster
+    queries after a large ingest. Run it when no job reads the catalog; ingests wait."""
+    with handle_errors():
+        import time
+
+        import catalog
+
+        cat = catalog.open(catalog_dir)
+        t0 = time.perf_counter()
+        with progress_bars() as bars:
+            done = cat.compact(progress=bars)
+        typer.echo(f"{catalog_dir}: compacted {', '.join(done)} in {time.perf_counter() - t0:.0f} s")
+
+
+@app.command()
 def query(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     organ: Annotated[list[str] | None, typer.Option(help="Organ(s) to keep.")] = None,

@@ -167,3 +167,43 @@ def test_gene_major_layer_reads_equal_row_major(
     for name, got in expr.items():
         np.testing.assert_array_equal(got.toarray(), want, err_msg=name)
     assert expr["gene-major"].sum() > 0
+
+
+def _fragments(cat: catalog.Catalog) -> dict[str, int]:
+    soma = cat.path / "soma"
+    arrays = {"obs": soma / "obs", "var": soma / "ms" / "RNA" / "var"}
+    arrays.update({p.name: p for p in (soma / "ms" / "RNA" / "X").iterdir() if (p / "__fragments").is_dir()})
+    return {k: len(list((p / "__fragments").iterdir())) for k, p in arrays.items()}
+
+
+def test_compact_merges_fragments_and_changes_no_pair(
+    ingested: tuple[catalog.Catalog, list[Case]], cohort: list[Case], tmp_path: Path
+) -> None:
+    from cli.hestkit import app
+    from hestkit.sample import ReadOptions
+
+    cat, _ = ingested
+    work = _copy(cat, tmp_path / "compact")
+    frags = _fragments(work)
+    assert frags["obs"] == frags["counts"] == frags["counts_by_gene"] == 4  # one commit per sample
+    before = work.pairs()
+    few = [before.genes[i] for i in (0, 5, 9)]
+    res = CliRunner().invoke(app, ["compact", str(work.path)])
+    assert res.exit_code == 0, res.output
+    assert set(_fragments(work).values()) == {1}
+    again = catalog.open(work.path)
+    after = again.pairs()
+    _same_view(after, before)
+    _same_view(after.with_genes(few), before.with_genes(few))
+    # the compacted catalog takes new commits: a fourth sample appends after the merged rows
+    extra = cohort[0]
+    rep = again.ingest([extra.path], options=ReadOptions(sample_id="breastA2", organ="Breast", patient="P9"), workers=1)
+    assert not rep.failed, rep.failed[0].message
+    grown = catalog.open(work.path).pairs()
+    assert len(grown) == len(before) + len(catalog.open(work.path).pairs(sample_ids=["breastA2"]))
+    old_rows = grown.subset(np.flatnonzero(grown.obs["sample_id"].to_numpy() != "breastA2"))
+    pd.testing.assert_frame_equal(old_rows.obs, before.obs)
+    a2 = catalog.open(work.path).pairs(sample_ids=["breastA2"])
+    a1 = catalog.open(work.path).pairs(sample_ids=["breastA"])
+    assert (a2.expression() != a1.expression()).nnz == 0  # same source, same counts
+    assert _fragments(work)["obs"] == 2

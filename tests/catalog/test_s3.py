@@ -194,6 +194,17 @@ def test_cli_on_s3(s3_env: str, two_samples: list[SyntheticSample]) -> None:
     assert r.exit_code == 0, r.output
     assert str(int(t.in_tissue.sum())) in r.output
     assert len(catalog.open(uri).pairs(organ="Breast")) == int(t.in_tissue.sum())
+    # a second commit (a second fragment per array), then compaction: the same pairs
+    t1 = two_samples[1]
+    r = CliRunner().invoke(app, ["ingest", str(t1.path), "--catalog", uri, "--sample-id", "cli1", "--organ", "Lung"])
+    assert r.exit_code == 0, r.output
+    before = catalog.open(uri).pairs()
+    r = CliRunner().invoke(app, ["compact", uri])
+    assert r.exit_code == 0 and "compacted obs, ms/RNA/var, ms/RNA/X/counts, ms/RNA/X/counts_by_gene" in r.output, r.output
+    after = catalog.open(uri).pairs()
+    assert after.obs.equals(before.obs) and after.genes == before.genes
+    assert (after.expression() != before.expression()).nnz == 0
+    assert (after.with_genes(after.genes[:2]).expression() != before.with_genes(before.genes[:2]).expression()).nnz == 0
     # what is not on object storage yet says so
     cat = catalog.open(uri)
     assert cat.volumes().empty and cat.sections().empty
