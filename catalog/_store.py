@@ -59,10 +59,10 @@ CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.0.0"
 #: (``genes_ref``); 1.x manifests carry it inline (``genes``) and are still read.
 MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "2.0.0"
 GENE_LIST_ENCODING, GENE_LIST_VERSION = "hestkit-gene-list", "1.0.0"
-#: File-name suffix of a gene list's var-joinid index, ``genes/{sha256}.joinids-v1.npy``: a
-#: 1-D int32 (int64 past 2**31 genes) ``.npy`` holding the var ``soma_joinid`` of each gene of the list, in the
-#: list's order. The version is in the name, so a reader never parses a newer layout: it
-#: ignores the file and maps the names itself.
+#: File-name suffix of a gene list's var-joinid index, ``genes/{sha256}.joinids-v1.npy``:
+#: a 1-D int32 ``.npy`` (int64 past 2**31 genes) holding the var ``soma_joinid`` of each
+#: gene of the list, in the list's order. The version is in the name, so a reader never
+#: parses a newer layout: it ignores the file and maps the names itself.
 GENE_JOINIDS_SUFFIX = "joinids-v1.npy"
 PATCHES_ENCODING, PATCHES_VERSION = "hestkit-patches", "1.0.0"
 VOLUME_ENCODING, VOLUME_VERSION = "hestkit-volume", "1.0.0"
