@@ -54,7 +54,9 @@ __all__ = [
     "zarr_open_group",
 ]
 
-CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.0.0"
+#: 1.1.0: new catalogs have the gene-major ``X/counts_by_gene`` layer and gene-list var
+#: indexes (both optional for readers: 1.0.0 catalogs are read as before).
+CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.1.0"
 #: 2.0.0: the gene list moved out of the manifest into a shared ``genes/{sha256}.json``
 #: (``genes_ref``); 1.x manifests carry it inline (``genes``) and are still read.
 MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "2.0.0"

@@ -667,8 +667,10 @@ def _create(layout: Layout, spec: PairSpec) -> None:
         },
         "elements": {
             "manifest": "one JSON per committed sample; the set of these files is the catalog's content",
-            "genes": "genes/{sha256}.json: one gene list per distinct list, referenced by manifests' genes_ref",
-            "soma": "TileDB-SOMA Experiment: obs (one row per pair), ms/RNA/var (gene union), ms/RNA/X/counts (raw)",
+            "genes": "genes/{sha256}.json: one gene list per distinct list, referenced by manifests' genes_ref; "
+            "genes/{sha256}.joinids-v1.npy: its var joinids",
+            "soma": "TileDB-SOMA Experiment: obs (one row per pair), ms/RNA/var (gene union), ms/RNA/X/counts (raw, "
+            "row-major), ms/RNA/X/counts_by_gene (the same, gene-major)",
             "patches": "zarr v3 group per sample ingest: patches (n, size, size, 3) uint8 JPEG, thumbnail",
         },
     }
