@@ -412,7 +412,8 @@ def _obs_frame(tbl: pa.Table, categorical: bool = True) -> pd.DataFrame:
     if categorical:
         for c in _TEXT_PER_SAMPLE:
             if c in df.columns:
-                df[c] = pd.Categorical(df[c].astype(object), categories=pd.Index(pd.unique(df[c].astype(object)), dtype=object))
+                vals = df[c].astype(object)
+                df[c] = pd.Categorical(vals, categories=pd.Index(pd.unique(vals), dtype=object))
     return df.reset_index(drop=True)
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "check_sample_id",
     "is_remote",
     "join",
+    "json_bytes",
     "new_ingest_id",
     "read_json",
     "soma_context",
@@ -300,13 +301,25 @@ class Layout:
         return json.loads(data), str(head["ETag"])
 
     def write_json(self, uri: str, obj: Any, *, if_absent: bool = False, if_match: str | None = None) -> None:
-        """Write ``obj`` as one atomic replacement: local temp file + fsync + rename; on S3 a
-        single PUT, conditional on the key being absent (``if_absent``) or unchanged
+        """Write ``obj`` as JSON with :meth:`write_bytes` (same atomicity and conditions)."""
+        self.write_bytes(uri, json_bytes(obj), if_absent=if_absent, if_match=if_match, content_type="application/json")
+
+    def write_bytes(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        """Write ``data`` as one atomic replacement: local temp file + fsync + rename; on S3
+        a single PUT, conditional on the key being absent (``if_absent``) or unchanged
         (``if_match``, an ETag). A failed condition raises :class:`CommitConflict`."""
         if not self.remote:
             p = Path(uri)
             p.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(p, obj)
+            atomic_write_bytes(p, data)
             return
         from . import _s3
 
@@ -317,9 +330,8 @@ class Layout:
             cond["IfNoneMatch"] = "*"
         elif if_match is not None:
             cond["IfMatch"] = if_match
-        body = json.dumps(obj, indent=1, default=_json_default).encode()
         try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/json", **cond)
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, ContentType=content_type, **cond)
         except Exception as exc:
             code = _s3.error_code(exc)
             if cond and (
@@ -328,29 +340,33 @@ class Layout:
                 raise CommitConflict(f"{uri}: changed by another writer meanwhile ({code or type(exc).__name__})") from exc
             raise _s3.translate_error(exc, self.uri) from exc
 
-    def write_bytes_once(self, uri: str, data: bytes) -> bool:
-        """Store an immutable object unless it exists (its content is fixed by its name).
-        Locally an atomic temp-file rename; on S3 a PUT conditional on the key being
-        absent. Returns False when it was already there."""
-        if not self.remote:
-            p = Path(uri)
-            if p.exists():
-                return False
-            p.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(p, data)
-            return True
-        from . import _s3
-
-        fs = self._fs()
-        bucket, key = _key(uri).split("/", 1)
+    def write_once(self, uri: str, data: bytes) -> bool:
+        """Store an immutable object unless it exists (its content is fixed by its name):
+        locally skipped when the file exists, else written atomically; on S3 a PUT
+        conditional on the key being absent, where losing to an existing key is success.
+        Returns False when it was already there."""
+        if not self.remote and os.path.exists(uri):
+            return False
         try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except Exception as exc:
-            code = _s3.error_code(exc)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or isinstance(exc, FileExistsError):
-                return False
-            raise _s3.translate_error(exc, self.uri) from exc
+            self.write_bytes(uri, data, if_absent=True)
+        except CommitConflict:
+            return False  # another writer stored this very object
         return True
+
+    def names_in(self, dir_uri: str) -> list[str]:
+        """The sorted names of the objects directly under ``dir_uri`` (one LIST on S3), or
+        none when it does not exist."""
+        if not self.remote:
+            try:
+                return sorted(os.listdir(dir_uri))
+            except FileNotFoundError:
+                return []
+        fs = self._fs()
+        try:
+            keys = self._s3_call(fs.ls, _key(dir_uri), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(str(k).rsplit("/", 1)[-1] for k in keys)
 
     def read_many(self, uris: Sequence[str]) -> dict[str, bytes]:
         """The bytes of each of ``uris`` that exists (absent ones are left out); on S3 with
@@ -376,21 +392,13 @@ class Layout:
 
     def manifest_files(self) -> list[tuple[str, Any]]:
         """``(uri, parsed JSON)`` of every manifest, sorted by name."""
+        uris = [
+            self.join("manifest", n) for n in self.names_in(self.manifest_dir) if n.endswith(".json") and not n.startswith(".")
+        ]
         if not self.remote:
-            d = Path(self.manifest_dir)
-            if not d.exists():
-                return []
-            return [(str(p), read_json(p)) for p in sorted(d.glob("*.json")) if not p.name.startswith(".")]
-        fs = self._fs()
-        try:
-            names = self._s3_call(fs.ls, _key(self.manifest_dir), detail=False)
-        except FileNotFoundError:
-            return []
-        keys = sorted(n for n in names if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith("."))
-        if not keys:
-            return []
-        blobs = self._s3_call(fs.cat, keys, on_error="omit")  # concurrent GETs
-        return [(f"s3://{k}", json.loads(blobs[k])) for k in keys if k in blobs]
+            return [(u, read_json(Path(u))) for u in uris]
+        blobs = self.read_many(uris)  # concurrent GETs
+        return [(u, json.loads(blobs[u])) for u in uris if u in blobs]
 
     def remove_tree(self, uri: str) -> None:
         if not self.remote:
@@ -437,9 +445,14 @@ class CommitConflict(CatalogError):
     """A conditional write lost to another writer."""
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How the catalog writes its JSON elements (indent 1, numpy scalars and paths allowed)."""
+    return json.dumps(obj, indent=1, sort_keys=False, default=_json_default).encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default).encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -251,8 +251,8 @@ class Catalog:
         manifests = self.manifests()
         vl = self._var_lookup(manifests)
         refs = sorted({str(m["genes_ref"]): m for m in manifests if m.get("genes_ref")}.items())
-        have = self.layout.read_many([self.layout.gene_joinids(r) for r, _ in refs]) if refs else {}
-        todo = [(r, m) for r, m in refs if self.layout.gene_joinids(r) not in have]
+        have = set(self.layout.names_in(self.layout.join("genes")))
+        todo = [(r, m) for r, m in refs if self.layout.gene_joinids(r).rsplit("/", 1)[-1] not in have]
         written = 0
         for k, (ref, m) in enumerate(todo):
             genes = self.sample_genes(m)

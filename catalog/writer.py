@@ -41,6 +41,7 @@ from ._store import (
     CommitConflict,
     Layout,
     check_sample_id,
+    json_bytes,
     new_ingest_id,
     zarr_open_group,
 )
@@ -225,8 +226,7 @@ def _obs_frame(prep: _Prepared, ingest_id: str) -> pd.DataFrame:
     md = s.metadata
 
     def text(key: str) -> str:
-        v = md.get(key)
-        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+        return _soma.obs_text(md.get(key))
 
     n = len(spots)
     return pd.DataFrame(
@@ -356,14 +356,8 @@ def write_gene_list(layout: Layout, genes: Sequence[str]) -> str:
     concurrent writers: the content is fixed by the name, so an existing file (locally) or
     a lost conditional PUT (S3) means the same list is already stored."""
     ref = gene_list_ref(genes)
-    uri = layout.gene_list(ref)
-    if not layout.remote and os.path.exists(uri):
-        return ref
     doc = {"encoding-type": GENE_LIST_ENCODING, "encoding-version": GENE_LIST_VERSION, "genes": [str(g) for g in genes]}
-    try:
-        layout.write_json(uri, doc, if_absent=True)
-    except CommitConflict:
-        pass  # another writer stored this very list (same name, same content)
+    layout.write_once(layout.gene_list(ref), json_bytes(doc))
     return ref
 
 
@@ -379,7 +373,7 @@ def write_gene_joinids(layout: Layout, ref: str, joinids: Sequence[int] | np.nda
     buf = io.BytesIO()
     j = np.asarray(joinids, dtype=np.int64)
     np.save(buf, j.astype(np.int32) if not len(j) or int(j.max()) < 2**31 else j, allow_pickle=False)
-    return layout.write_bytes_once(layout.gene_joinids(ref), buf.getvalue())
+    return layout.write_once(layout.gene_joinids(ref), buf.getvalue())
 
 
 def _check(lock: Any) -> None:
