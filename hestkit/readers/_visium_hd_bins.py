@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,20 @@ class _Positions:
         self.pxl_col = pxl_col
 
 
+@contextmanager
+def _positions_errors(path: Path) -> Iterator[None]:
+    """An Arrow, I/O or value error while streaming a positions table becomes one
+    :class:`ReaderError` that names the file and the fix (reader errors pass through)."""
+    try:
+        yield
+    except ReaderError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ReaderError(
+            path, f"cannot be parsed as a positions table ({exc})", "re-copy it from Space Ranger's outs/spatial/"
+        ) from exc
+
+
 def _open_positions_parquet(path: Path) -> pq.ParquetFile:
     """The parquet file, its 6 columns checked (missing or non-numeric: :class:`ReaderError`)."""
     pf = pq.ParquetFile(path)
@@ -130,7 +145,7 @@ def _read_positions(path: Path) -> _Positions:
             df["pxl_row_in_fullres"].to_numpy(),
             df["pxl_col_in_fullres"].to_numpy(),
         )
-    try:
+    with _positions_errors(path):
         pf = _open_positions_parquet(path)
         n = pf.metadata.num_rows
         cols: dict[str, NDArray[Any] | None] = dict.fromkeys(_POS_COLUMNS)
@@ -150,12 +165,6 @@ def _read_positions(path: Path) -> _Positions:
         if start != n:
             raise ValueError(f"{start} rows where its metadata says {n}")
         pa.default_memory_pool().release_unused()  # the decoded batches are gone: give their pages back
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        if isinstance(exc, ReaderError):
-            raise
-        raise ReaderError(
-            path, f"cannot be parsed as a positions table ({exc})", "re-copy it from Space Ranger's outs/spatial/"
-        ) from exc
 
     def col(c: str, empty: str) -> NDArray[Any]:
         v = cols[c]
@@ -464,7 +473,7 @@ def _read_position_grid(path: Path) -> _PositionGrid | None:
     table does not fit the scheme (a barcode that is not a bin barcode of one template or
     disagrees with its array_row/array_col, a duplicate, a non-finite index, an empty table,
     a grid much larger than the table): the reader then joins on the barcodes instead."""
-    try:
+    with _positions_errors(path):
         pf = _open_positions_parquet(path)
         n = pf.metadata.num_rows
         if n == 0:
@@ -515,12 +524,6 @@ def _read_position_grid(path: Path) -> _PositionGrid | None:
                 part.append(v[take])
             seen_fit += ok.size
         pa.default_memory_pool().release_unused()
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        if isinstance(exc, ReaderError):
-            raise
-        raise ReaderError(
-            path, f"cannot be parsed as a positions table ({exc})", "re-copy it from Space Ranger's outs/spatial/"
-        ) from exc
     if template is None:
         return None
     return _PositionGrid(template, row0, col0, n_cols, state, [np.concatenate(p) for p in fit_parts])

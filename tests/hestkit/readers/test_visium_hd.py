@@ -300,6 +300,20 @@ def test_duplicate_positions_and_corrupt_matrix(small_copy: Path) -> None:
         _load(small_copy)
 
 
+def test_unreadable_or_inconsistent_positions_parquet_names_the_file_and_fix(small_copy: Path, tmp_path: Path) -> None:
+    from hestkit.errors import ReaderError
+
+    ppath = small_copy / "binned_outputs" / "square_002um" / "spatial" / "tissue_positions.parquet"
+    pos = pd.read_parquet(ppath)
+    bad = tmp_path / "tissue_positions.parquet"
+    bad.write_bytes(ppath.read_bytes()[: len(ppath.read_bytes()) // 2])  # truncated: Arrow cannot open it
+    for read in (hdb._read_positions, hdb._read_position_grid):
+        with pytest.raises(ReaderError, match=r"tissue_positions\.parquet.*cannot be parsed as a positions table.*outs/spatial"):
+            read(bad)
+    pos.to_parquet(bad, index=False)
+    assert len(hdb._read_positions(bad).barcode) == len(pos)  # the same table, whole: read
+
+
 # -- real data: the VisiumIO 2 um schema fixture (10 bins x 10 genes, no counts) -----------
 
 
