@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 Catalog = Annotated[str, typer.Argument(help="Catalog folder holding volumes and linked sections.")]
-Epochs = Annotated[int, typer.Option(help="Epochs.")]
+Epochs = Annotated[int, typer.Option(min=0, help="Epochs (0 writes the untouched model, without a training step).")]
 BatchSize = Annotated[int, typer.Option(help="Sub-volumes per step.")]
 Lr = Annotated[float, typer.Option(help="AdamW learning rate (1e-4 for pretrained encoders; ~1e-3 for small random ones).")]
 WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]

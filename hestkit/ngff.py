@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from .volume import VolumeLike
 
-__all__ = ["NGFF_VERSION", "NgffVolumeWriter", "pyramid_plan", "write_volume_ngff"]
+__all__ = ["NGFF_VERSION", "NgffVolumeWriter", "omero_metadata", "pyramid_plan", "write_volume_ngff"]
 
 NGFF_VERSION = "0.5"
 
@@ -125,16 +125,42 @@ class NgffVolumeWriter:
             ],
         }
         names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(self.channels)]
-        if self.dtype == np.uint8:
-            ome["omero"] = {
-                "channels": [
-                    {"label": str(n), "active": True, "window": {"min": 0, "max": 255, "start": 0, "end": 255}} for n in names
-                ],
-            }
+        if len(names) != self.channels:
+            raise ValueError(f"{len(names)} channel names for {self.channels} channels")
+        ome["omero"] = omero_metadata(names, self.dtype)
         attrs: dict[str, Any] = {"ome": ome}
         if attributes:
             attrs.update(attributes)
         self.group.attrs.update(attrs)
+
+    def set_windows(self, windows: Sequence[tuple[float, float, float, float]]) -> None:
+        """Set each channel's display window ``(min, max, start, end)`` in the ``omero`` block."""
+        ome = dict(self.group.attrs["ome"])
+        omero = dict(ome.get("omero") or omero_metadata([f"c{i}" for i in range(self.channels)], self.dtype))
+        if len(windows) != len(omero["channels"]):
+            raise ValueError(f"{len(windows)} windows for {len(omero['channels'])} channels")
+        omero["channels"] = [
+            {**ch, "window": {"min": float(a), "max": float(b), "start": float(c), "end": float(d)}}
+            for ch, (a, b, c, d) in zip(omero["channels"], windows, strict=True)
+        ]
+        ome["omero"] = omero
+        self.group.attrs["ome"] = ome
+
+    def windows_from_data(self, *, level: int | None = None, percentiles: tuple[float, float] = (0.5, 99.5)) -> None:
+        """Display windows from the written values: min/max of each channel, and ``start``/``end``
+        at the given percentiles, read from the coarsest level (or ``level``), never level 0 whole."""
+        lvl = len(self.factors) - 1 if level is None else level
+        a = np.asarray(self.array(lvl)[:], dtype=np.float64).reshape(self.channels, -1)
+        wins: list[tuple[float, float, float, float]] = []
+        for row in a:
+            v = row[np.isfinite(row)]
+            if v.size == 0:
+                wins.append((0.0, 1.0, 0.0, 1.0))
+                continue
+            lo, hi = float(v.min()), float(v.max())
+            s, e = (float(x) for x in np.percentile(v, percentiles))
+            wins.append((lo, hi if hi > lo else lo + 1.0, s, e if e > s else s + 1.0))
+        self.set_windows(wins)
 
     def array(self, level: int = 0) -> Any:
         return self.group[str(level)]
@@ -188,6 +214,39 @@ class NgffVolumeWriter:
                         dst[:, z0:z1, y0:y1, x0:x1] = _pool(blk, rz, ry, (z1 - z0, y1 - y0, x1 - x0)).astype(self.dtype)
             if progress:
                 progress(i, len(self.factors) - 1)
+
+
+# one colour per channel for viewers (RGB hex, as the NGFF ``omero`` block requires)
+_STAIN_COLOURS = {
+    "dapi": "0000FF", "nuclear": "0000FF", "hematoxylin": "4B0082", "eosin": "FF00FF", "red": "FF0000",
+    "green": "00FF00", "blue": "0000FF", "gray": "FFFFFF", "grey": "FFFFFF", "intensity": "FFFFFF",
+    "autofluorescence": "00FF00", "tissue": "FFFFFF",
+}
+_PALETTE = ("FFFFFF", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF", "FF8000")
+
+
+def _default_window(dtype: np.dtype[Any]) -> dict[str, float]:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return {"min": float(info.min), "max": float(info.max), "start": float(info.min), "end": float(info.max)}
+    # floats: a provisional unit window; writers replace it from the data (windows_from_data)
+    return {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
+
+
+def omero_metadata(names: Sequence[str], dtype: str | np.dtype[Any]) -> dict[str, Any]:
+    """The NGFF ``omero`` block: a label, a colour and a display window per channel.
+
+    Integer images get their dtype's full range; floating-point images a provisional
+    ``[0, 1]`` window that :meth:`NgffVolumeWriter.windows_from_data` replaces.
+    """
+    dt = np.dtype(dtype)
+    single = len(names) == 1
+    chans = []
+    for i, n in enumerate(names):
+        key = str(n).lower()
+        colour = "FFFFFF" if single else _STAIN_COLOURS.get(key, _PALETTE[i % len(_PALETTE)])
+        chans.append({"label": str(n), "color": colour, "active": True, "window": _default_window(dt)})
+    return {"channels": chans, "rdefs": {"model": "color" if len(names) > 1 else "greyscale"}}
 
 
 def _pool(a: NDArray[Any], rz: int, ry: int, out_zyx: tuple[int, int, int]) -> NDArray[Any]:

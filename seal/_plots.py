@@ -10,22 +10,22 @@ __all__ = ["plot_loss_curve"]
 
 def plot_loss_curve(log: Path, out: Path) -> Path:
     """Training loss terms per step, and validation Pearson per epoch, from a JSONL log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     steps: list[dict[str, float]] = []
     epochs: list[dict[str, float]] = []
     for line in log.read_text().splitlines():
         rec = json.loads(line)
         (steps if "loss" in rec and "lr" in rec else epochs).append(rec)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     for key in ("loss", "clip", "recon", "pred"):
-        axes[0].plot([r["step"] for r in steps], [r[key] for r in steps], label=key, lw=1)
+        if steps and key in steps[0]:
+            axes[0].plot([r["step"] for r in steps], [r[key] for r in steps], label=key, lw=1)
     axes[0].set_xlabel("step")
-    axes[0].set_title("training loss")
-    axes[0].legend(fontsize=8)
+    axes[0].set_title("training loss" if steps else "no training step")
+    if steps:
+        axes[0].legend(fontsize=8)
     val = [r for r in epochs if "val_pearson" in r]
     if val:
         axes[1].plot([r["epoch"] + 1 for r in val], [r["val_pearson"] for r in val], marker="o")
@@ -35,5 +35,4 @@ def plot_loss_curve(log: Path, out: Path) -> Path:
     axes[1].set_xlabel("epoch")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

@@ -101,8 +101,10 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (the contrastive term needs pairs)")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0 (0 writes the untouched model without a step), got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (the contrastive term needs pairs), got {self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -338,13 +338,11 @@ def results_markdown(summary: dict[str, Any]) -> str:
 
 
 def _bar_plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     groups = [(vid, sec) for vid, v in summary["volumes"].items() for sec in v["heldout"]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) + 2) + 3.0, 3.8))
+    fig = Figure(figsize=(max(5.0, 1.6 * len(groups) + 2) + 3.0, 3.8))
+    ax = fig.subplots()
     w = 0.8 / len(METHODS)
     for k, m in enumerate(METHODS):
         vals = [summary["volumes"][v]["heldout"][s]["methods"][m]["pearson_mean"] or 0.0 for v, s in groups]
@@ -357,4 +355,3 @@ def _bar_plot(summary: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -121,10 +121,7 @@ def _overlay(
 
 def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, *, max_px: int = 512) -> Path:
     """XY, XZ and YZ planes through the middle of the grid, prediction over morphology."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     p = _Pred(pred_path)
     gi = p.gene_index(gene)
@@ -133,7 +130,8 @@ def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, 
     sz, sy, sx = p.stride
     kz, ky, kx = nz // 2, ny // 2, nx // 2
     Z, Y, X = nz * sz, ny * sy, nx * sx
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), gridspec_kw={"width_ratios": [X, X, Y]})
+    fig = Figure(figsize=(13, 4.4))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [X, X, Y]})
     xy = _overlay(
         axes[0],
         _morph_xy(volume, (kz + 0.5) * sz, max_px),
@@ -167,7 +165,6 @@ def orthoslices(pred_path: str | Path, volume: Any, gene: str, out: str | Path, 
     fig.suptitle(f"VORTEX prediction: {gene}")
     out = Path(out)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -175,10 +172,7 @@ def depth_montage(
     pred_path: str | Path, volume: Any, gene: str, out: str | Path, *, n_planes: int = 8, max_px: int = 256
 ) -> Path:
     """XY planes at ``n_planes`` evenly spaced depths, prediction over morphology."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     p = _Pred(pred_path)
     gi = p.gene_index(gene)
@@ -188,7 +182,8 @@ def depth_montage(
     ks = sorted({round(v) for v in np.linspace(0, nz - 1, min(n_planes, nz))})
     cols = min(4, len(ks))
     rows = int(np.ceil(len(ks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     im = None
     for ax, k in zip(axes.ravel(), ks, strict=False):
         im = _overlay(
@@ -209,7 +204,6 @@ def depth_montage(
     fig.suptitle(f"{gene} through depth")
     out = Path(out)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 

@@ -283,6 +283,7 @@ def predict_volume(
     if len(done) == len(blocks):
         w.build_pyramid()
         m.build_pyramid()
+        w.windows_from_data()  # display windows of the predicted values (float32), per gene
         w.group.attrs["vortex"] = {
             **w.group.attrs["vortex"],
             "model_key": settings["model_key"],

@@ -6,6 +6,7 @@ CUDA (fp32 on CPU), seeded runs (deterministic on CPU), a checkpoint after every
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from .errors import SectionError
 from .model import VortexModel, build_model, load_model, save_model
 
 __all__ = ["finetune", "pair_spec", "predict_pairs", "pretrain", "train_model", "volume_view"]
+
+logger = logging.getLogger(__name__)
 
 _SMOOTH_COLUMNS = ("sample_id", "array_row", "array_col", "technology")
 
@@ -170,6 +173,9 @@ def train_model(
     start, step = _resume_checkpoint(ckpt_path, model, opt, sched, cfg.to_dict()) if resume else (0, 0)
 
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    log_path.touch()
+    if cfg.epochs == 0:
+        logger.info("epochs=0: writing the untouched model to %s without a training step", out)
     for epoch in range(start, last):
         torch.manual_seed(cfg.seed * 1000 + epoch)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)

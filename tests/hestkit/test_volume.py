@@ -160,6 +160,19 @@ def test_ngff_pyramid_is_valid_and_pooled(tmp_path: Path) -> None:
     w.build_pyramid()
     assert w.factors[:2] == [(1, 1, 1), (2, 2, 2)]
     NgffImage.from_zarr(zarr.open_group(str(tmp_path / "p.zarr"), mode="r"))  # validates the NGFF 0.5 metadata
+    from ome_zarr_models.common.omero import Omero
+
+    omero = Omero.model_validate(zarr.open_group(str(tmp_path / "p.zarr"), mode="r").attrs["ome"]["omero"])  # type: ignore[index]
+    assert [(c.model_extra or {}).get("label") for c in omero.channels] == ["c0", "c1"]
+    assert all((c.window.min, c.window.max) == (0, 255) for c in omero.channels)  # uint8: the dtype's range
+    f = NgffVolumeWriter(tmp_path / "f.zarr", (4, 32, 32), channels=1, voxel_size_um=(1, 1, 1), dtype="float32", channel_names=["EPCAM"])
+    f.write_block((0, 0, 0), np.linspace(-2.0, 3.0, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32))
+    f.windows_from_data(level=0)
+    (ch,) = Omero.model_validate(f.group.attrs["ome"]["omero"]).channels
+    assert (ch.model_extra or {}).get("label") == "EPCAM" and (ch.window.min, ch.window.max) == (-2.0, 3.0)
+    assert -2.0 < ch.window.start < ch.window.end < 3.0
+    with pytest.raises(ValueError, match="channel names"):
+        NgffVolumeWriter(tmp_path / "g.zarr", (4, 32, 32), channels=2, voxel_size_um=(1, 1, 1), channel_names=["a"])
     v = open_volume(tmp_path / "p.zarr")
     assert len(v.levels) == len(w.factors) and v.levels[1].scale_zyx == (2.0, 2.0, 2.0)
     lvl1 = v.read(slice(0, 4), slice(0, 48), slice(0, 40), 1).astype(float)

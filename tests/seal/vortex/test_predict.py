@@ -75,6 +75,14 @@ def test_predict_writes_multiscale_ngff_and_resumes(
     from ome_zarr_models.v05.labels import Labels
 
     NgffImage.from_zarr(g)
+    # every channel carries its gene name, a colour and a display window fitted to the float values
+    from ome_zarr_models.common.omero import Omero
+
+    omero = Omero.model_validate(g.attrs["ome"]["omero"])  # type: ignore[index]
+    assert [(c.model_extra or {}).get("label") for c in omero.channels] == g.attrs["vortex"]["genes"]  # type: ignore[index]
+    for c, plane in zip(omero.channels, values, strict=True):
+        assert c.window.min <= c.window.start < c.window.end <= c.window.max
+        assert c.window.max <= float(plane.max()) + 1e-5 and c.window.min >= float(plane.min()) - 1e-5
     Labels.from_zarr(g["labels"])
     ImageLabel.from_zarr(g["labels/tissue_mask"])
     from ome_zarr.io import parse_url

@@ -32,9 +32,9 @@ class _Source:
         return self.subs[i], self.counts[i]
 
 
-def _run(out: Path, *, stop_after: int | None = None, resume: bool = False) -> Path:
+def _run(out: Path, *, stop_after: int | None = None, resume: bool = False, epochs: int = 2) -> Path:
     cfg = ModelConfig(backbone="test_vit", create_kwargs={"img_size": 32}, n_slices=3, aggregation="transformer")
-    tcfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, n_genes=10, smooth=False, device="cpu", max_steps_per_epoch=2)
+    tcfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, n_genes=10, smooth=False, device="cpu", max_steps_per_epoch=2)
     src = _Source()
     prep, values = fit_preprocessing(src, n_genes=10, smooth=False)  # type: ignore[arg-type]
     model, px = build_model(cfg, len(prep.genes), 1, seed=tcfg.seed)
@@ -62,3 +62,19 @@ def test_seeded_runs_are_identical_and_resume_matches(tmp_path: Path) -> None:
     lm = load_model(a)
     x = torch.rand(2, 3, 1, 32, 32)
     assert lm.model.predict(x).shape == (2, 10)
+
+
+def test_zero_epochs_writes_the_untouched_model(tmp_path: Path) -> None:
+    out = _run(tmp_path / "z", epochs=0)
+    assert (out / "model.safetensors").exists() and (out / "loss_curve.png").exists()
+    assert not [r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+    # the same weights as a freshly built model with the same seed: no step was taken
+    cfg = ModelConfig(backbone="test_vit", create_kwargs={"img_size": 32}, n_slices=3, aggregation="transformer")
+    fresh, _ = build_model(cfg, 10, 1, seed=0)
+    saved = load_file(str(out / "model.safetensors"))
+    state = {k: v for k, v in fresh.state_dict().items() if k in saved}
+    assert state and all(torch.equal(saved[k], v) for k, v in state.items())
+    import pytest
+
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        TrainConfig(epochs=-1)
