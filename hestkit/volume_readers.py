@@ -359,6 +359,13 @@ class NgffVolume(VolumeSource):
     def attrs(self) -> dict[str, Any]:
         return self._attrs
 
+    def to_xarray(self, level: int = 0) -> Any:
+        """This image (one pyramid level) as a lazy ``xarray.DataArray`` with micrometre
+        coordinates of voxel centres and named channels (:func:`hestkit.ngff.ngff_to_xarray`)."""
+        from .ngff import ngff_to_xarray
+
+        return ngff_to_xarray(self.path, level=level)
+
     def _read_native(self, z: slice, y: slice, x: slice, level: int) -> NDArray[Any]:
         wanted: dict[str, Any] = {"z": z, "y": y, "x": x, "c": slice(None)}
         arr = np.asarray(self._arrays[level][tuple(wanted.get(ax, 0) for ax in self._axes)])

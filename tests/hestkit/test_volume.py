@@ -171,6 +171,16 @@ def test_ngff_pyramid_is_valid_and_pooled(tmp_path: Path) -> None:
     (ch,) = Omero.model_validate(f.group.attrs["ome"]["omero"]).channels
     assert (ch.model_extra or {}).get("label") == "EPCAM" and (ch.window.min, ch.window.max) == (-2.0, 3.0)
     assert -2.0 < ch.window.start < ch.window.end < 3.0
+    # lazily as xarray, with micrometre voxel-centre coordinates and named channels
+    import dask.array as da
+
+    xa = open_volume(tmp_path / "p.zarr").to_xarray(level=1)  # type: ignore[attr-defined]
+    assert xa.dims == ("c", "z", "y", "x") and isinstance(xa.data, da.Array)
+    np.testing.assert_allclose(xa["y"].values, (np.arange(48) + 0.5) * 2.0)
+    assert list(xa["c"].values) == ["c0", "c1"] and xa["x"].attrs["units"] == "micrometer"
+    np.testing.assert_array_equal(xa.isel(c=1).values, open_volume(tmp_path / "p.zarr").read(slice(0, 4), slice(0, 48), slice(0, 40), 1)[..., 1])
+    with pytest.raises(ValueError, match="level 9"):
+        open_volume(tmp_path / "p.zarr").to_xarray(level=9)  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="channel names"):
         NgffVolumeWriter(tmp_path / "g.zarr", (4, 32, 32), channels=2, voxel_size_um=(1, 1, 1), channel_names=["a"])
     v = open_volume(tmp_path / "p.zarr")

@@ -85,6 +85,12 @@ def test_predict_writes_multiscale_ngff_and_resumes(
         assert c.window.max <= float(plane.max()) + 1e-5 and c.window.min >= float(plane.min()) - 1e-5
     Labels.from_zarr(g["labels"])
     ImageLabel.from_zarr(g["labels/tissue_mask"])
+    from hestkit.ngff import ngff_to_xarray
+
+    xa = ngff_to_xarray(out)
+    assert list(xa["c"].values) == g.attrs["vortex"]["genes"]  # type: ignore[index]
+    np.testing.assert_allclose(xa.values, values)
+    np.testing.assert_allclose(xa["z"].values, (np.arange(values.shape[1]) + 0.5) * 20.0)  # voxel centres, um
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
