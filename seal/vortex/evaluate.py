@@ -10,7 +10,11 @@ Methods compared in the same run, on the same held-out spots and genes:
 ``2d``          (c) a frozen 2D encoder (the pretrained model's backbone and weights, or
                 ``encoder_2d``: ``timm:NAME[@WEIGHTS]`` or a ``seal fit`` model directory)
                 on the single nearest slice (the sub-volume's centre plane) + the HEST
-                ridge probe (StandardScaler -> PCA -> Ridge) fit on the fine-tuning section.
+                ridge probe (StandardScaler -> PCA -> Ridge) fit on the fine-tuning section;
+``texture``     (d) fixed 3D texture/intensity features of each sub-volume
+                (:mod:`seal.vortex.texture`) + a quadratic ridge probe, fit on the
+                pretraining sections (those the pretrained model was trained on; the
+                fine-tuning section when the catalog no longer holds them, said in the results).
 
 Targets are the held-out sections' measured expression, preprocessed as the model's genes
 (log-normalised). Metrics: Pearson and Spearman per gene over the spots of each held-out
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 
 from ..data import apply_preprocessing
+from ..errors import SelectionError
 from ..evaluate import pearson_per_gene, ridge_probe
 from ..train import _amp, resolve_device
 from .channels import ChannelMapper
@@ -39,16 +44,18 @@ from .data import SubvolumeTransform
 from .encoder import backbone_data_config, build_backbone
 from .errors import SectionError
 from .model import LoadedModel, load_model
+from .texture import TextureProbe, subvolume_features
 from .train import finetune, pair_spec, volume_view
 
 __all__ = ["METHODS", "SerialSectionConfig", "SerialSectionResult", "serial_section_eval", "spearman_per_gene"]
 
-METHODS = ("vortex", "pretrained", "scratch", "2d")
+METHODS = ("vortex", "pretrained", "scratch", "2d", "texture")
 _LABELS = {
     "vortex": "VORTEX (pretrained + fine-tuned)",
     "pretrained": "(a) pretrained, no fine-tuning",
     "scratch": "(b) fine-tuned, no pretraining",
     "2d": "(c) 2D encoder + ridge, nearest slice",
+    "texture": "(d) 3D texture features + ridge",
 }
 
 
@@ -178,6 +185,7 @@ def serial_section_eval(
         "methods": dict(_LABELS),
         "volumes": {},
     }
+    texture: TextureProbe | None = None
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     targets: dict[str, dict[str, np.ndarray]] = {}
     obs_out: dict[str, dict[str, Any]] = {}
@@ -231,6 +239,8 @@ def serial_section_eval(
         ft_y = apply_preprocessing(ft_view, pre.prep)
         c = spec.centre_slice
         ft_emb = np.concatenate([enc2d(ft_view.subvolumes(rows)[:, c]) for rows in _chunks(len(ft_view), cfg.read_chunk)])
+        if texture is None:
+            texture, summary["texture_fit"] = _fit_texture(cat, spec, pre, ft_view, ft_y, vid, cfg.read_chunk)
         res_v: dict[str, Any] = {
             "finetune_section": ft,
             "finetune_z_um": depths[ft],
@@ -244,15 +254,17 @@ def serial_section_eval(
             view = volume_view(cat, spec, volumes=[vid], sections=[sec])
             y = apply_preprocessing(view, pre.prep)
             parts: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-            emb = []
+            emb, tex = [], []
             for rows in _chunks(len(view), cfg.read_chunk):
                 sub = view.subvolumes(rows)
+                tex.append(subvolume_features(sub))
                 src: Any = _ArraySource(sub)
                 for m, lm in models.items():
                     parts[m].append(predict_pairs(lm.model, src, lm.size_px, batch_size=cfg.batch_size, device=device))
                 emb.append(enc2d(sub[:, c]))
             p = {m: np.concatenate(v) for m, v in parts.items() if v}
             n_comp = min(cfg.n_components, len(ft_view) - 1, ft_emb.shape[1])
+            p["texture"] = texture.predict(np.concatenate(tex))
             p["2d"] = ridge_probe(ft_emb, ft_y, np.concatenate(emb), n_components=max(1, n_comp)).astype(np.float32)
             preds[vid][sec], targets[vid][sec], obs_out[vid][sec] = p, y, view.obs
             res_v["heldout"][sec] = {
@@ -297,6 +309,37 @@ def serial_section_eval(
     arrays.update({f"{v}/{s}/target": a for v, d in targets.items() for s, a in d.items()})
     np.savez_compressed(out / "predictions.npz", **arrays)
     return SerialSectionResult(summary, preds, targets, obs_out)
+
+
+def _fit_texture(
+    cat: Any, spec: Any, pre: LoadedModel, ft_view: Any, ft_y: np.ndarray, target: str, chunk: int
+) -> tuple[TextureProbe, dict[str, Any]]:
+    """Baseline (d) fit once per run: on the pretraining sections the catalog still holds
+    (excluding the target volumes'), else on the fine-tuning section."""
+    known = set(_volume_ids_of(cat))
+    vols = [v for v in pre.meta.get("volumes", []) if v in known and v != target]
+    secs = list(pre.meta.get("sections", []))
+    view, y, where = ft_view, ft_y, "fine-tuning section (the pretraining sections are not in this catalog)"
+    if vols:
+        try:
+            view = volume_view(cat, spec, volumes=vols, sections=secs or None)
+            y = apply_preprocessing(view, pre.prep)
+            where = "pretraining sections"
+        except (SectionError, SelectionError, ValueError, KeyError) as exc:
+            warnings.warn(f"baseline (d): the pretraining sections could not be read ({exc}); fitting on the fine-tuning section", stacklevel=2)
+            view, y = ft_view, ft_y
+    feats = np.concatenate([subvolume_features(view.subvolumes(rows)) for rows in _chunks(len(view), chunk)])
+    probe = TextureProbe().fit(feats, y)
+    info = {"fit_on": where, "n_spots": len(view), "n_features": int(feats.shape[1]), "alpha": probe.alpha}
+    if where != "pretraining sections":
+        warnings.warn(f"baseline (d) is fit on the {where}", stacklevel=2)
+    return probe, info
+
+
+def _volume_ids_of(cat: Any) -> list[str]:
+    from .train import _volume_ids
+
+    return list(_volume_ids(cat))
 
 
 class _ArraySource:

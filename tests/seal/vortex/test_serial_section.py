@@ -28,6 +28,7 @@ def test_finetuned_beats_baselines_at_heldout_depths(
     summary = json.loads((tmp_path / "eval" / "results.json").read_text())
     v = summary["volumes"]["vol2"]
     assert v["finetune_section"] == "vol2_s0" and not v["target_seen_in_pretraining"]
+    assert summary["texture_fit"]["fit_on"] == "pretraining sections" and summary["texture_fit"]["n_spots"] > 50
     assert set(v["heldout"]) == {"vol2_s1", "vol2_s2"}
     assert "| vol2 | vol2_s0 | vol2_s1 |" in (tmp_path / "eval" / "results.md").read_text()
     assert (tmp_path / "eval" / "results.png").stat().st_size > 5000
