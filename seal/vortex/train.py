@@ -1,12 +1,15 @@
 """VORTEX training: ``pretrain`` on the linked sections of many volumes, ``finetune`` on one
 volume's section(s). SEAL's machinery: AdamW, warm-up + cosine schedule, bf16 autocast on
 CUDA (fp32 on CPU), seeded runs (deterministic on CPU), a checkpoint after every epoch
-(``resume=True`` continues), a JSONL log and a loss curve."""
+(``resume=True`` continues), a JSONL log and a loss curve. Several processes (``torchrun``:
+``WORLD_SIZE`` > 1) train one model with DistributedDataParallel (NCCL on GPUs, gloo on CPU):
+each rank reads its share of the pairs, rank 0 logs, checkpoints and writes the model."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -100,6 +103,35 @@ def _losses(
     return seal_objective(model.embed_volume(x), expr, model.vae, model.head, mean, std, cfg)
 
 
+class _Objective(torch.nn.Module):
+    """The training objective as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: VortexModel, cfg: TrainConfig, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.mean, self.std = mean, std  # expression standardisation (constants, not buffers)
+
+    def forward(self, x: torch.Tensor, expr: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _losses(self.model, x, expr, self.cfg, self.mean, self.std)
+
+
+def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call started the process group)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world <= 1:
+        return 0, 1, device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if dist.is_initialized():
+        return rank, world, device, False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device, True
+
+
 @torch.no_grad()
 def predict_pairs(
     model: VortexModel,
@@ -150,10 +182,10 @@ def train_model(
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     log_path = out / "train_log.jsonl"
-    if not resume:
+    rank, world, device, owns_group = _distributed(resolve_device(cfg.device))
+    if not resume and rank == 0:
         for p in (log_path, ckpt_path):
             p.unlink(missing_ok=True)
-    device = resolve_device(cfg.device)
     model.to(device).train()
     mean = torch.tensor(prep.mean, device=device, dtype=torch.float32)
     std = torch.tensor(prep.std, device=device, dtype=torch.float32)
@@ -163,7 +195,7 @@ def train_model(
     bs = min(cfg.batch_size, len(ds))
     if bs < 2:
         raise SelectionError(f"the training pairs number {len(ds)}; contrastive training needs at least 2")
-    steps = max(1, len(ds) // bs)
+    steps = max(1, len(ds) // (bs * world))
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     total = max(1, cfg.epochs * steps)
@@ -171,31 +203,41 @@ def train_model(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, int(cfg.warmup_fraction * total)))
     start, step = _resume_checkpoint(ckpt_path, model, opt, sched, cfg.to_dict()) if resume else (0, 0)
+    objective: torch.nn.Module = _Objective(model, cfg, mean, std).to(device)
+    if world > 1:
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    log_path.touch()
+    if rank == 0:
+        log_path.touch()
     if cfg.epochs == 0:
         logger.info("epochs=0: writing the untouched model to %s without a training step", out)
     for epoch in range(start, last):
         torch.manual_seed(cfg.seed * 1000 + epoch)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = DataLoader(
-            ds, batch_size=bs, sampler=RandomSampler(ds, generator=g), num_workers=cfg.num_workers, drop_last=True, generator=g
-        )
+        sampler: Any = RandomSampler(ds, generator=g)
+        if world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=cfg.num_workers, drop_last=True, generator=g)
         bar = None
-        if progress:
+        if progress and rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         t_last = time.perf_counter()
         model.train()
-        with open(log_path, "a") as log:
+        with open(log_path if rank == 0 else os.devnull, "a") as log:
             for i, (x, expr) in enumerate(loader):
                 if i >= steps:
                     break
                 x, expr = x.to(device), expr.to(device)
                 with _amp(device):
-                    parts = _losses(model, x, expr, cfg, mean, std)
+                    parts = objective(x, expr)
                 parts["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
@@ -207,7 +249,7 @@ def train_model(
                     "epoch": epoch,
                     "step": step,
                     "lr": opt.param_groups[0]["lr"],
-                    "pairs_per_s": len(x) / max(now - t_last, 1e-9),
+                    "pairs_per_s": len(x) * world / max(now - t_last, 1e-9),
                 }
                 t_last = now
                 rec.update({k: float(v.detach()) for k, v in parts.items()})
@@ -218,13 +260,18 @@ def train_model(
             if bar is not None:
                 bar.close()
             ep: dict[str, Any] = {"epoch": epoch, "step": step}
-            if val is not None and len(val[0]) > 1:
+            if val is not None and len(val[0]) > 1 and rank == 0:
                 pred = predict_pairs(model, val[0], size_px, batch_size=bs, device=device)
                 ep["val_pearson"] = _pearson_mean(pred, val[1])
                 model.train()
             log.write(json.dumps(ep) + "\n")
-        _save_checkpoint(ckpt_path, model, opt, sched, epoch, step, cfg.to_dict())
-    if last == cfg.epochs:
+        if rank == 0:
+            _save_checkpoint(ckpt_path, model, opt, sched, epoch, step, cfg.to_dict())
+    if owns_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if last == cfg.epochs and rank == 0:
         from hestkit import __version__
 
         meta = {

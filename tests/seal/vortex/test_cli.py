@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
+import pytest
 import zarr
 from typer.testing import CliRunner
 
@@ -108,3 +111,23 @@ def test_cli_errors(vortex_cohort: tuple[SyntheticVolumeCohort, Path], tmp_path:
     assert r.exit_code == 1 and "unknown aggregation" in r.output
     r = runner.invoke(app, ["vortex", "--help"])
     assert r.exit_code == 0 and "predict" in r.output
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_on_cpu(vortex_cohort: tuple[SyntheticVolumeCohort, Path], tmp_path: Path) -> None:
+    """Two processes (gloo) pretrain one model: each rank takes half the pairs; rank 0 logs and writes."""
+    import json
+    import subprocess
+    import sys
+
+    _, cat = vortex_cohort
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547", "-m", "cli.seal"]
+    cmd += ["vortex", "pretrain", str(cat), "--volumes", "vol0", "--out", str(out), "--n-genes", "12", *TINY, *QUICK]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").exists() and (out / "loss_curve.png").exists()
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 2 and all(r["step"] == i + 1 for i, r in enumerate(steps))  # only rank 0 logs, once per step
+    assert all(np.isfinite(r["loss"]) for r in steps)
