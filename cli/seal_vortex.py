@@ -82,6 +82,16 @@ def pretrain(
     depth_um: Annotated[float, typer.Option(help="Depth extent of a sub-volume (um).")] = 36.0,
     n_slices: Annotated[int, typer.Option(help="Planes per sub-volume (slab averages over depth).")] = 9,
     channel_rule: Annotated[str, typer.Option(help="1-2 channel volumes -> RGB: pseudo_he, learned or gray.")] = "pseudo_he",
+    encoder3d: Annotated[
+        str,
+        typer.Option(
+            "--encoder3d",
+            help="slice: the 2D backbone per plane + depth aggregation; vit3d: the backbone's ViT over 3D patches "
+            "(patch embedding inflated in depth); cnn3d: a small 3D CNN trained from scratch (CPU-scale; --tuning full).",
+        ),
+    ] = "slice",
+    tubelet: Annotated[int, typer.Option(help="vit3d: planes per 3D patch (must divide --n-slices).")] = 3,
+    cnn_width: Annotated[int, typer.Option(help="cnn3d: channels of the first stage (embedding = 8 x width).")] = 32,
     aggregation: Annotated[str, typer.Option(help="Depth aggregation: attention, transformer or mean.")] = "attention",
     transformer_layers: Annotated[int, typer.Option(help="Layers of the slice transformer.")] = 1,
     tuning: Annotated[str, typer.Option(help="Backbone tuning: lora, full or frozen.")] = "lora",
@@ -131,6 +141,9 @@ def pretrain(
                 size_px=size_px,
                 depth_um=depth_um,
                 n_slices=n_slices,
+                encoder3d=encoder3d,  # type: ignore[arg-type]
+                tubelet=tubelet,
+                cnn_width=cnn_width,
             )
         except ValueError as exc:
             fail(str(exc))

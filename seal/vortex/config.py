@@ -9,9 +9,11 @@ from ..models import LoraSpec
 from .aggregate import AGGREGATIONS, Aggregation
 from .channels import CHANNEL_RULES, ChannelRule
 
-__all__ = ["ModelConfig", "TrainConfig", "Tuning"]
+__all__ = ["ENCODERS_3D", "Encoder3D", "ModelConfig", "TrainConfig", "Tuning"]
 
 Tuning = Literal["lora", "full", "frozen"]
+Encoder3D = Literal["slice", "vit3d", "cnn3d"]
+ENCODERS_3D: tuple[str, ...] = ("slice", "vit3d", "cnn3d")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,26 @@ class ModelConfig:
     size_px: int | None = None
     depth_um: float = 36.0
     n_slices: int = 9
+    encoder3d: Encoder3D = "slice"
+    tubelet: int = 3
+    cnn_width: int = 32
 
     def __post_init__(self) -> None:
+        if self.encoder3d not in ENCODERS_3D:
+            raise ValueError(f"unknown 3D encoder {self.encoder3d!r}: expected one of {', '.join(ENCODERS_3D)}")
         if self.seal_model is not None:
             object.__setattr__(self, "backbone", None)  # the SEAL directory names its own backbone
-        if self.backbone is None and self.seal_model is None:
+        if self.backbone is None and self.seal_model is None and self.encoder3d != "cnn3d":
             raise ValueError("a backbone name or a SEAL model directory is needed")
+        if self.encoder3d == "cnn3d" and self.tuning != "full":
+            raise ValueError(
+                f"the 3D CNN trains from scratch: tuning {self.tuning!r} does not apply to it; use --tuning full "
+                "(LoRA and frozen tuning are for pretrained backbones: --encoder3d slice or vit3d)"
+            )
+        if self.encoder3d == "vit3d" and (self.tubelet < 1 or self.n_slices % self.tubelet):
+            raise ValueError(f"--tubelet ({self.tubelet}) must divide --n-slices ({self.n_slices}) for --encoder3d vit3d")
+        if self.cnn_width < 4:
+            raise ValueError(f"cnn_width must be >= 4, got {self.cnn_width}")
         if self.channel_rule not in CHANNEL_RULES:
             raise ValueError(f"unknown channel rule {self.channel_rule!r}: expected one of {', '.join(CHANNEL_RULES)}")
         if self.aggregation not in AGGREGATIONS:

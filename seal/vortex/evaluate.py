@@ -103,6 +103,11 @@ class _Encoder2D:
 
     def __init__(self, loaded: LoadedModel, spec: str | None, channels: int, device: torch.device) -> None:
         mcfg = loaded.model_cfg
+        if spec is None and mcfg.encoder3d == "cnn3d":
+            raise SectionError(
+                f"{loaded.path}: a 3D CNN model has no 2D backbone for baseline (c); give one with --encoder-2d "
+                "(timm:NAME[@WEIGHTS], a preset or a `seal fit` model directory)"
+            )
         if spec is None:
             bb, _, _ = build_backbone(mcfg, load=True)
             dcfg = backbone_data_config(bb)

@@ -26,6 +26,7 @@ from ..data import ExpressionPrep
 from ..models import ExpressionVAE, ImageHead
 from .config import ModelConfig, TrainConfig
 from .encoder import VolumeEncoder, backbone_data_config, build_backbone, prepare_backbone
+from .encoder3d import Cnn3DEncoder, Vit3DEncoder
 from .errors import ChannelMismatchError, ModelDirError
 
 __all__ = ["LoadedModel", "VortexModel", "build_model", "is_vortex_dir", "load_model", "save_model"]
@@ -37,7 +38,7 @@ class VortexModel(nn.Module):
     backbone_name: str = ""
     backbone_kwargs: dict[str, Any]
 
-    def __init__(self, encoder: VolumeEncoder, n_genes: int) -> None:
+    def __init__(self, encoder: VolumeEncoder | Vit3DEncoder | Cnn3DEncoder, n_genes: int) -> None:
         super().__init__()
         self.backbone_kwargs = {}
         self.n_genes = int(n_genes)
@@ -67,6 +68,12 @@ def build_model(
 ) -> tuple[VortexModel, int]:
     """A new model (and its in-plane input size in px). ``load_weights=False`` leaves the
     backbone randomly initialised (a saved state is loaded afterwards)."""
+    if cfg.encoder3d == "cnn3d":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            model = VortexModel(Cnn3DEncoder(channels, cfg.n_slices, cfg.cnn_width), n_genes)
+        model.backbone_name = "cnn3d"
+        return model, int(cfg.size_px or 64)
     backbone, name, kwargs = build_backbone(cfg, load=load_weights, seed=seed)
     dcfg = backbone_data_config(backbone)
     img = kwargs.get("img_size")
@@ -75,7 +82,11 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)  # LoRA adapters, aggregator, VAE and head: seeded
         backbone = prepare_backbone(backbone, cfg)
-        enc = VolumeEncoder(backbone, channels, cfg, dcfg)
+        enc: VolumeEncoder | Vit3DEncoder
+        if cfg.encoder3d == "vit3d":
+            enc = Vit3DEncoder(backbone, channels, cfg.n_slices, cfg.tubelet, cfg.channel_rule, dcfg)
+        else:
+            enc = VolumeEncoder(backbone, channels, cfg, dcfg)
         model = VortexModel(enc, n_genes)
     model.backbone_name = name
     model.backbone_kwargs = dict(kwargs)

@@ -131,3 +131,20 @@ def test_torchrun_pretrain_on_cpu(vortex_cohort: tuple[SyntheticVolumeCohort, Pa
     steps = [r for r in log if "loss" in r]
     assert len(steps) == 2 and all(r["step"] == i + 1 for i, r in enumerate(steps))  # only rank 0 logs, once per step
     assert all(np.isfinite(r["loss"]) for r in steps)
+
+
+def test_cli_pretrain_native_3d_encoders(vortex_cohort: tuple[SyntheticVolumeCohort, Path], tmp_path: Path) -> None:
+    import json
+
+    _, cat = vortex_cohort
+    base = ["vortex", "pretrain", str(cat), "--volumes", "vol0", "--n-genes", "8", "--n-slices", "3", "--depth-um", "12", *QUICK]
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "v"), "--backbone", "test_vit", "--img-size", "32",
+                            "--encoder3d", "vit3d", "--tubelet", "3", "--tuning", "lora"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "v" / "config.json").read_text())["model"]["encoder3d"] == "vit3d"
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--encoder3d", "cnn3d", "--cnn-width", "8",
+                            "--size-px", "32", "--tuning", "full"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["model"]["encoder3d"] == "cnn3d"
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "x"), "--encoder3d", "cnn3d", "--tuning", "lora"])
+    assert r.exit_code == 1 and "--tuning full" in r.output and not (tmp_path / "x" / "model.safetensors").exists()
