@@ -514,10 +514,14 @@ class Catalog:
         self,
         sample_id: str,
         volume_id: str,
-        z_um: float,
+        z_um: float | None = None,
         affine: Any = None,
         landmarks: Any = None,
         *,
+        auto: bool = False,
+        z_range_um: tuple[float, float] | None = None,
+        min_score: float = 0.3,
+        min_confidence: float = 0.35,
         overwrite: bool = False,
         max_residual_um: float | None = None,
     ) -> _vol.SectionLink:
@@ -525,10 +529,34 @@ class Catalog:
         affine from the sample's level-0 pixels (x, y) to the volume's in-plane um (x, y),
         given as a 3x3 matrix (array, :class:`~hestkit.geometry.Affine` or file) or fitted
         to >= 3 landmark pairs (``(src_px, dst_um)`` arrays or an ``x_px,y_px,x_um,y_um`` CSV).
-        The result's ``residuals_um`` are the landmark residuals (empty for a matrix)."""
+        The result's ``residuals_um`` are the landmark residuals (empty for a matrix).
+
+        ``auto=True`` finds the depth and the affine by itself (no landmarks): the sample's H&E
+        is registered to the volume's planes (:func:`hestkit.section_registration.register_section`;
+        ``z_range_um`` limits the depths searched); a fit under ``min_score`` /
+        ``min_confidence`` is refused with the fix, and the fit's report is stored with the link."""
         _vol.require_local(self.layout, "link-section")
         m = self.manifest(sample_id)
         obs = _soma.read_obs(self.layout.soma, [m["ingest_id"]])
+        fit: dict[str, Any] | None = None
+        if auto:
+            if affine is not None or landmarks is not None or z_um is not None:
+                raise _vol.LinkError(f"link {sample_id} -> {volume_id}: --auto finds the depth and affine; give none of --z-um, --affine, --landmarks with it")
+            reg = _vol.register_sample(self.layout, m, volume_id, z_range_um=z_range_um, min_score=min_score, min_confidence=min_confidence)
+            z_um, affine = reg.z_um, reg.affine
+            fit = {
+                "method": "masked NCC of tissue density, coarse-to-fine (hestkit.section_registration)",
+                "score": reg.score,
+                "confidence": reg.confidence,
+                "rotation_deg": reg.rotation_deg,
+                "scale": reg.scale,
+                "residuals_um": reg.residuals_um.tolist(),
+                "depths_um": reg.depths_um.tolist(),
+                "depth_profile": reg.depth_profile.tolist(),
+                "z_range_um": list(z_range_um) if z_range_um else None,
+            }
+        if z_um is None:
+            raise _vol.LinkError(f"link {sample_id} -> {volume_id}: give the plane's depth (--z-um) or let --auto find it")
         return _vol.link_section(
             self.path,
             sample_id,
@@ -540,7 +568,13 @@ class Catalog:
             sample_manifest=m,
             overwrite=overwrite,
             max_residual_um=max_residual_um,
+            fit=fit,
         )
+
+    def plot_section_link(self, sample_id: str) -> Any:
+        """A matplotlib ``Figure`` of a sample's placement in its volume (plane, placed section,
+        overlay, and the depth profile of an automatic fit)."""
+        return _vol.plot_link(self.layout, self.manifest(sample_id), self.section_link(sample_id))
 
     def sections(self, volume_id: str | None = None) -> pd.DataFrame:
         """One row per linked section (sample_id, volume_id, z_um, affine, residuals, ...)."""

@@ -132,6 +132,7 @@ class SectionLink:
     n_spots: int = 0
     n_spots_inside: int = 0
     warnings: tuple[str, ...] = ()
+    auto_fit: dict[str, Any] | None = None  # the automatic registration's report (--auto)
 
     def to_volume_um(self, xy_px: ArrayLike) -> NDArray[np.float64]:
         """Volume-frame (z, y, x) micrometres of sample level-0 pixel points (x, y), (N, 3)."""
@@ -245,6 +246,7 @@ def link_from_json(m: dict[str, Any]) -> SectionLink:
         n_spots=int(m.get("n_spots", 0)),
         n_spots_inside=int(m.get("n_spots_inside", 0)),
         warnings=tuple(m.get("warnings", [])),
+        auto_fit=m.get("auto_fit"),
     )
 
 
@@ -521,8 +523,10 @@ def link_section(
     sample_manifest: dict[str, Any],
     overwrite: bool = False,
     max_residual_um: float | None = None,
+    fit: dict[str, Any] | None = None,
 ) -> SectionLink:
-    """Record that ``sample_id`` lies at depth ``z_um`` of ``volume_id`` (see :class:`SectionLink`)."""
+    """Record that ``sample_id`` lies at depth ``z_um`` of ``volume_id`` (see :class:`SectionLink`).
+    ``fit``: the automatic registration's report (score, confidence, residuals), stored with the link."""
     layout = Layout(root)
     vm = volume_manifest(layout, volume_id)
     ez, ey, ex = (float(v) for v in vm["extent_um"])
@@ -546,7 +550,9 @@ def link_section(
             if isinstance(affine, (str, Path))
             else (affine if isinstance(affine, Affine) else _affine_from(affine, what))
         )
-        source = "matrix"
+        source = "matrix" if fit is None else "auto"
+        if fit is not None:
+            residuals = np.asarray(fit.get("residuals_um", []), dtype=np.float64)
     else:
         if isinstance(landmarks, (str, Path)):
             src, dst = read_landmarks(landmarks)
@@ -597,7 +603,7 @@ def link_section(
             f"the affine puts them at x, y from {lo} to {hi} um. Fix: check the affine/landmarks (they map section "
             "level-0 pixels (x, y) to volume micrometres (x, y)) and that the sample belongs to this volume"
         )
-    link = SectionLink(sample_id, volume_id, z, aff, source, residuals, len(xy), n_in, tuple(warnings))
+    link = SectionLink(sample_id, volume_id, z, aff, source, residuals, len(xy), n_in, tuple(warnings), fit)
     payload = {
         "encoding-type": SECTION_ENCODING,
         "encoding-version": SECTION_VERSION,
@@ -618,6 +624,8 @@ def link_section(
         "linked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "warnings": warnings,
     }
+    if fit is not None:
+        payload["auto_fit"] = fit
     spath = layout.section(sample_id)
     with layout.writer_lock():
         if spath.exists() and not overwrite:
@@ -629,6 +637,72 @@ def link_section(
         layout.sections_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(spath, payload)
     return link
+
+
+def register_sample(
+    layout: Layout,
+    sample_manifest: dict[str, Any],
+    volume_id: str,
+    *,
+    z_range_um: tuple[float, float] | None = None,
+    min_score: float = 0.3,
+    min_confidence: float = 0.35,
+    work_um_px: float = 8.0,
+) -> Any:
+    """Register a committed sample's H&E to a volume (see :mod:`hestkit.section_registration`):
+    the slide is read as a thumbnail at about a quarter of the working pixel size, never whole."""
+    from hestkit.section_registration import register_section
+    from hestkit.slide import open_slide
+
+    sid = str(sample_manifest.get("sample_id"))
+    ps = float(sample_manifest.get("pixel_size_um") or 0.0)
+    what = f"link {sid} -> {volume_id} (--auto)"
+    if not (math.isfinite(ps) and ps > 0):
+        raise LinkError(f"{what}: the sample has no pixel size in its manifest; re-ingest it with --pixel-size-um")
+    image = Path(str(sample_manifest.get("image_path", "")))
+    if not image.exists():
+        raise LinkError(f"{what}: the sample's slide {image} is no longer there; restore it (or relocate the catalog's paths)")
+    vol = open_catalog_volume(layout, volume_id)
+    with open_slide(image) as slide:
+        longest_um = max(slide.width, slide.height) * ps
+        size = int(min(8192, max(256, math.ceil(longest_um / (work_um_px / 4.0)))))
+        thumb, factor = slide.thumbnail(size)
+    return register_section(
+        thumb,
+        ps,
+        vol,
+        section_px_per_image_px=factor,
+        z_range_um=z_range_um,
+        work_um_px=work_um_px,
+        min_score=min_score,
+        min_confidence=min_confidence,
+        what=what,
+    )
+
+
+def plot_link(layout: Layout, sample_manifest: dict[str, Any], link: SectionLink) -> Any:
+    """A figure of a section link: the plane, the section placed in it, their overlay and
+    (for an automatic fit) the depth profile (:func:`hestkit.section_registration.plot_registration`)."""
+    from hestkit.section_registration import plot_registration
+    from hestkit.slide import open_slide
+
+    ps = float(sample_manifest["pixel_size_um"])
+    vol = open_catalog_volume(layout, link.volume_id)
+    with open_slide(Path(str(sample_manifest["image_path"]))) as slide:
+        size = int(min(4096, max(256, math.ceil(max(slide.width, slide.height) * ps / 2.0))))
+        thumb, factor = slide.thumbnail(size)
+    fit = link.auto_fit or {}
+    return plot_registration(
+        thumb,
+        ps,
+        vol,
+        link.z_um,
+        link.affine,
+        section_px_per_image_px=factor,
+        depths_um=fit.get("depths_um"),
+        depth_profile=fit.get("depth_profile"),
+        title=f"{link.sample_id} in {link.volume_id} ({link.affine_source})",
+    )
 
 
 def _affine_from(a: ArrayLike, what: str) -> Affine:

@@ -110,7 +110,17 @@ def link_section(
     catalog_dir: Annotated[Path, typer.Argument(help="Catalog folder.")],
     sample_id: Annotated[str, typer.Argument(help="Sample id of the 2D ST section (see hestkit ls).")],
     volume: Annotated[str, typer.Option("--volume", help="Volume id.")],
-    z_um: Annotated[float, typer.Option("--z-um", help="Depth of the section plane in the volume frame (um).")],
+    z_um: Annotated[float | None, typer.Option("--z-um", help="Depth of the section plane in the volume frame (um).")] = None,
+    auto: Annotated[
+        bool,
+        typer.Option(
+            "--auto", help="Find the depth and the in-plane affine by registering the section's H&E to the volume's planes."
+        ),
+    ] = False,
+    z_range_um: Annotated[
+        tuple[float, float] | None, typer.Option("--z-range-um", help="With --auto: depths to search, A B (um).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of the placement (plane, section, overlay; depth profile with --auto).")] = None,
     affine: Annotated[
         Path | None, typer.Option(help="3x3 matrix file: section level-0 px (x, y, 1) -> volume um (x, y, 1).")
     ] = None,
@@ -126,20 +136,43 @@ def link_section(
     with handle_errors():
         import catalog
 
-        if (affine is None) == (landmarks is None):
-            fail("give exactly one of --affine FILE or --landmarks FILE")
+        if auto:
+            if affine is not None or landmarks is not None or z_um is not None:
+                fail("--auto finds the depth and the affine: give none of --z-um, --affine, --landmarks with it")
+        else:
+            if (affine is None) == (landmarks is None):
+                fail("give exactly one of --affine FILE or --landmarks FILE (or --auto to find the placement)")
+            if z_um is None:
+                fail("give the section plane's depth with --z-um (or --auto to find it)")
         cat = catalog.open(catalog_dir)
         link = cat.link_section(
-            sample_id, volume, z_um, affine=affine, landmarks=landmarks, overwrite=overwrite, max_residual_um=max_residual_um
+            sample_id,
+            volume,
+            z_um,
+            affine=affine,
+            landmarks=landmarks,
+            auto=auto,
+            z_range_um=z_range_um,
+            overwrite=overwrite,
+            max_residual_um=max_residual_um,
         )
+        if auto:
+            fit = link.auto_fit or {}
+            typer.echo(
+                f"automatic placement: z = {link.z_um:.1f} um, rotation {fit['rotation_deg']:.1f} deg, scale "
+                f"{fit['scale']:.3f}, NCC {fit['score']:.3f}, confidence {fit['confidence']:.2f}"
+            )
+        if plot is not None:
+            cat.plot_section_link(sample_id).savefig(plot, dpi=110)
+            typer.echo(f"wrote {plot}")
         for w in link.warnings:
             typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
         if len(link.residuals_um):
             import pandas as pd
 
             print_table(
-                pd.DataFrame({"landmark": range(len(link.residuals_um)), "residual_um": link.residuals_um}),
-                title=f"landmark residuals (rms {float((link.residuals_um**2).mean() ** 0.5):.3g} um, max {float(link.residuals_um.max()):.3g} um)",
+                pd.DataFrame({"landmark" if not auto else "grid cell": range(len(link.residuals_um)), "residual_um": link.residuals_um}),
+                title=f"{'landmark' if not auto else 'local (3 x 3 grid)'} residuals (rms {float((link.residuals_um**2).mean() ** 0.5):.3g} um, max {float(link.residuals_um.max()):.3g} um)",
             )
         typer.echo(
             f"linked {sample_id} to volume {volume} at z = {link.z_um:g} um: {link.n_spots_inside} of {link.n_spots} spots inside the volume"

@@ -17,6 +17,7 @@ __all__ = [
     "PixelSizeError",
     "Problem",
     "ReaderError",
+    "RegistrationError",
     "ValidationError",
     "VolumeError",
     "VoxelSizeError",
@@ -55,6 +56,10 @@ class VolumeError(HestkitError):
 
 class VoxelSizeError(VolumeError):
     """A volume has no usable voxel size (none embedded and none given)."""
+
+
+class RegistrationError(VolumeError):
+    """Automatic placement of a section in a volume failed or is not trustworthy."""
 
 
 class Problem:

@@ -125,3 +125,28 @@ def test_ingest_section_stack_csv(vol: SyntheticVolume, tmp_path: Path) -> None:
     assert mid.mean() < 235
     row = catalog.open(cat).volumes().iloc[0]
     assert row["modality"] == "he-stack"
+
+
+def test_link_section_auto_places_the_section(tmp_path: Path) -> None:
+    v = make_volume(
+        tmp_path / "blockR", volume_id="blockR", seed=2, shape_zyx=(20, 200, 200), section_depths_um=(18.0,),
+        rotation_deg=15.0, section_pixel_size_um=1.0, n_genes=8,
+    )
+    cat, sec = tmp_path / "cat", v.sections[0]
+    assert runner.invoke(app, ["ingest-volume", str(v.path), "--catalog", str(cat), "--volume-id", "blockR", "-q"]).exit_code == 0
+    r = runner.invoke(app, ["ingest", str(sec.path), "--catalog", str(cat), "-q", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    sid = catalog.open(cat).samples()["sample_id"].iloc[0]
+    r = runner.invoke(app, ["link-section", str(cat), sid, "--volume", "blockR"])
+    assert r.exit_code == 1 and "--auto" in r.output
+    r = runner.invoke(app, ["link-section", str(cat), sid, "--volume", "blockR", "--auto", "--z-um", "3"])
+    assert r.exit_code == 1 and "none of --z-um" in r.output
+    png = tmp_path / "fit.png"
+    r = runner.invoke(app, ["link-section", str(cat), sid, "--volume", "blockR", "--auto", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert "automatic placement" in r.output and png.stat().st_size > 10_000
+    link = catalog.open(cat).section_link(sid)
+    assert link.affine_source == "auto" and abs(link.z_um - 18.0) <= 4.0
+    pts = sec.centres_px[sec.in_tissue]
+    assert np.abs(link.affine.apply(pts) - sec.affine.apply(pts)).max() < 10.0
+    assert link.auto_fit is not None and link.auto_fit["confidence"] > 0.5 and len(link.auto_fit["depth_profile"]) == 20
