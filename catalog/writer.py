@@ -156,6 +156,19 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
 
     t0 = time.perf_counter()
     layout = Layout(root)
+    with writing(f"{ref.sample_id}: reading the sample and planning its patches"):
+        source, plan, thumb, thumb_ds, size, level_ds, n_total, keep = _load_and_plan(ref, spec)
+    gpath = layout.patches(source.sample_id, ingest_id)
+    try:
+        with writing(f"{source.sample_id}: writing its patch group", gpath):
+            job = _stage_group(layout, gpath, source, plan, spec, ingest_id, thumb, thumb_ds, level_ds)
+    except BaseException:
+        layout.remove_tree(gpath)  # nothing points at it yet
+        raise
+    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+
+
+def _load_and_plan(ref: SampleRef, spec: PairSpec) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray]:
     source = get_reader(ref.reader).load(ref)
     n_total = source.n_spots
     keep = source.spots["in_tissue"].to_numpy() > 0
@@ -167,14 +180,7 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
         thumb, thumb_ds = slide.thumbnail(1024)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
-    gpath = layout.patches(source.sample_id, ingest_id)
-    try:
-        with writing(f"{source.sample_id}: writing its patch group", gpath):
-            job = _stage_group(layout, gpath, source, plan, spec, ingest_id, thumb, thumb_ds, level_ds)
-    except BaseException:
-        layout.remove_tree(gpath)  # nothing points at it yet
-        raise
-    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+    return source, plan, thumb, thumb_ds, size, level_ds, n_total, keep
 
 
 def _stage_group(
@@ -581,6 +587,7 @@ def ingest_refs(
         return report
 
     client, cluster = _client(workers, scheduler)
+    discards: list[Any] = []
     try:
         n_workers = max(sum(client.nthreads().values()), 1)
         max_inflight = max(2, 2 * n_workers)
@@ -613,7 +620,7 @@ def ingest_refs(
                 exc = fut.exception()
                 report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc)))
                 if kind == "commit" and prep_fut is not None:
-                    client.submit(_discard, root_s, prep_fut, pure=False)
+                    discards.append(client.submit(_discard, root_s, prep_fut, pure=False))
                 inflight -= 1
                 done_samples += 1
                 if progress:
@@ -647,6 +654,13 @@ def ingest_refs(
                     progress("samples", done_samples, len(todo))
                 submit_next()
     finally:
+        if discards:  # a failed sample's staging is gone before ingest returns
+            from distributed import wait
+
+            try:
+                wait(discards, timeout=120)
+            except Exception:  # noqa: BLE001 - leftovers are `hestkit check --repair`'s job
+                pass
         client.close()
         if cluster is not None:
             cluster.close()

@@ -229,3 +229,21 @@ def test_real_full_disk_while_domains_grow(samples: list[SyntheticSample], tmp_p
         assert cat.compact()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_out_of_memory_while_planning_is_one_line(
+    samples: list[SyntheticSample], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalog import writer
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 112. GiB for an array with shape (200000, 200000, 3)")
+
+    monkeypatch.setattr(writer, "plan_patches", oom)
+    cat = catalog.create(tmp_path / "cat")
+    rep = _ingest(cat, samples[0], "a")
+    msg = rep.failed[0].message
+    assert msg == "a: reading the sample and planning its patches: out of memory; use fewer --workers " + (
+        "(or a machine with more memory) and re-run the same command"
+    ), msg
+    assert os.listdir(tmp_path / "cat" / "patches") == [] and check_catalog(cat.uri).ok

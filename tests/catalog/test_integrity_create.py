@@ -148,3 +148,19 @@ def test_two_first_ingests_race_to_create_an_s3_catalog(two: list[SyntheticSampl
     root = f"s3://{s3_bucket}/cat"
     # the child only creates (concurrent S3 ingests are covered in test_s3.py)
     _race(root, two, f"{root}/soma/__group", tmp_path, child_ingests=False)
+    # then `check --repair` on S3: a half-written schema version and a dead writer's staging
+    from catalog import _s3
+
+    fs = _s3.filesystem()
+    half = f"{s3_bucket}/cat/soma/obs/__schema/__9999999999999_9999999999999_{uuid.uuid4().hex}"
+    orphan = f"{s3_bucket}/cat/patches/ghost--20200101T000000-abcdef01.zarr/zarr.json"
+    fs.pipe_file(half, b"")
+    fs.pipe_file(orphan, b"{}")
+    rep = check_catalog(root)
+    assert not rep.ok and any(f.element == f"s3://{half}" for f in rep.errors), rep.lines()
+    rep = check_catalog(root, repair=True, older_than_s=0)
+    assert rep.ok, rep.lines()
+    assert not fs.exists(half) and not fs.exists(orphan)
+    cat = catalog.open(root)
+    assert cat.pairs().expression().shape[0] == int(cat.manifest("b")["n_pairs"]) > 0
+    assert check_catalog(root).ok
