@@ -140,13 +140,41 @@ def _count(df) -> int:  # type: ignore[no-untyped-def]
 
 
 def append_rows(
-    uri: str | Path, obs: pd.DataFrame, counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str]
+    uri: str | Path,
+    obs: pd.DataFrame,
+    counts: sp.csr_matrix,
+    genes: Sequence[str],
+    gene_ids: Sequence[str],
+    *,
+    rollback_on_error: bool = True,
 ) -> tuple[int, dict[str, int]]:
     """Append ``obs`` rows (columns of ``OBS_SCHEMA``) with their ``counts`` (rows x genes).
 
     The caller holds the catalog lock. Returns the first allocated ``soma_joinid`` (rows
-    get consecutive ids) and the var joinid of every gene.
+    get consecutive ids) and the var joinid of every gene. When a step fails (a full disk
+    while a domain grows, say) the arrays are rolled back to their state before the call
+    (:func:`rollback`), unless ``rollback_on_error`` is False (the caller snapshots and
+    rolls back itself, e.g. over a longer commit).
     """
+    if not rollback_on_error:
+        return _append_rows(uri, obs, counts, genes, gene_ids)
+    arrays = array_uris(uri)
+    before = snapshot(arrays)
+    try:
+        return _append_rows(uri, obs, counts, genes, gene_ids)
+    except BaseException as exc:
+        try:
+            rollback(arrays, before)
+        except Exception as undo:  # noqa: BLE001 - the failure to report is the original one
+            exc.add_note(f"rolling back the SOMA arrays failed too ({undo}); run `hestkit check --repair`")
+        raise
+
+
+def _append_rows(
+    uri: str | Path, obs: pd.DataFrame, counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str]
+) -> tuple[int, dict[str, int]]:
+    from ._faults import fault_point
+
     soma = _soma()
     n = len(obs)
     exp_uri, ctx = _at(uri)
@@ -168,13 +196,16 @@ def append_rows(
         rna = exp.ms[MEASUREMENT]
         if new and _domain_size(rna.var) < n_var:
             rna.var.tiledbsoma_resize_soma_joinid_shape(_grown(_domain_size(rna.var), n_var))
+            fault_point("schema:var")
         if n and _domain_size(exp.obs) < start + n:
             exp.obs.tiledbsoma_resize_soma_joinid_shape(_grown(_domain_size(exp.obs), start + n))
+            fault_point("schema:obs")
         for layer in _layers(rna.X):
             X = rna.X[layer]
             shape = tuple(int(x) for x in X.shape)
             if shape[0] < start + n or shape[1] < n_var:
                 X.resize((_grown(shape[0], start + n), _grown(shape[1], n_var)))
+                fault_point(f"schema:X/{layer}")
     # 2. write the rows
     with soma.open(exp_uri, "w", context=ctx) as exp:
         rna = exp.ms[MEASUREMENT]
@@ -188,11 +219,13 @@ def append_rows(
                     }
                 )
             )
+            fault_point("rows:var")
         if n:
             cols: dict[str, object] = {"soma_joinid": np.arange(start, start + n, dtype=np.int64)}
             for f in OBS_SCHEMA:
                 cols[f.name] = obs[f.name].to_numpy()
             exp.obs.write(pa.Table.from_pydict(cols, schema=pa.schema([("soma_joinid", pa.int64()), *OBS_SCHEMA])))
+            fault_point("rows:obs")
         coo = counts.tocoo()
         if coo.nnz:
             col_map = np.array([gene_map[g] for g in genes], dtype=np.int64)
@@ -205,7 +238,68 @@ def append_rows(
             )
             for layer in _layers(rna.X):
                 rna.X[layer].write(cells)
+                fault_point(f"rows:X/{layer}")
     return start, gene_map
+
+
+#: The folders of a TileDB array that a write or a schema change adds entries to.
+_ARRAY_DIRS = ("__commits", "__fragment_meta", "__fragments", "__meta", "__schema")
+
+
+def array_uris(uri: str | Path) -> list[str]:
+    """The URIs of the experiment's SOMA arrays that commits write, in the order a
+    rollback undoes them (X layers first, obs last: obs's row count allocates joinids,
+    so while any X cell of a failed attempt remains, its obs rows keep their ids)."""
+    soma = _soma()
+    exp_uri, ctx = _at(uri)
+    with soma.open(_join(exp_uri, "ms", MEASUREMENT, "X"), "r", context=ctx) as x:
+        layers = _layers(x)
+    return [
+        *(_join(exp_uri, "ms", MEASUREMENT, "X", layer) for layer in layers),
+        _join(exp_uri, "ms", MEASUREMENT, "var"),
+        _join(exp_uri, "obs"),
+    ]
+
+
+def _names(layout: Any, dir_uri: str) -> set[str]:
+    return set(layout.names_in(dir_uri))
+
+
+def snapshot(arrays: Sequence[str]) -> dict[str, set[str]]:
+    """The entries of each array's schema, commit, fragment and metadata folders (taken
+    under the writers' lock before a commit writes; :func:`rollback` deletes the rest)."""
+    from ._store import Layout
+
+    out: dict[str, set[str]] = {}
+    for a in arrays:
+        layout = Layout(a)
+        for d in _ARRAY_DIRS:
+            out[_join(a, d)] = _names(layout, _join(a, d))
+    return out
+
+
+def rollback(arrays: Sequence[str], before: Mapping[str, set[str]]) -> list[str]:
+    """Delete every entry a failed commit added to ``arrays`` since ``before`` (schema
+    versions of grown domains, half-written ones included, fragments, commit markers),
+    so the arrays are exactly as before the commit. The caller holds the writers' lock
+    (no one else writes the arrays meanwhile). Per array, commit markers go first (a
+    fragment stops being visible before its data goes) and the schema last. Returns the
+    URIs deleted."""
+    from ._store import Layout
+
+    removed: list[str] = []
+    for a in arrays:
+        layout = Layout(a)
+        for d in _ARRAY_DIRS:
+            du = _join(a, d)
+            if du not in before:
+                continue
+            for name in sorted(_names(layout, du) - before[du]):
+                u = _join(du, name)
+                layout.remove_tree(u)
+                layout.remove_file(u)
+                removed.append(u)
+    return removed
 
 
 def _domain_size(df: Any) -> int:

@@ -33,8 +33,11 @@ __all__ = [
     "MANIFEST_VERSION",
     "PATCHES_ENCODING",
     "PATCHES_VERSION",
+    "RETIRED_ENCODING",
+    "RETIRED_VERSION",
     "SECTION_ENCODING",
     "SECTION_VERSION",
+    "TMP_SUFFIX",
     "VOLUME_ENCODING",
     "VOLUME_MANIFEST_ENCODING",
     "VOLUME_MANIFEST_VERSION",
@@ -51,6 +54,7 @@ __all__ = [
     "new_ingest_id",
     "read_json",
     "soma_context",
+    "strict_json",
     "zarr_open_array",
     "zarr_open_group",
 ]
@@ -71,6 +75,12 @@ PATCHES_ENCODING, PATCHES_VERSION = "hestkit-patches", "1.0.0"
 VOLUME_ENCODING, VOLUME_VERSION = "hestkit-volume", "1.0.0"
 VOLUME_MANIFEST_ENCODING, VOLUME_MANIFEST_VERSION = "hestkit-volume-manifest", "1.0.0"
 SECTION_ENCODING, SECTION_VERSION = "hestkit-section-link", "1.0.0"
+#: ``retired/{group}.json``: a patch group replaced by ``--overwrite``, kept for readers
+#: until ``gc`` removes it.
+RETIRED_ENCODING, RETIRED_VERSION = "hestkit-retired-patches", "1.0.0"
+
+#: Suffix of the temporary files of atomic writes (``.{name}.{uuid}.tmp``).
+TMP_SUFFIX = ".tmp"
 
 _SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -218,6 +228,14 @@ class Layout:
         return self.join("patches", f"{sample_id}--{ingest_id}.zarr")
 
     @property
+    def retired_dir(self) -> str:
+        return self.join("retired")
+
+    def retired(self, group_uri: str) -> str:
+        """The retirement record of patch group ``group_uri`` (replaced by an overwrite)."""
+        return self.join("retired", group_uri.rstrip("/").rsplit("/", 1)[-1] + ".json")
+
+    @property
     def volumes_dir(self) -> Path:
         return self.root / "volumes"
 
@@ -331,6 +349,9 @@ class Layout:
         elif if_match is not None:
             cond["IfMatch"] = if_match
         try:
+            from ._faults import fault_point
+
+            fault_point(f"write:{uri.rsplit('/', 2)[-2]}/{Path(uri).suffix}")
             fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, ContentType=content_type, **cond)
         except Exception as exc:
             code = _s3.error_code(exc)
@@ -400,6 +421,48 @@ class Layout:
         blobs = self.read_many(uris)  # concurrent GETs
         return [(u, json.loads(blobs[u])) for u in uris if u in blobs]
 
+    def list_files(self, dir_uri: str) -> list[tuple[str, int, float]]:
+        """Every file below ``dir_uri``, recursively: ``(uri, size in bytes, modification
+        time as a Unix timestamp)``; none when it does not exist."""
+        out: list[tuple[str, int, float]] = []
+        if not self.remote:
+            for dp, _, fns in os.walk(dir_uri):
+                for fn in fns:
+                    p = os.path.join(dp, fn)
+                    try:
+                        st = os.stat(p)
+                    except FileNotFoundError:
+                        continue
+                    out.append((p, int(st.st_size), float(st.st_mtime)))
+            return sorted(out)
+        fs = self._fs()
+        try:
+            found = self._s3_call(fs.find, _key(dir_uri), detail=True)
+        except FileNotFoundError:
+            return out
+        scheme = self.uri.split("://", 1)[0]
+        for k, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            lm = info.get("LastModified")
+            ts = lm.timestamp() if hasattr(lm, "timestamp") else time.time()
+            out.append((f"{scheme}://{k}", int(info.get("size") or 0), float(ts)))
+        return sorted(out)
+
+    def remove_file(self, uri: str) -> None:
+        """Delete one file (absent: nothing to do)."""
+        if not self.remote:
+            try:
+                os.unlink(uri)
+            except FileNotFoundError:
+                pass
+            return
+        fs = self._fs()
+        try:
+            self._s3_call(fs.rm_file, _key(uri))
+        except FileNotFoundError:
+            pass
+
     def remove_tree(self, uri: str) -> None:
         if not self.remote:
             shutil.rmtree(uri, ignore_errors=True)
@@ -446,8 +509,33 @@ class CommitConflict(CatalogError):
 
 
 def json_bytes(obj: Any) -> bytes:
-    """How the catalog writes its JSON elements (indent 1, numpy scalars and paths allowed)."""
-    return json.dumps(obj, indent=1, sort_keys=False, default=_json_default).encode()
+    """How the catalog writes its JSON elements: strict JSON (RFC 8259; NaN and infinities,
+    which are not JSON, become ``null``: the value is unknown), indent 1, numpy scalars,
+    arrays and paths allowed."""
+    return json.dumps(strict_json(obj), indent=1, sort_keys=False, allow_nan=False).encode()
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with numpy values and paths converted and every non-finite float (NaN, inf)
+    replaced by None, so that it encodes as strict JSON."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, str | int) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [strict_json(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    return strict_json(_json_default(obj))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -457,12 +545,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from ._faults import fault_point
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fault_point(f"write:{path.parent.name}/{path.suffix}")  # tests: a disk that fills mid-file
+            fh.write(data[len(data) // 2 :])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)  # never leave a half-written temp file behind
+        except OSError:
+            pass
+        raise
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

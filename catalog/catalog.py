@@ -279,9 +279,12 @@ class Catalog:
         values, joinids and manifests do not change. Run it when no job is reading the
         catalog: a read that began before an array's old fragments are deleted may fail
         (run it again); reads that start afterwards see the merged array."""
+        from .check import gc_catalog
+
         with self.layout.writer_lock(timeout_s=3600.0):
             done = _soma.consolidate(self.layout.soma, progress=progress)
         self.index_gene_lists(progress=progress)
+        gc_catalog(self.uri)  # replaced patch generations older than the default age
         return done
 
     def _var_lookup(self, manifests: Sequence[dict[str, Any]]) -> VarLookup:
@@ -678,17 +681,38 @@ def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: 
     return cat
 
 
-def _check_empty(layout: Layout) -> None:
-    if not layout.is_empty():
+#: What a catalog's creation writes before ``catalog.json`` (its last step): a folder
+#: holding only these is a creation in progress, or one that died.
+_CREATION_ENTRIES = frozenset({"manifest", "patches", "soma"})
+_TILEDB_GROUP = frozenset({"__tiledb_group.tdb", "__group", "__meta"})
+
+
+def _check_empty(layout: Layout) -> bool:
+    """Refuse a folder that holds something else than a catalog being created; returns
+    whether it holds such a partial creation."""
+    names = {n for n in layout.names_in(layout.uri) if not n.startswith(".")} if not layout.is_empty() else set()
+    if names - _CREATION_ENTRIES:
         where = "folder" if not layout.remote else "prefix"
         raise NotACatalogError(f"{layout.uri}: {where} exists and is not empty; choose a new or empty {where} for the catalog")
+    return bool(names)
 
 
 def _create(layout: Layout, spec: PairSpec) -> None:
-    """Write a new, empty catalog (the caller holds the writers' lock)."""
-    _check_empty(layout)
+    """Write a new, empty catalog (the caller holds the writers' lock, so a partial
+    creation found here is one whose creator died: it holds no sample and is redone)."""
+    if _check_empty(layout):
+        soma = set(layout.names_in(layout.soma))
+        if layout.names_in(layout.manifest_dir) or layout.names_in(layout.patches_dir) or (soma and not soma & _TILEDB_GROUP):
+            raise NotACatalogError(
+                f"{layout.uri}: holds catalog folders but no catalog.json; restore catalog.json or choose another folder"
+            )
+        for d in ("soma", "manifest", "patches"):
+            layout.remove_tree(layout.join(d))
     layout.make_dirs()
     _soma.create_experiment(layout.soma)
+    from .writer import _maybe_kill
+
+    _maybe_kill("create")
     meta = {
         "encoding-type": CATALOG_ENCODING,
         "encoding-version": CATALOG_VERSION,

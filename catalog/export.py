@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from ._faults import fault_point, writing
+from ._store import strict_json
 from .catalog import Catalog
 from .errors import CatalogError
 from .views import object_strings
+from .writer import _maybe_kill
 
 __all__ = ["HEST_TECHNOLOGY_NAMES", "export_sample", "sample_anndata"]
 
@@ -117,12 +124,88 @@ def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
         )
 
 
+def _stage_name(final: Path) -> Path:
+    """A staging name beside ``final`` (``.{name}.partial-{id}``): no reader takes it for
+    an export (HEST readers look for ``st/*.h5ad``, file dialogs hide it)."""
+    return final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:12]}")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+@contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """Write to a staging name beside ``final``, renamed over it when the block succeeds
+    (a folder already there is moved aside first, then deleted) and deleted when it
+    fails. A killed export leaves only the dot-named staging, never a partial ``final``."""
+    tmp = _stage_name(final)
+    try:
+        yield tmp
+        fault_point("export:rename")
+        if final.is_dir() and not final.is_symlink():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _write_hest(cat: Catalog, sample_id: str, m: dict[str, Any], src_img: Path, out: Path) -> None:
+    """The sample's HEST-1k files, written in a staging folder beside ``out``, then renamed
+    to ``out``, or, when ``out`` is an existing HEST root, moved into it with
+    ``st/{id}.h5ad`` (the file that makes a HEST reader see the sample) last."""
+    suffix = src_img.suffix.lower() if src_img.suffix.lower() in (".tif", ".tiff", ".svs", ".ndpi", ".btf") else src_img.suffix
+    files = [
+        Path("wsis") / f"{sample_id}{suffix}",
+        Path("patches") / f"{sample_id}.h5",
+        Path("metadata") / f"{sample_id}.json",
+        Path("st") / f"{sample_id}.h5ad",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = _stage_name(out)
+    try:
+        for d in ("wsis", "st", "metadata", "patches"):
+            (stage / d).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_img, stage / files[0])
+        fault_point("export:hest")
+        _write_hest_patches(cat, sample_id, stage / files[1])
+        (stage / files[2]).write_text(json.dumps(strict_json(_hest_metadata(m)), indent=1, allow_nan=False))
+        _maybe_kill("export-hest")
+        sample_anndata(cat, sample_id).write_h5ad(stage / files[3])
+        fault_point("export:rename")
+        if not out.exists():
+            os.replace(stage, out)
+            return
+        for f in files:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / f, out / f)
+    finally:
+        _remove(stage)
+
+
 def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest", "spatialdata"], out: str | Path) -> Path:
     """Write ``sample_id`` as ``.h5ad`` (``fmt='anndata'``; ``out`` is the file), in the
     HEST-1k layout under the folder ``out`` (``wsis/``, ``st/``, ``metadata/``, ``patches/``),
-    or as a SpatialData zarr store (``fmt='spatialdata'``, ``out`` ending in ``.zarr``)."""
+    or as a SpatialData zarr store (``fmt='spatialdata'``, ``out`` ending in ``.zarr``).
+
+    Every format is written under a staging name beside ``out`` and renamed at the end, so
+    an export that fails or is killed never leaves something that looks complete; a full
+    disk or exhausted memory ends in one :class:`~catalog._faults.ResourceError` line."""
     out = Path(out)
     m = cat.manifest(sample_id)
+    with writing(f"exporting sample {sample_id!r} as {fmt}", str(out)):
+        return _export(cat, sample_id, m, fmt, out)
+
+
+def _export(cat: Catalog, sample_id: str, m: dict[str, Any], fmt: str, out: Path) -> Path:
     if fmt == "spatialdata":
         if out.suffix != ".zarr":
             raise CatalogError(f"{out}: SpatialData export writes a zarr store; give a path ending in .zarr")
@@ -136,12 +219,19 @@ def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest", 
             raise CatalogError(
                 f"SpatialData export needs the spatialdata package ({exc}); pip install 'hestkit[spatialdata]'"
             ) from exc
-        return write_spatialdata(cat, sample_id, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _staged(out) as stage:
+            fault_point("export:spatialdata")
+            write_spatialdata(cat, sample_id, stage)
+        return out
     if fmt == "anndata":
         if out.suffix != ".h5ad":
             raise CatalogError(f"{out}: AnnData export writes a .h5ad file; give a path ending in .h5ad")
         out.parent.mkdir(parents=True, exist_ok=True)
-        sample_anndata(cat, sample_id).write_h5ad(out)
+        adata = sample_anndata(cat, sample_id)
+        with _staged(out) as stage:
+            fault_point("export:anndata")
+            adata.write_h5ad(stage)
         return out
     if fmt == "hest":
         src_img = Path(m["image_path"])
@@ -149,14 +239,6 @@ def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest", 
             raise CatalogError(
                 f"{src_img}: the sample's slide is no longer there; HEST export copies it to wsis/. Restore it first"
             )
-        for d in ("wsis", "st", "metadata", "patches"):
-            (out / d).mkdir(parents=True, exist_ok=True)
-        suffix = (
-            src_img.suffix.lower() if src_img.suffix.lower() in (".tif", ".tiff", ".svs", ".ndpi", ".btf") else src_img.suffix
-        )
-        shutil.copyfile(src_img, out / "wsis" / f"{sample_id}{suffix}")
-        sample_anndata(cat, sample_id).write_h5ad(out / "st" / f"{sample_id}.h5ad")
-        (out / "metadata" / f"{sample_id}.json").write_text(json.dumps(_hest_metadata(m), indent=1, default=str))
-        _write_hest_patches(cat, sample_id, out / "patches" / f"{sample_id}.h5")
+        _write_hest(cat, sample_id, m, src_img, out)
         return out
     raise CatalogError(f"unknown export format {fmt!r}; use anndata or hest")

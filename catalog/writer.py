@@ -31,6 +31,7 @@ from hestkit.sample import SampleRef, SampleSource
 from hestkit.slide import open_slide, thread_slide
 
 from . import _soma
+from ._faults import fault_point, resource_message, writing
 from ._store import (
     GENE_LIST_ENCODING,
     GENE_LIST_VERSION,
@@ -38,6 +39,8 @@ from ._store import (
     MANIFEST_VERSION,
     PATCHES_ENCODING,
     PATCHES_VERSION,
+    RETIRED_ENCODING,
+    RETIRED_VERSION,
     CommitConflict,
     Layout,
     check_sample_id,
@@ -153,6 +156,19 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
 
     t0 = time.perf_counter()
     layout = Layout(root)
+    with writing(f"{ref.sample_id}: reading the sample and planning its patches"):
+        source, plan, thumb, thumb_ds, size, level_ds, n_total, keep = _load_and_plan(ref, spec)
+    gpath = layout.patches(source.sample_id, ingest_id)
+    try:
+        with writing(f"{source.sample_id}: writing its patch group", gpath):
+            job = _stage_group(layout, gpath, source, plan, spec, ingest_id, thumb, thumb_ds, level_ds)
+    except BaseException:
+        layout.remove_tree(gpath)  # nothing points at it yet
+        raise
+    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+
+
+def _load_and_plan(ref: SampleRef, spec: PairSpec) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray]:
     source = get_reader(ref.reader).load(ref)
     n_total = source.n_spots
     keep = source.spots["in_tissue"].to_numpy() > 0
@@ -164,7 +180,22 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
         thumb, thumb_ds = slide.thumbnail(1024)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
-    gpath = layout.patches(source.sample_id, ingest_id)
+    return source, plan, thumb, thumb_ds, size, level_ds, n_total, keep
+
+
+def _stage_group(
+    layout: Layout,
+    gpath: str,
+    source: SampleSource,
+    plan: PatchPlan,
+    spec: PairSpec,
+    ingest_id: str,
+    thumb: np.ndarray,
+    thumb_ds: float,
+    level_ds: float,
+) -> _PatchJob:
+    """Create the sample's staged patch group (attributes, the empty patch array, the
+    thumbnail); the blocks' tasks then fill the patch array."""
     group = zarr_open_group(gpath, mode="a")
     group.attrs.update(
         {
@@ -201,10 +232,10 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     tarr = group.create_array(
         "thumbnail", shape=thumb.shape, chunks=thumb.shape, dtype="uint8", dimension_names=["y", "x", "c"], overwrite=True
     )
+    fault_point("patches:thumbnail")
     tarr[:] = thumb
     tarr.attrs["downsample"] = thumb_ds
-    job = _PatchJob(source.image_path, source.centres_px(), plan, spec, f"{gpath}/patches")
-    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+    return _PatchJob(source.image_path, source.centres_px(), plan, spec, f"{gpath}/patches")
 
 
 def _cut(job: _PatchJob, block_index: int) -> int:
@@ -215,7 +246,9 @@ def _cut(job: _PatchJob, block_index: int) -> int:
     block = job.plan.blocks[block_index]
     slide = thread_slide(job.image_path)  # one open slide per worker thread, not per block
     patches = cut_block(slide, job.plan, block, job.centres_px, job.spec)
-    write_patches(job.array_path, block.slot_start, patches)
+    with writing("writing patches", job.array_path):
+        fault_point("patches:shards")
+        write_patches(job.array_path, block.slot_start, patches)
     return len(patches)
 
 
@@ -269,7 +302,8 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
     old_patches: str | None = None
     # the gene list first (outside the lock: it is content-addressed and idempotent); a
     # failed commit may leave it unreferenced, never a manifest without its list
-    genes_ref = write_gene_list(layout, s.genes)
+    with writing(f"{s.sample_id}: writing its gene list", layout.join("genes")):
+        genes_ref = write_gene_list(layout, s.genes)
     with layout.writer_lock() as lock:
         current = layout.read_json_etag(mpath)
         old_etag: str | None = None
@@ -281,57 +315,40 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             old_patches = layout.join(current[0]["patches_path"])
             old_etag = current[1]
         _check(lock)
-        start, gene_map = _soma.append_rows(layout.soma, obs, counts, s.genes, s.gene_ids)
-        _maybe_kill("after-soma")
-        write_gene_joinids(layout, genes_ref, [gene_map[g] for g in s.genes])
-        md = s.metadata
-        manifest: dict[str, Any] = {
-            "encoding-type": MANIFEST_ENCODING,
-            "encoding-version": MANIFEST_VERSION,
-            "sample_id": s.sample_id,
-            "ingest_id": ingest_id,
-            "technology": s.technology,
-            "organ": md.get("organ"),
-            "species": md.get("species"),
-            "patient": md.get("patient"),
-            "n_spots": prep.n_spots_total,
-            "n_in_tissue": prep.n_in_tissue,
-            "n_pairs": plan.n_pairs,
-            "n_dropped_outside_image": len(plan.dropped_outside),
-            "n_genes": len(s.genes),
-            "pixel_size_um": s.pixel_size.value,
-            "pixel_size_source": s.pixel_size.source,
-            "pixel_size_um_embedded": s.pixel_size.embedded,
-            "pixel_size_um_estimated": s.pixel_size.estimated,
-            "spot_diameter_um": s.spot_diameter_um,
-            "spot_shape": s.spot_shape,
-            "image_path": str(s.image_path),
-            "image_width": prep.image_size[0],
-            "image_height": prep.image_size[1],
-            "source_level": plan.level,
-            "source_level_downsample": plan.level_downsample,
-            "patches_path": layout.relative(prep.group_path),
-            "n_slots": plan.n_slots,
-            "soma_joinid_start": start,
-            "soma_joinid_stop": start + len(obs),
-            "genes_ref": genes_ref,
-            "reader": prep.ref.reader,
-            "source_paths": s.source_paths,
-            "source_fingerprint": fingerprint(prep.ref),
-            "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "hestkit_version": version,
-            "warnings": s.warnings,
-            "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
-        }
-        _check(lock)
+        _maybe_kill("before-soma")
+        arrays = _soma.array_uris(layout.soma)
+        before = _soma.snapshot(arrays)
+        undo_files: list[str] = []
+        # on any failure from here until the manifest is in place, the SOMA arrays are
+        # rolled back to ``before`` (schema versions of grown domains included)
         try:
-            layout.write_json(mpath, manifest, if_absent=current is None, if_match=old_etag)
-        except CommitConflict as exc:
-            raise CatalogError(
-                f"{s.sample_id}: another writer committed this sample meanwhile ({exc}); nothing of this ingest is visible"
-            ) from exc
-    if old_patches is not None and old_patches != prep.group_path:
-        layout.remove_tree(old_patches)
+            with writing(f"{s.sample_id}: appending its rows to the SOMA arrays", layout.soma):
+                start, gene_map = _soma.append_rows(layout.soma, obs, counts, s.genes, s.gene_ids, rollback_on_error=False)
+            _maybe_kill("after-soma")
+            with writing(f"{s.sample_id}: writing its gene-list index", layout.gene_joinids(genes_ref)):
+                if write_gene_joinids(layout, genes_ref, [gene_map[g] for g in s.genes]):
+                    undo_files.append(layout.gene_joinids(genes_ref))  # names var joinids the rollback frees
+            manifest = _manifest(layout, prep, ingest_id, start, len(obs), genes_ref, version)
+            if old_patches is not None and old_patches != prep.group_path:
+                # the replaced generation stays for readers that hold it; `gc` removes it later
+                retired = layout.retired(old_patches)
+                undo_files.append(retired)
+                with writing(f"{s.sample_id}: recording its replaced patch group", retired):
+                    layout.write_json(retired, retired_record(layout, current[0] if current else {}, ingest_id))
+            _check(lock)
+            try:
+                with writing(f"{s.sample_id}: writing its manifest", mpath):
+                    fault_point("manifest")
+                    layout.write_json(mpath, manifest, if_absent=current is None, if_match=old_etag)
+            except CommitConflict as exc:
+                raise CatalogError(
+                    f"{s.sample_id}: another writer committed this sample meanwhile ({exc}); nothing of this ingest is visible"
+                ) from exc
+        except BaseException as exc:
+            if not _landed(layout, mpath, ingest_id):
+                _undo(layout, lock, arrays, before, undo_files, exc)
+                raise
+            # the manifest landed although its write reported an error: committed
     return SampleResult(
         s.sample_id,
         "ingested",
@@ -341,6 +358,99 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
         pixel_size_source=s.pixel_size.source,
         warnings=tuple(s.warnings),
     )
+
+
+def _manifest(
+    layout: Layout, prep: _Prepared, ingest_id: str, start: int, n_rows: int, genes_ref: str, version: str
+) -> dict[str, Any]:
+    s = prep.source
+    plan = prep.job.plan
+    md = s.metadata
+    return {
+        "encoding-type": MANIFEST_ENCODING,
+        "encoding-version": MANIFEST_VERSION,
+        "sample_id": s.sample_id,
+        "ingest_id": ingest_id,
+        "technology": s.technology,
+        "organ": md.get("organ"),
+        "species": md.get("species"),
+        "patient": md.get("patient"),
+        "n_spots": prep.n_spots_total,
+        "n_in_tissue": prep.n_in_tissue,
+        "n_pairs": plan.n_pairs,
+        "n_dropped_outside_image": len(plan.dropped_outside),
+        "n_genes": len(s.genes),
+        "pixel_size_um": s.pixel_size.value,
+        "pixel_size_source": s.pixel_size.source,
+        "pixel_size_um_embedded": s.pixel_size.embedded,
+        "pixel_size_um_estimated": s.pixel_size.estimated,
+        "spot_diameter_um": s.spot_diameter_um,
+        "spot_shape": s.spot_shape,
+        "image_path": str(s.image_path),
+        "image_width": prep.image_size[0],
+        "image_height": prep.image_size[1],
+        "source_level": plan.level,
+        "source_level_downsample": plan.level_downsample,
+        "patches_path": layout.relative(prep.group_path),
+        "n_slots": plan.n_slots,
+        "soma_joinid_start": start,
+        "soma_joinid_stop": start + n_rows,
+        "genes_ref": genes_ref,
+        "reader": prep.ref.reader,
+        "source_paths": s.source_paths,
+        "source_fingerprint": fingerprint(prep.ref),
+        "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hestkit_version": version,
+        "warnings": s.warnings,
+        "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
+    }
+
+
+def retired_record(layout: Layout, old: dict[str, Any], replaced_by: str) -> dict[str, Any]:
+    """The record of a patch group replaced by an overwrite (``retired/{group}.json``):
+    readers that listed the old manifest may still read it; ``gc`` deletes it once it
+    has been retired for longer than its ``--older-than``."""
+    return {
+        "encoding-type": RETIRED_ENCODING,
+        "encoding-version": RETIRED_VERSION,
+        "sample_id": old.get("sample_id"),
+        "ingest_id": old.get("ingest_id"),
+        "patches_path": old.get("patches_path"),
+        "replaced_by": replaced_by,
+        "retired_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "retired_at_unix": time.time(),
+    }
+
+
+def _landed(layout: Layout, mpath: str, ingest_id: str) -> bool:
+    """Whether the manifest of ``ingest_id`` is in place despite an error (an S3 PUT whose
+    answer was lost); when it cannot be read, assume it may be (never undo a commit)."""
+    try:
+        found = layout.read_json_etag(mpath)
+    except Exception:  # noqa: BLE001 - unreadable: never undo what may be committed
+        return True
+    return found is not None and found[0].get("ingest_id") == ingest_id
+
+
+def _undo(
+    layout: Layout, lock: Any, arrays: list[str], before: dict[str, set[str]], files: list[str], exc: BaseException
+) -> None:
+    """Roll a failed commit back: the files it wrote under the lock (a new gene-list index,
+    whose joinids the rollback frees; the retirement record), then its SOMA rows and
+    schema changes.
+    Only while this writer still holds the lock (an S3 lease lost meanwhile means another
+    writer may be appending: its entries must stay; ours are then invisible leftovers)."""
+    try:
+        _check(lock)
+    except Exception:  # noqa: BLE001 - any failure of the lease check means not ours any more
+        exc.add_note("the catalog lock was lost: the failed attempt's SOMA entries stay (invisible); run `hestkit check`")
+        return
+    try:
+        for f in files:
+            layout.remove_file(f)
+        _soma.rollback(arrays, before)
+    except Exception as undo:  # noqa: BLE001 - the failure to report is the original one
+        exc.add_note(f"rolling the commit back failed too ({undo}); run `hestkit check --repair`")
 
 
 def gene_list_ref(genes: Sequence[str]) -> str:
@@ -411,6 +521,9 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, HestkitError):
         return str(exc)
+    short = resource_message(exc, "ingest")
+    if short is not None:
+        return short
     return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
 
 
@@ -474,6 +587,7 @@ def ingest_refs(
         return report
 
     client, cluster = _client(workers, scheduler)
+    discards: list[Any] = []
     try:
         n_workers = max(sum(client.nthreads().values()), 1)
         max_inflight = max(2, 2 * n_workers)
@@ -506,7 +620,7 @@ def ingest_refs(
                 exc = fut.exception()
                 report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc)))
                 if kind == "commit" and prep_fut is not None:
-                    client.submit(_discard, root_s, prep_fut, pure=False)
+                    discards.append(client.submit(_discard, root_s, prep_fut, pure=False))
                 inflight -= 1
                 done_samples += 1
                 if progress:
@@ -540,6 +654,13 @@ def ingest_refs(
                     progress("samples", done_samples, len(todo))
                 submit_next()
     finally:
+        if discards:  # a failed sample's staging is gone before ingest returns
+            from distributed import wait
+
+            try:
+                wait(discards, timeout=120)
+            except Exception:  # noqa: BLE001 - leftovers are `hestkit check --repair`'s job
+                pass
         client.close()
         if cluster is not None:
             cluster.close()

@@ -26,6 +26,13 @@ def handle_errors() -> Iterator[None]:
         yield
     except HestkitError as exc:
         fail(str(exc))
+    except (OSError, MemoryError) as exc:  # a full disk or memory outside the library's own steps
+        from catalog._faults import resource_message
+
+        msg = resource_message(exc, "hestkit")
+        if msg is None:
+            raise
+        fail(msg)
     except KeyboardInterrupt:
         fail("interrupted; the catalog holds only the samples committed before the interruption", 130)
 

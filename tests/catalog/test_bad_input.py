@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import catalog
+from catalog.check import gc_catalog
 from catalog.errors import SampleExistsError
 from hestkit.errors import HestkitError, ImageError
 from hestkit.readers import VisiumReader
@@ -127,7 +128,8 @@ def test_existing_sample_is_skipped_refused_or_overwritten(sample: Path, tmp_pat
     rep = cat.ingest([other], options=opts, workers=1, overwrite=True)
     assert rep.ingested
     assert len(cat.pairs()) == len(cat.pairs(sample_ids=["s1"])) != n
-    assert not (cat.path / old).exists()
+    assert (cat.path / old).exists()  # kept for readers holding the old view until gc
+    assert gc_catalog(cat.uri, older_than_s=0).removed and not (cat.path / old).exists()
     assert len(cat.samples()) == 1
 
 
