@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import fail, handle_errors, print_table
+from ._zoo import models as models_cmd
 from .seal_vortex import app as vortex_app
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 
 app.add_typer(vortex_app, name="vortex")
+app.command("models")(models_cmd)
 
 Filter = Annotated[list[str] | None, typer.Option(show_default=False)]
 
@@ -43,9 +45,12 @@ def _blocks(v: str) -> int:
 @app.command()
 def fit(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI (from hestkit ingest).")],
-    backbone: Annotated[str, typer.Option(help="Any timm model name, e.g. vit_base_patch16_224.")],
+    backbone: Annotated[
+        str,
+        typer.Option(help="Encoder spec: a preset (uni@WEIGHTS, see `seal models`), a timm name or timm:NAME[@WEIGHTS]."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
-    weights: Annotated[Path | None, typer.Option(help="Local weights (.safetensors/.pth/.bin) for the backbone.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights (file or HF snapshot folder), instead of BACKBONE@WEIGHTS.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Pairs per step (per process).")] = 384,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (1e-4 suits pretrained encoders).")] = 1e-4,
@@ -123,12 +128,18 @@ def fit(
 @app.command()
 def embed(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI.")],
-    model: Annotated[Path | None, typer.Option(help="A seal fit model directory.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="A timm model name (instead of --model).")] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="Encoder spec: PRESET[@WEIGHTS], timm:NAME[@WEIGHTS], seal-release:BACKBONE@FILE or a seal fit dir."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write embeddings, sample_id, barcode to this .npz.")] = None,
+    model: Annotated[Path | None, typer.Option(help="A seal fit model directory (same as --encoder DIR).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="A timm model name (same as --encoder timm:NAME).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local weights for --backbone.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader workers (decode patches while the model runs).")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store embeddings in the catalog.")] = False,
     organ: Filter = None,
     technology: Filter = None,
     species: Filter = None,
@@ -141,24 +152,37 @@ def embed(
         from seal.encoders import embed_view, parse_encoder
         from seal.train import resolve_device, select_view
 
-        if (model is None) == (backbone is None):
-            fail("give exactly one of --model DIR or --backbone NAME")
-        spec = (
-            parse_encoder(str(model))
-            if model is not None
-            else parse_encoder(f"timm:{backbone}" + (f"@{weights}" if weights else ""))
-        )
+        given = [x for x in (encoder, model, backbone) if x is not None]
+        if len(given) != 1:
+            fail("give exactly one of --encoder SPEC, --model DIR or --backbone NAME")
+        if encoder is not None:
+            spec = parse_encoder(encoder)
+        elif model is not None:
+            spec = parse_encoder(str(model))
+        else:
+            spec = parse_encoder(f"timm:{backbone}" + (f"@{weights}" if weights else ""))
+        if out is not None and out.suffix != ".npz":
+            fail(f"--out {out}: expected a .npz file name")
         cat = catalog.open(catalog_dir)
         view = select_view(cat, EvalConfig(organ=_t(organ), technology=_t(technology), species=_t(species), samples=_t(samples)))
-        emb = embed_view(cat, view, spec, device=resolve_device(device), batch_size=batch_size, num_workers=workers)
-        typer.echo(f"{spec.label}: {emb.shape[0]} pairs x {emb.shape[1]} dims stored under {cat.path / 'embeddings' / spec.key}")
+        emb = embed_view(
+            cat, view, spec, device=resolve_device(device), batch_size=batch_size, num_workers=workers, cache=not no_cache
+        )
+        where = "computed" if no_cache or getattr(cat, "remote", False) else f"stored under {cat.path / 'embeddings' / spec.key}"
+        typer.echo(f"{spec.label}: {emb.shape[0]} pairs x {emb.shape[1]} dims {where}")
+        if out is not None:
+            from ._zoo import write_npz
+
+            write_npz(out, emb, view)
+            typer.echo(f"wrote {out} (embeddings, sample_id, barcode)")
 
 
 @app.command("eval")
 def eval_(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI.")],
     encoder: Annotated[
-        list[str], typer.Option(help="timm:NAME, timm:NAME@WEIGHTS or a seal fit model directory; repeat to compare.")
+        list[str],
+        typer.Option(help="PRESET[@WEIGHTS], timm:NAME[@WEIGHTS], seal-release:BACKBONE@FILE or a seal fit dir; repeat to compare."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, results.md, results.png.")],
     n_genes: Annotated[int, typer.Option(help="Top highly variable genes to predict.")] = 50,

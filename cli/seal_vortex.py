@@ -68,7 +68,8 @@ def pretrain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     volumes: Annotated[list[str] | None, typer.Option("--volumes", help="Volumes to pretrain on (repeat; default: all).")] = None,
     backbone: Annotated[
-        str | None, typer.Option(help="Any timm model name (the 2D encoder applied slice by slice).")
+        str | None,
+        typer.Option(help="2D encoder applied slice by slice: a preset (uni@WEIGHTS, see `seal models`), a timm name or timm:NAME[@WEIGHTS]."),
     ] = "vit_base_patch16_224",
     weights: Annotated[Path | None, typer.Option(help="Local weights for --backbone.")] = None,
     seal_model: Annotated[
@@ -295,7 +296,7 @@ def eval_(
     heldout: Annotated[list[str] | None, typer.Option(help="Held-out sections (repeat; default: all others).")] = None,
     encoder_2d: Annotated[
         str | None,
-        typer.Option(help="2D baseline encoder: timm:NAME[@WEIGHTS] or a seal fit dir (default: the model's backbone, frozen)."),
+        typer.Option(help="2D baseline encoder spec: PRESET[@WEIGHTS], timm:NAME[@WEIGHTS] or a seal fit dir (default: the model's backbone, frozen)."),
     ] = None,
     n_components: Annotated[int, typer.Option(help="PCA components of the 2D ridge probe.")] = 256,
     epochs: Epochs = 10,

@@ -5,7 +5,8 @@ Layout written by ``seal fit``::
     MODEL/
       config.json              FitConfig, backbone, data config, LoRA spec, hestkit version
       encoder.safetensors      merged encoder: a plain timm state dict (num_classes=0)
-      encoder.json             {"backbone": NAME, "create_kwargs": {...}, "data_config": {...}}
+      encoder.json             {"backbone": SPEC, "create_kwargs": {...}, "data_config": {...}, "dim": D,
+                                "recipe": {...}}  (recipe: zoo presets, see seal.zoo.recipe)
       adapter/                 the PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors)
       expression.safetensors   expression VAE + image head
       preprocess.json          gene list, per-gene mean/std, smoothing, target sum
@@ -43,19 +44,32 @@ def read_encoder_info(path: str | Path) -> dict[str, Any]:
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The SEAL-tuned vision encoder as a plain timm model (LoRA merged), in eval mode.
+    """The SEAL-tuned vision encoder (LoRA merged), in eval mode.
 
-    Equivalent without hestkit::
+    A timm backbone is a plain timm model; equivalent without hestkit::
 
         model = timm.create_model(info["backbone"], pretrained=False, num_classes=0, **info["create_kwargs"])
         model.load_state_dict(safetensors.torch.load_file("MODEL/encoder.safetensors"))
+
+    A zoo preset is rebuilt from ``info["recipe"]`` (:func:`seal.zoo.build_from_recipe`;
+    ``docs/models.md`` shows the same in plain timm + torch).
     """
     import timm
     from safetensors.torch import load_file
 
     info = read_encoder_info(path)
-    model = timm.create_model(info["backbone"], pretrained=False, num_classes=0, **info.get("create_kwargs", {}))
-    model.load_state_dict(load_file(str(Path(path) / "encoder.safetensors")), strict=True)
+    state = load_file(str(Path(path) / "encoder.safetensors"))
+    model: nn.Module
+    if info.get("recipe"):
+        from .zoo import build_from_recipe
+
+        model = build_from_recipe(info["recipe"])
+    else:
+        model = timm.create_model(info["backbone"], pretrained=False, num_classes=0, **info.get("create_kwargs", {}))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{Path(path) / 'encoder.safetensors'}: does not fit the encoder described by encoder.json ({exc})") from exc
     return model.to(device).eval()
 
 

@@ -131,9 +131,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def data_config(model: nn.Module) -> dict[str, Any]:
-    """Input size, mean and std from the model's own pretrained config (timm)."""
+    """Input size, mean and std: a zoo preset's own, else the timm model's pretrained config."""
     import timm
 
+    own = getattr(model, "data_config", None)
+    if isinstance(own, dict) and own:
+        return dict(own)
     cfg = timm.data.resolve_data_config({}, model=model)
     return {"input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"])}
 
@@ -142,6 +145,9 @@ def block_names(model: nn.Module) -> list[str]:
     """Qualified names of the model's sequential blocks, in order (ViT ``blocks.i``,
     hierarchical ``stages.s.blocks.i`` / ``layers.s.blocks.i``, ResNet ``layerK.i``)."""
     names: list[str] = []
+    trunk = getattr(model, "trunk", None)
+    if isinstance(trunk, nn.Module) and hasattr(model, "lora_modules"):  # a zoo encoder (seal.zoo.ZooEncoder)
+        return [f"trunk.{n}" for n in block_names(trunk)]
     if isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
         names = [f"blocks.{i}" for i in range(len(model.blocks))]  # type: ignore[arg-type]
     for attr in ("stages", "layers"):
@@ -162,13 +168,21 @@ def block_names(model: nn.Module) -> list[str]:
 
 
 def lora_targets(model: nn.Module, n_blocks: int) -> list[str]:
-    """Linear layers (or, for CNNs, convolutions) inside the last ``n_blocks`` blocks (0 = all)."""
+    """Linear layers (or, for CNNs, convolutions) inside the last ``n_blocks`` blocks (0 = all);
+    for a zoo preset, the preset's LoRA modules (e.g. ``attn.qkv``, ``mlp.fc1``) in those blocks."""
     blocks = block_names(model)
     if not blocks:
         raise BackboneError(f"cannot find the blocks of {type(model).__name__} to place LoRA on")
     chosen = blocks if n_blocks == 0 else blocks[-n_blocks:]
     modules = dict(model.named_modules())
     targets: list[str] = []
+    wanted = tuple(getattr(model, "lora_modules", ()) or ())
+    if wanted:
+        for b in chosen:
+            targets += [n for n, m in modules.items() if n.startswith(b + ".") and n[len(b) + 1 :] in wanted and isinstance(m, (nn.Linear, nn.Conv2d))]
+        if not targets:
+            raise BackboneError(f"none of the LoRA modules {', '.join(wanted)} found in {', '.join(chosen)}")
+        return targets
     for b in chosen:
         for name, mod in modules.items():
             if name.startswith(b + ".") and isinstance(mod, nn.Linear):

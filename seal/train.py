@@ -18,9 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from .data import ExpressionPrep, PatchTransform, SealDataset, apply_preprocessing, fit_preprocessing, patient_split
+from .encoders import backbone_recipe, build_backbone
 from .errors import SelectionError
 from .losses import seal_objective
-from .models import LoraSpec, SealModel, create_backbone, data_config, wrap_lora
+from .models import LoraSpec, SealModel, wrap_lora
 
 __all__ = ["FitConfig", "fit", "resolve_device", "select_view"]
 
@@ -250,9 +251,7 @@ def fit(
     prep, train_vals = fit_preprocessing(train_view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=cfg.smooth)
     val_vals = apply_preprocessing(val_view, prep) if val_view is not None else None
 
-    backbone = create_backbone(cfg.backbone, weights=cfg.weights, global_pool=cfg.global_pool, seed=cfg.seed)
-    dim = int(backbone.num_features)  # type: ignore[arg-type]
-    dcfg = data_config(backbone)
+    backbone, dcfg, dim, _ = build_backbone(cfg.backbone, cfg.weights, global_pool=cfg.global_pool, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     encoder = wrap_lora(backbone, cfg.lora)
     model = SealModel(encoder, len(prep.genes), dim).to(device)
@@ -366,7 +365,7 @@ def _save_model(out: Path, model: SealModel, cfg: FitConfig, prep: ExpressionPre
     save_file({k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}, str(out / "encoder.safetensors"))
     create_kwargs = {"global_pool": cfg.global_pool} if cfg.global_pool else {}
     (out / "encoder.json").write_text(
-        json.dumps({"backbone": cfg.backbone, "create_kwargs": create_kwargs, "data_config": dcfg, "dim": dim}, indent=1)
+        json.dumps({**backbone_recipe(cfg.backbone), "create_kwargs": create_kwargs, "data_config": dcfg, "dim": dim}, indent=1)
     )
     heads = {f"vae.{k}": v for k, v in model.vae.state_dict().items()} | {
         f"head.{k}": v for k, v in model.head.state_dict().items()

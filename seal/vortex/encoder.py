@@ -16,8 +16,12 @@ __all__ = ["VolumeEncoder", "backbone_data_config", "build_backbone", "prepare_b
 
 
 def build_backbone(cfg: ModelConfig, *, load: bool = True, seed: int = 0) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The 2D backbone of ``cfg`` (and its timm name and create kwargs). ``load=False``
-    skips reading the weights file (when a saved VORTEX state follows)."""
+    """The 2D backbone of ``cfg`` (and its name and create kwargs). ``cfg.backbone`` is an
+    encoder spec (a zoo preset ``PRESET[@WEIGHTS]``, ``timm:NAME[@WEIGHTS]`` or a bare timm
+    name). ``load=False`` skips reading the weights file (when a saved VORTEX state follows)."""
+    from ..encoders import _split
+    from ..zoo import PRESETS, build_from_recipe
+
     kwargs = dict(cfg.create_kwargs)
     name = cfg.backbone
     weights: str | None = cfg.weights
@@ -27,11 +31,32 @@ def build_backbone(cfg: ModelConfig, *, load: bool = True, seed: int = 0) -> tup
         from ..io import read_encoder_info
 
         info = read_encoder_info(cfg.seal_model)
+        weights = str(Path(cfg.seal_model) / "encoder.safetensors")
+        if info.get("recipe"):
+            zmodel = build_from_recipe(info["recipe"], seed=seed)
+            if load:
+                from safetensors.torch import load_file
+
+                zmodel.load_state_dict(load_file(weights), strict=True)
+            return zmodel, str(info["backbone"]), {}
         name = str(info["backbone"])
         kwargs = {**info.get("create_kwargs", {}), **kwargs}
-        weights = str(Path(cfg.seal_model) / "encoder.safetensors")
     if name is None:
         raise ValueError("a backbone name or a SEAL model directory is needed")
+    if name.startswith("timm:"):
+        name, w = _split(name[5:])
+        weights = weights or (str(w) if w else None)
+    elif _split(name)[0] in PRESETS or name.startswith("seal-release:"):
+        from ..encoders import build_backbone as build_spec
+
+        spec = name
+        if not load:
+            from .._zoo_layouts import SEAL_BACKBONES
+
+            base = _split(name[len("seal-release:") :] if name.startswith("seal-release:") else name)[0]
+            spec = SEAL_BACKBONES.get(base, base)
+        zm, _, _, _ = build_spec(spec, weights if load else None, seed=seed)
+        return zm, spec, {}
     model = create_backbone(name, seed=seed, create_kwargs=kwargs)
     if load and weights is not None:
         load_weights(model, weights)
