@@ -58,8 +58,9 @@ class CountCheck:
     value: float
 
     def message(self) -> str:
+        limit = f" (>= 2^31 = {MAX_COUNT:,})" if self.kind == "absurd" else ""
         return (
-            f"{self.n:,} {self.kind} count{'s' if self.n != 1 else ''} in the matrix; the first is {_fmt(self.value)} "
+            f"{self.n:,} {self.kind} count{'s' if self.n != 1 else ''}{limit} in the matrix; the first is {_fmt(self.value)} "
             f"at barcode {self.barcode!r}, gene {self.gene!r}"
         )
 
@@ -103,16 +104,16 @@ def check_counts(
         first(np.isinf(data), "infinite")
         finite = ~nan & ~np.isinf(data)
         first(finite & (data < 0), "negative")
-        first(finite & (data >= MAX_COUNT), f"absurd (>= 2^31 = {MAX_COUNT:,})")
+        first(finite & (data >= MAX_COUNT), "absurd")
         if not allow_non_integer:
             with np.errstate(invalid="ignore"):
                 first(finite & (data != np.floor(data)), "non-integer")
     elif data.dtype.kind == "i":
         first(data < 0, "negative")
         if data.dtype.itemsize > 4:
-            first(data >= MAX_COUNT, f"absurd (>= 2^31 = {MAX_COUNT:,})")
+            first(data >= MAX_COUNT, "absurd")
     elif data.dtype.kind == "u" and data.dtype.itemsize > 4:
-        first(data >= MAX_COUNT, f"absurd (>= 2^31 = {MAX_COUNT:,})")
+        first(data >= MAX_COUNT, "absurd")
     return found
 
 
@@ -195,7 +196,7 @@ def coordinate_problems(path: str | Path | None, spots: pd.DataFrame) -> list[Pr
         Problem(
             path,
             f"{int(bad.sum()):,} of {len(live):,} in-tissue spots have no pixel position (NaN or infinite); "
-            f"the first is barcode {bc!r} at x={x[k]!r}, y={y[k]!r}. "
+            f"the first is barcode {bc!r} at x={float(x[k])}, y={float(y[k])}. "
             "Fix: the positions file is incomplete or was edited; re-copy it from the pipeline's output",
         )
     ]
