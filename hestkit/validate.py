@@ -220,7 +220,8 @@ def check_source(source: SampleSource, *, allow_non_integer: bool = False) -> No
     n_spots, n_genes = source.counts.shape
     n_in = int((source.spots["in_tissue"].to_numpy() > 0).sum()) if n_spots else 0
     if n_spots == 0:
-        require_pairs(source.sample_id, counts_path, 0, "the matrix lists 0 spots (barcodes)")
+        said = f" (the reader said: {'; '.join(source.warnings)})" if source.warnings else ""
+        require_pairs(source.sample_id, counts_path, 0, f"the matrix lists 0 spots (barcodes){said}")
     if n_genes == 0:
         require_pairs(source.sample_id, counts_path, 0, f"the matrix lists 0 genes (for {n_spots:,} spots)")
     if n_in == 0:
