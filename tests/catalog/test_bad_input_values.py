@@ -298,3 +298,49 @@ def test_sample_ids_are_checked_on_read_paths(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "'../catalog' is not a sample id" in r.output, r.output
     r = runner.invoke(app, ["export", str(cat.path), "../catalog", "-f", "anndata", "-o", str(tmp_path / "a.h5ad")])
     assert r.exit_code == 1 and "is not a sample id" in r.output, r.output
+
+
+def _keep_in_tissue(sample: Path, n: int) -> None:
+    pos = sample / "spatial" / "tissue_positions.csv"
+    df = pd.read_csv(pos)
+    idx = df.index[df["in_tissue"] == 1]
+    df.loc[idx[n:], "in_tissue"] = 0
+    df.to_csv(pos, index=False)
+
+
+def test_edge_samples_export_or_say_why(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No export ends in a raw traceback: a one-pair sample exports, and a
+    sample without pairs (as older hestkit versions committed them) exports where the
+    format can hold it and gets a clear error where it cannot."""
+    import catalog.writer as w
+
+    one = tmp_path / "one"
+    shutil.copytree(sample, one)
+    _keep_in_tissue(one, 1)
+    _keep_in_tissue(sample, 0)
+    cat = catalog.create(tmp_path / "cat")
+    assert cat.ingest([one], options=ReadOptions(sample_id="one"), workers=1).ingested
+    with pytest.raises(NoPairsError, match=r"no pairs: .*0 of 31 spots are in tissue"):
+        w.check_source(VisiumReader().load(VisiumReader().scan(sample, ReadOptions(sample_id="zero"))[0]))
+    with monkeypatch.context() as mp:  # an older hestkit: no checks
+        mp.setattr(w, "check_source", lambda *a, **k: None)
+        mp.setattr(w, "check_plan", lambda *a, **k: None)
+        assert cat.ingest([sample], options=ReadOptions(sample_id="zero"), workers=1).ingested
+    assert cat.manifest("zero")["n_pairs"] == 0 and cat.manifest("one")["n_pairs"] == 1
+    for sid in ("one", "zero"):
+        formats = [("anndata", f"{sid}.h5ad"), ("hest", f"{sid}_hest")]
+        if sid == "zero":  # SpatialData only where it must refuse (a SpatialData export takes ~10 s)
+            formats.append(("spatialdata", f"{sid}.zarr"))
+        for fmt, out in formats:
+            r = runner.invoke(app, ["export", str(cat.path), sid, "-f", fmt, "-o", str(tmp_path / out)])
+            assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), r.exception
+            if sid == "zero" and fmt == "spatialdata":
+                assert r.exit_code == 1 and "holds no pairs" in r.output, r.output
+            else:
+                assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["plot", str(cat.path), sid, "-o", str(tmp_path / f"{sid}.png")])
+        assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "zero_hest" / "patches" / "zero.h5") as f:
+        assert f["img"].shape == (0, 224, 224, 3)
+    with h5py.File(tmp_path / "one_hest" / "patches" / "one.h5") as f:
+        assert f["img"].shape == (1, 224, 224, 3)
