@@ -36,7 +36,13 @@ def _write_single_level(path: Path, side: int = SIDE, tile: int = TILE) -> None:
                 yield np.broadcast_to(np.array(_tile_colour(ty, tx), np.uint8), (tile, tile, 3))
 
     tifffile.imwrite(
-        path, data=tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb", compression="zlib",
+        path,
+        data=tiles(),
+        shape=(side, side, 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="zlib",
         compressionargs={"level": 1},
     )
 
@@ -90,8 +96,9 @@ def test_strided_and_pyramid_thumbnails_agree(tmp_path: Path) -> None:
         g = (ys / side * 255).repeat(w, 1)
         return np.stack([r, g, np.full((h, w), 128.0)], -1).astype(np.uint8)
 
-    write_pyramidal_tiff(tmp_path / "flat.tif", height=side, width=side - 7, render=render, pixel_size_um=0.5,
-                         min_level_size=10**6)
+    write_pyramidal_tiff(
+        tmp_path / "flat.tif", height=side, width=side - 7, render=render, pixel_size_um=0.5, min_level_size=10**6
+    )
     write_pyramidal_tiff(tmp_path / "pyr.tif", height=side, width=side - 7, render=render, pixel_size_um=0.5)
     with open_slide(tmp_path / "flat.tif") as a, open_slide(tmp_path / "pyr.tif") as b:
         assert len(a.levels) == 1 and len(b.levels) > 1
