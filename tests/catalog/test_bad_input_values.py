@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 import catalog
-from catalog.errors import QueryError
+from catalog.errors import CatalogError, QueryError
 from cli.hestkit import app
 from hestkit.errors import NoPairsError, OptionError, ValidationError
 from hestkit.patches import PairSpec
@@ -293,6 +293,10 @@ def test_sample_ids_are_checked_on_read_paths(tmp_path: Path) -> None:
             cat.manifest(bad)
     with pytest.raises(QueryError, match="is not a volume id"):
         cat.volume_manifest("../catalog")
+    # the same rule on write: a hostile id is refused before anything is read or written
+    with pytest.raises(CatalogError, match="is not allowed"):
+        cat.ingest([tmp_path], technology="visium", options=ReadOptions(sample_id="../evil"), workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "x.json"]
     # the command that read catalog.json as a manifest (KeyError: 'patches_path')
     r = runner.invoke(app, ["plot", str(cat.path), "../catalog", "--out", str(tmp_path / "p.png")])
     assert r.exit_code == 1 and "'../catalog' is not a sample id" in r.output, r.output
