@@ -12,6 +12,7 @@ import pandas as pd
 from hestkit.slide import Slide, open_slide
 
 from .catalog import Catalog
+from .errors import CatalogError
 
 __all__ = ["write_spatialdata"]
 
@@ -51,6 +52,12 @@ def write_spatialdata(cat: Catalog, sample_id: str, out: Path) -> Path:
     from .export import sample_anndata
 
     m = cat.manifest(sample_id)
+    if not int(m.get("n_pairs") or 0):
+        raise CatalogError(
+            f"{sample_id}: the sample holds no pairs (committed by a hestkit that accepted empty samples), and a "
+            "SpatialData shapes element cannot be empty. Fix: export it as anndata or hest, or re-ingest it "
+            "with --overwrite (today's hestkit refuses samples without pairs and says why)"
+        )
     ps = float(m["pixel_size_um"])
     tf = {"global": Identity(), "micrometres": Scale([ps, ps], axes=("x", "y"))}
     slide = open_slide(m["image_path"])

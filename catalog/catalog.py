@@ -27,6 +27,7 @@ from ._store import (
     MANIFEST_VERSION,
     CommitConflict,
     Layout,
+    check_sample_id,
     read_json,
     zarr_open_array,
 )
@@ -76,6 +77,21 @@ def _obs_constants(m: dict[str, Any]) -> dict[str, Any]:
     out = {k: m.get(k) for k in ("sample_id", "ingest_id", "organ", "technology", "species", "patient", "pixel_size_um")}
     out["spot_size_um"] = m.get("spot_diameter_um")
     return {k: v for k, v in out.items() if v is not None or k in ("organ", "species", "patient")}
+
+
+def _read_id(uri: str, value: object, kind: str = "sample") -> str:
+    """``value`` if it is a valid sample (or volume) id, else a :class:`QueryError`: ids
+    are checked on every read path as on write, so no id can name a file outside its
+    folder (``../catalog`` would read catalog.json as a manifest)."""
+    if isinstance(value, str):
+        try:
+            return check_sample_id(value)
+        except CatalogError:
+            pass
+    raise QueryError(
+        f"{uri}: {value!r} is not a {kind} id (ids are 1-128 letters, digits, '.', '_' or '-', starting with a "
+        f"letter or digit); see `hestkit ls {uri}` for the {kind} ids of this catalog"
+    )
 
 
 def _version() -> str:
@@ -320,6 +336,7 @@ class Catalog:
         return df.sort_values("sample_id").reset_index(drop=True)
 
     def manifest(self, sample_id: str) -> dict[str, Any]:
+        _read_id(self.uri, sample_id)
         found = self.layout.read_json_etag(self.layout.manifest(sample_id))
         if found is None:
             known = ", ".join(m["sample_id"] for m in self.manifests()[:10]) or "none"
@@ -410,8 +427,12 @@ class Catalog:
         workers: int | None = None,
         scheduler: str | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        dashboard: str | None = None,
     ) -> IngestReport:
-        """Scan ``paths`` with the reader registry and ingest every sample found."""
+        """Scan ``paths`` with the reader registry and ingest every sample found.
+
+        A local cluster serves the dask dashboard only when ``dashboard`` gives its
+        address (e.g. ``127.0.0.1:8787``); otherwise it listens on 127.0.0.1 alone."""
         from hestkit.readers import scan
 
         opts = options or ReadOptions()
@@ -427,6 +448,7 @@ class Catalog:
             scheduler=scheduler,
             progress=progress,
             version=_version(),
+            dashboard=dashboard,
         )
 
     # -- volumes ---------------------------------------------------------------
@@ -507,10 +529,12 @@ class Catalog:
         return _vol.volumes_frame(self.layout)
 
     def volume_manifest(self, volume_id: str) -> dict[str, Any]:
+        _read_id(self.uri, volume_id, "volume")
         return _vol.volume_manifest(self.layout, volume_id)
 
     def volume(self, volume_id: str) -> NgffVolume:
         """The stored volume as a :class:`~hestkit.volume.VolumeLike` (lazy, multiscale)."""
+        _read_id(self.uri, volume_id, "volume")
         return _vol.open_catalog_volume(self.layout, volume_id)
 
     def link_section(
@@ -582,10 +606,12 @@ class Catalog:
     def sections(self, volume_id: str | None = None) -> pd.DataFrame:
         """One row per linked section (sample_id, volume_id, z_um, affine, residuals, ...)."""
         if volume_id is not None:
+            _read_id(self.uri, volume_id, "volume")
             _vol.volume_manifest(self.layout, volume_id)
         return _vol.sections_frame(self.layout, volume_id)
 
     def section_link(self, sample_id: str) -> _vol.SectionLink:
+        _read_id(self.uri, sample_id)
         p = self.layout.section(sample_id)
         if not p.exists():
             raise QueryError(f"{self.path}: sample {sample_id!r} is not linked to a volume; use `hestkit link-section`")

@@ -107,7 +107,7 @@ def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
             "img",
             shape=(len(view), spec.patch_size_px, spec.patch_size_px, 3),
             dtype="uint8",
-            chunks=(1, spec.patch_size_px, spec.patch_size_px, 3),
+            chunks=(1, spec.patch_size_px, spec.patch_size_px, 3) if len(view) else None,  # h5py: no chunks of an empty set
         )
         for i in range(len(view)):
             img[i] = view.patch(i)

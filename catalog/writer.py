@@ -29,6 +29,7 @@ from hestkit.patches import PairSpec, PatchPlan, cut_block, plan_patches
 from hestkit.readers import get_reader
 from hestkit.sample import SampleRef, SampleSource
 from hestkit.slide import open_slide, thread_slide
+from hestkit.validate import check_plan, check_source
 
 from . import _soma
 from ._faults import fault_point, resource_message, writing
@@ -170,6 +171,7 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
 
 def _load_and_plan(ref: SampleRef, spec: PairSpec) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray]:
     source = get_reader(ref.reader).load(ref)
+    check_source(source, allow_non_integer=ref.options.allow_non_integer)
     n_total = source.n_spots
     keep = source.spots["in_tissue"].to_numpy() > 0
     spots = source.spots[keep].reset_index(drop=True)
@@ -177,6 +179,7 @@ def _load_and_plan(ref: SampleRef, spec: PairSpec) -> tuple[SampleSource, PatchP
     source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
     with open_slide(source.image_path) as slide:
         plan = plan_patches(slide, source.centres_px(), source.pixel_size.value, spec, slot_align=SHARD_PATCHES)
+        check_plan(source, plan, slide)
         thumb, thumb_ds = slide.thumbnail(1024)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
@@ -402,6 +405,7 @@ def _manifest(
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hestkit_version": version,
         "warnings": s.warnings,
+        "allow_non_integer": prep.ref.options.allow_non_integer,
         "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
     }
 
@@ -497,8 +501,8 @@ def _discard(root: str, prep: _Prepared) -> None:
     Layout(root).remove_tree(prep.group_path)
 
 
-def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-untyped-def]
-    from distributed import Client, LocalCluster
+def _client(workers: int | None, scheduler: str | None, dashboard: str | None = None):  # type: ignore[no-untyped-def]
+    from distributed import Client
 
     if scheduler:
         try:
@@ -507,15 +511,9 @@ def _client(workers: int | None, scheduler: str | None):  # type: ignore[no-unty
             raise CatalogError(
                 f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address (tcp://HOST:8786)"
             ) from exc
-    import logging
+    from ._cluster import local_client
 
-    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    n = workers or min(os.cpu_count() or 1, 8)
-    cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=40)
-    # never the process-wide default: ingests running at once in one process (threads) would
-    # otherwise leave dask's global scheduler pointing at a closed client
-    return Client(cluster, set_as_default=False), cluster
+    return local_client(workers, dashboard)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -537,12 +535,15 @@ def ingest_refs(
     scheduler: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     version: str = "",
+    dashboard: str | None = None,
 ) -> IngestReport:
     """Ingest already-scanned samples into the catalog at ``root``.
 
     Existing sample ids are skipped when they come from the same input (a re-run
     resumes), refused when they come from another one, and replaced with ``overwrite``.
-    ``progress(kind, done, total)`` is called as samples and blocks finish.
+    ``progress(kind, done, total)`` is called as samples and blocks finish. A local
+    cluster listens on 127.0.0.1 only and serves no dashboard unless ``dashboard`` gives
+    its address (e.g. ``127.0.0.1:8787``).
     """
     from distributed import as_completed
 
@@ -586,7 +587,7 @@ def ingest_refs(
     if not todo:
         return report
 
-    client, cluster = _client(workers, scheduler)
+    client, cluster = _client(workers, scheduler, dashboard)
     discards: list[Any] = []
     try:
         n_workers = max(sum(client.nthreads().values()), 1)

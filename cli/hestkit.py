@@ -87,6 +87,17 @@ def ingest(
         str | None, typer.Option(help="Address of an existing dask.distributed scheduler, e.g. tcp://host:8786.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace samples already in the catalog.")] = False,
+    allow_non_integer: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-integer",
+            help="Keep fractional (non-negative, finite) counts, e.g. normalised data; recorded in the manifest.",
+        ),
+    ] = False,
+    dashboard: Annotated[
+        str | None,
+        typer.Option(help="Serve the dask dashboard of the local cluster at this address, e.g. 127.0.0.1:8787 (default: none)."),
+    ] = None,
     patch_size: Annotated[int, typer.Option(help="Patch side in px (new catalogs only).")] = 224,
     patch_um_per_px: Annotated[float, typer.Option(help="Patch resolution in um/px (new catalogs only).")] = 0.5,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored patches (new catalogs only).")] = 90,
@@ -103,7 +114,6 @@ def ingest(
         from hestkit.sample import ReadOptions
 
         spec = PairSpec(patch_size, patch_um_per_px, jpeg_quality)
-        cat = catalog.create(catalog_dir, spec)
         opts = ReadOptions(
             image=image,
             sample_id=sample_id,
@@ -114,7 +124,9 @@ def ingest(
             ids=tuple(ids) if ids else None,
             alignment=alignment,
             spot_size_um=spot_size_um,
+            allow_non_integer=allow_non_integer,
         )
+        cat = catalog.create(catalog_dir, spec)  # after the options are checked: a bad option creates nothing
         with progress_bars(not quiet) as prog:
             report = cat.ingest(
                 paths,
@@ -124,6 +136,7 @@ def ingest(
                 workers=workers,
                 scheduler=scheduler,
                 progress=prog,
+                dashboard=dashboard,
             )
         for r in report.results:
             for w in r.warnings:

@@ -13,7 +13,9 @@ from pathlib import Path
 __all__ = [
     "HestkitError",
     "ImageError",
+    "NoPairsError",
     "NoReaderError",
+    "OptionError",
     "PixelSizeError",
     "Problem",
     "ReaderError",
@@ -40,6 +42,15 @@ class ReaderError(HestkitError):
 
 class NoReaderError(HestkitError):
     """No registered reader recognised a path."""
+
+
+class NoPairsError(HestkitError):
+    """A sample would yield no spot-patch pair (0 spots, 0 genes, 0 in tissue, or every
+    spot dropped); it is refused, never committed empty."""
+
+
+class OptionError(HestkitError):
+    """An option given by the user is unusable (e.g. an empty ``--sample-id``)."""
 
 
 class ImageError(ReaderError):

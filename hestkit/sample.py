@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .errors import OptionError
 from .geometry import PixelSizeDecision
 
 __all__ = ["SPOT_COLUMNS", "TECHNOLOGIES", "ReadOptions", "SampleRef", "SampleSource"]
@@ -40,6 +41,16 @@ class ReadOptions:
     #: Side (square pseudo-spots) or diameter of the pairing unit in micrometres, for
     #: technologies that pool (Xenium, Visium HD); None = the technology's default.
     spot_size_um: float | None = None
+    #: Keep fractional (non-negative, finite) counts, e.g. normalised inputs; recorded in
+    #: the manifest. Without it, non-integer counts are refused.
+    allow_non_integer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sample_id is not None and not str(self.sample_id).strip():
+            raise OptionError(
+                "--sample-id is empty; give a sample id (1-128 letters, digits, '.', '_' or '-'), "
+                "or leave the option out to use the folder name"
+            )
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,10 @@ class SampleSource:
     metadata: dict[str, Any]
     source_paths: list[str]
     warnings: list[str] = field(default_factory=list)
+    #: The file the counts (and barcodes, genes) come from, and the one the spot positions
+    #: come from, for error messages; default: the first of ``source_paths``.
+    counts_path: str | None = None
+    spots_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.counts.shape != (len(self.spots), len(self.genes)):
@@ -80,6 +95,16 @@ class SampleSource:
                 f"{self.sample_id}: counts shape {self.counts.shape} does not match "
                 f"{len(self.spots)} spots x {len(self.genes)} genes"
             )
+
+    @property
+    def counts_file(self) -> str | None:
+        """The counts file (``counts_path``, else the first source path)."""
+        return self.counts_path or (self.source_paths[0] if self.source_paths else None)
+
+    @property
+    def spots_file(self) -> str | None:
+        """The spot-positions file (``spots_path``, else the counts file)."""
+        return self.spots_path or self.counts_file
 
     @property
     def n_spots(self) -> int:

@@ -12,6 +12,7 @@ strips) that intersect the requested rectangle of one pyramid level. Three backe
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -25,7 +26,16 @@ from numpy.typing import NDArray
 
 from .errors import ImageError
 
-__all__ = ["PLAUSIBLE_PIXEL_SIZE_UM", "SLIDE_SUFFIXES", "Level", "Slide", "open_slide", "thread_slide"]
+__all__ = [
+    "MAX_FLAT_PIXELS",
+    "MAX_SIDE_PX",
+    "PLAUSIBLE_PIXEL_SIZE_UM",
+    "SLIDE_SUFFIXES",
+    "Level",
+    "Slide",
+    "open_slide",
+    "thread_slide",
+]
 
 #: Suffixes recognised as slide images when searching a folder.
 SLIDE_SUFFIXES = (
@@ -48,6 +58,18 @@ _TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".svs", ".ndpi", ".bif"}
 
 #: Pixel sizes outside this range (um/px) are treated as absent (e.g. the 72 dpi default).
 PLAUSIBLE_PIXEL_SIZE_UM = (0.02, 50.0)
+
+#: Images wider or taller than this (px) are refused: no scanner makes them, a corrupt or
+#: hostile header does (a 200,000 px square level alone would decode to 112 GiB).
+MAX_SIDE_PX = 500_000
+#: Tiles larger than the image on a side, and larger than this, are refused as corrupt.
+_MAX_OVERSIZE_TILE_PX = 4096
+#: Tiles of more pixels than this (16,384 x 16,384) are refused: each is decoded whole.
+_MAX_TILE_PIXELS = 2**28
+#: Flat PNG/JPEG images are decoded whole; beyond this many pixels they are refused.
+MAX_FLAT_PIXELS = 2**30
+#: Decoded bytes one block of a strided thumbnail may hold.
+_THUMB_BLOCK_BYTES = 32 * 2**20
 
 RGB = NDArray[np.uint8]
 
@@ -113,6 +135,8 @@ class _TiffBackend:
             levels.append(Level(int(w), int(h), base_w / w if w else 1.0))
             arrays.append(self._group if isinstance(self._group, zarr.Array) else self._group[str(i)])
         self._axes = [lvl.axes for lvl in series.levels]
+        #: (tile width, tile height) of each level, (0, 0) for strips
+        self.tiles = [(int(lvl.keyframe.tilewidth or 0), int(lvl.keyframe.tilelength or 0)) for lvl in series.levels]
         self._arrays = arrays
         self.levels = levels
         self.embedded_pixel_size_um = _plausible(self._pixel_size())
@@ -239,8 +263,20 @@ class _PilBackend:
     def __init__(self, path: Path) -> None:
         from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as im:
+        # Pillow's decompression-bomb guard would refuse large slides at open(); it is
+        # process-wide state, so lift it only around this open (the size is checked below)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            opened = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        with opened as im:
+            w0, h0 = im.size
+            if w0 * h0 > MAX_FLAT_PIXELS:
+                raise ValueError(
+                    f"a flat {w0} x {h0} px image is decoded whole ({w0 * h0 * 3 / 2**30:.1f} GiB); over "
+                    f"{MAX_FLAT_PIXELS:,} px, convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)"
+                )
             im.load()
             dpi = im.info.get("dpi")
             self._a = _to_rgb(np.asarray(im.convert("RGB")))
@@ -320,22 +356,69 @@ class Slide:
 
     def thumbnail(self, max_size: int = 1024) -> tuple[RGB, float]:
         """A thumbnail whose longest side is at most ``max_size``; returns it and its
-        downsample factor from level 0 (thumbnail px * factor = level-0 px)."""
+        downsample factor from level 0 (thumbnail px * factor = level-0 px).
+
+        Read from the first pyramid level small enough to decode whole; a slide without
+        such a level (single-level, or a pyramid that stops early) is reduced block by
+        block instead, so peak memory does not grow with the slide's area."""
         from PIL import Image
 
+        small = max(4 * max_size, 4096)
         level = len(self.levels) - 1
         for i, lvl in enumerate(self.levels):
-            if max(lvl.width, lvl.height) <= max(4 * max_size, 4096):
+            if max(lvl.width, lvl.height) <= small:
                 level = i
                 break
         lvl = self.levels[level]
-        a = self.read_region(level, 0, 0, lvl.width, lvl.height)
-        scale = max(lvl.width, lvl.height) / max_size
-        if scale > 1:
-            new = (max(1, round(lvl.width / scale)), max(1, round(lvl.height / scale)))
-            a = np.asarray(Image.fromarray(a).resize(new, Image.Resampling.BOX))
+        if max(lvl.width, lvl.height) > small:
+            a = self._reduced(level, math.ceil(max(lvl.width, lvl.height) / max_size))
+        else:
+            a = self.read_region(level, 0, 0, lvl.width, lvl.height)
+            scale = max(lvl.width, lvl.height) / max_size
+            if scale > 1:
+                new = (max(1, round(lvl.width / scale)), max(1, round(lvl.height / scale)))
+                a = np.asarray(Image.fromarray(a).resize(new, Image.Resampling.BOX))
         factor = self.width / a.shape[1]
         return a, factor
+
+    def _reduced(self, level: int, factor: int) -> RGB:
+        """Level ``level`` box-averaged by the integer ``factor`` (output sides rounded
+        up; edge cells average the pixels they have), read in blocks of at most
+        ``_THUMB_BLOCK_BYTES`` that follow the file's own tiles: each tile (or strip) is
+        decoded once, and memory holds one block plus the output's sums."""
+        lvl = self.levels[level]
+        w, h = lvl.width, lvl.height
+        oh, ow = -(-h // factor), -(-w // factor)
+        acc = np.zeros((oh, ow, 3), dtype=np.uint64 if factor > 4096 else np.uint32)
+        budget_px = _THUMB_BLOCK_BYTES // 3
+        tiles: list[tuple[int, int]] = getattr(self._b, "tiles", [])
+        tw, th = tiles[level] if level < len(tiles) else (0, 0)
+        if tw and th:  # one row of whole tiles, as many tiles wide as the budget allows
+            bh = th
+            bw = tw * max(1, min(-(-w // tw), budget_px // (tw * th)))
+        elif tiles:  # strips: full-width bands
+            bw, bh = w, max(1, budget_px // w)
+        else:  # layout unknown (OpenSlide, ...): square blocks, a multiple of common tile sides
+            bw = bh = max(1024, (math.isqrt(budget_px) // 1024) * 1024)
+        for y0 in range(0, h, bh):
+            hh = min(bh, h - y0)
+            rows = np.unique(np.r_[0, np.arange((-y0) % factor, hh, factor)])
+            oy = y0 // factor
+            for x0 in range(0, w, bw):
+                ww = min(bw, w - x0)
+                cols = np.unique(np.r_[0, np.arange((-x0) % factor, ww, factor)])
+                ox = x0 // factor
+                block = self.read_region(level, x0, y0, ww, hh)
+                # rows: one contiguous sum per output row (np.add.reduceat along axis 0 with a
+                # widening dtype is ~15x slower); columns: reduceat on the small row sums
+                edges = [*rows.tolist(), hh]
+                by_row = np.stack([block[a:b].sum(axis=0, dtype=acc.dtype) for a, b in itertools.pairwise(edges)])
+                sums = np.add.reduceat(by_row, cols, axis=1)
+                acc[oy : oy + len(rows), ox : ox + len(cols)] += sums
+        ny = np.minimum(factor, h - np.arange(oh) * factor)
+        nx = np.minimum(factor, w - np.arange(ow) * factor)
+        area = (ny[:, None] * nx[None, :])[:, :, None]
+        return ((acc + area // 2) // area).astype(np.uint8)
 
     def close(self) -> None:
         self._b.close()
@@ -379,17 +462,56 @@ def open_slide(path: str | Path) -> Slide:
     for name in order:
         try:
             if name == "tifffile":
-                return Slide(p, _TiffBackend(p), name)
-            if name == "openslide":
-                return Slide(p, _OpenSlideBackend(p), name)
-            return Slide(p, _PilBackend(p), name)
+                slide = Slide(p, _TiffBackend(p), name)
+            elif name == "openslide":
+                slide = Slide(p, _OpenSlideBackend(p), name)
+            else:
+                slide = Slide(p, _PilBackend(p), name)
         except Exception as exc:  # noqa: BLE001 - each backend fails in its own way
             errors.append(f"{name}: {exc}")
+            continue
+        try:
+            _check_header(slide)
+        except ImageError:
+            slide.close()
+            raise
+        return slide
     raise ImageError(
         p,
         "cannot be read as an image (" + "; ".join(errors) + ")",
         "check that the file is a complete TIFF/OME-TIFF/SVS/NDPI/PNG/JPEG; re-copy it if it was truncated",
     )
+
+
+def _check_header(slide: Slide) -> None:
+    """Refuse sizes no real slide has (a corrupt or hostile header) before anything is
+    decoded: sides beyond :data:`MAX_SIDE_PX`, empty levels, tiles larger than the image."""
+    fix = "the file's header is corrupt or not a slide; re-export or re-copy the image"
+    if not slide.levels:
+        raise ImageError(slide.path, "has no image level", fix)
+    for i, lvl in enumerate(slide.levels):
+        if lvl.width < 1 or lvl.height < 1 or max(lvl.width, lvl.height) > MAX_SIDE_PX:
+            raise ImageError(
+                slide.path,
+                f"level {i} claims {lvl.width} x {lvl.height} px; a slide is 1 to {MAX_SIDE_PX:,} px a side",
+                fix,
+            )
+    tiles: list[tuple[int, int]] = getattr(slide._b, "tiles", [])
+    for i, (tw, th) in enumerate(tiles):
+        lvl = slide.levels[i]
+        if (tw > lvl.width and tw > _MAX_OVERSIZE_TILE_PX) or (th > lvl.height and th > _MAX_OVERSIZE_TILE_PX):
+            raise ImageError(
+                slide.path,
+                f"level {i} ({lvl.width} x {lvl.height} px) claims tiles of {tw} x {th} px, larger than the image",
+                fix,
+            )
+        if tw * th > _MAX_TILE_PIXELS:
+            raise ImageError(
+                slide.path,
+                f"level {i} claims tiles of {tw} x {th} px: one tile would decode to {tw * th * 3 / 2**30:.1f} GiB "
+                f"(slides use tiles of 256 to 1,024 px; at most {_MAX_TILE_PIXELS:,} px are accepted)",
+                "re-save the slide as a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)",
+            )
 
 
 _THREAD_SLIDES = threading.local()

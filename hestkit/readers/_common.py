@@ -10,8 +10,9 @@ import pandas as pd
 
 from ..errors import Problem
 from ..slide import SLIDE_SUFFIXES, Slide
+from ..validate import coordinate_problems
 
-__all__ = ["check_spots_inside", "find_image", "normalise_spots", "spots_from_obs"]
+__all__ = ["check_spots_inside", "find_image", "normalise_spots", "positive_field", "spots_from_obs"]
 
 
 def normalise_spots(df: pd.DataFrame) -> pd.DataFrame:
@@ -42,25 +43,76 @@ def spots_from_obs(obs: pd.DataFrame, barcodes: Any, centres_px: np.ndarray) -> 
     return normalise_spots(pd.DataFrame(cols))
 
 
-def check_spots_inside(spots: pd.DataFrame, slide: Slide, problems: list[Problem]) -> None:
+def check_spots_inside(spots: pd.DataFrame, slide: Slide, problems: list[Problem], positions: Path | str | None = None) -> None:
     """Every spot centre must lie on the image; otherwise it is the wrong image (e.g. a
-    downscaled copy) or the wrong coordinates."""
+    downscaled copy) or the wrong coordinates. Spots without a position (NaN) get their
+    own problem, naming ``positions`` (the file the coordinates come from)."""
     if spots.empty:
         return
-    x = spots["x_px"].to_numpy()
-    y = spots["y_px"].to_numpy()
-    outside = (x < 0) | (y < 0) | (x > slide.width) | (y > slide.height)
-    if outside.any():
-        n = int(outside.sum())
+    x = spots["x_px"].to_numpy(dtype=float)
+    y = spots["y_px"].to_numpy(dtype=float)
+    problems.extend(coordinate_problems(positions, spots))
+    finite = np.isfinite(x) & np.isfinite(y)
+    negative = finite & ((x < 0) | (y < 0))
+    beyond = finite & ((x > slide.width) | (y > slide.height))
+    bars = spots["barcode"].to_numpy()
+
+    def where(mask: np.ndarray) -> str:
+        k = int(np.flatnonzero(mask)[0])
+        xs, ys = x[mask], y[mask]
+        return (
+            f"the first is barcode {str(bars[k])!r} at x={x[k]:.1f}, y={y[k]:.1f}; those spots span "
+            f"x={xs.min():.0f}..{xs.max():.0f}, y={ys.min():.0f}..{ys.max():.0f}"
+        )
+
+    if negative.any():
+        problems.append(
+            Problem(
+                positions if positions is not None else slide.path,
+                f"{int(negative.sum())} of {len(spots)} spot centres have negative pixel coordinates ({where(negative)}; "
+                f"the image is {slide.width} x {slide.height} px). Pixel coordinates start at 0 at the image's top-left "
+                "corner: the positions file is corrupt or in another frame; re-copy it, or check the alignment",
+            )
+        )
+    if beyond.any():
         problems.append(
             Problem(
                 slide.path,
-                f"{n} of {len(spots)} spot centres lie outside the image ({slide.width} x {slide.height} px; "
-                f"spots reach x={float(np.nanmax(x)):.0f}, y={float(np.nanmax(y)):.0f}). The image is smaller than the "
-                "spot coordinates: give the full-resolution image the spots were aligned to (not a hires/lowres "
-                "copy), or check the positions file",
+                f"{int(beyond.sum())} of {len(spots)} spot centres lie outside the image ({slide.width} x {slide.height} px; "
+                f"{where(beyond)}). The image is smaller than the spot coordinates: give the full-resolution image the "
+                "spots were aligned to (not a hires/lowres copy), or check the positions file",
             )
         )
+
+
+def positive_field(
+    values: dict[str, Any], key: str, path: Path | str | None, problems: list[Problem], *, default: float | None = None
+) -> float | None:
+    """``values[key]`` as a positive finite number; ``default`` when the key is absent or
+    null. A value that is present but NaN, zero, negative or not a number records a
+    problem naming the file, the field and the value (and returns ``default``)."""
+    raw = values.get(key)
+    if raw is None:
+        return default
+    v: float | None
+    if isinstance(raw, bool):
+        v = None
+    else:
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            v = None
+    if v is not None and np.isfinite(v) and v > 0:
+        return v
+    what = "not a number" if v is None else ("NaN" if np.isnan(v) else "infinite" if np.isinf(v) else "not positive")
+    problems.append(
+        Problem(
+            path,
+            f"field {key!r} is {raw!r} ({what}); expected a positive number. Fix: re-copy the file from the "
+            "pipeline's output (an edited or truncated copy?)",
+        )
+    )
+    return default
 
 
 def find_image(folder: Path, explicit: Path | None, problems: list[Problem]) -> Path | None:

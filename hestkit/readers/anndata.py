@@ -13,7 +13,7 @@ from ..errors import Problem, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
-from ._common import check_spots_inside, spots_from_obs
+from ._common import check_spots_inside, positive_field, spots_from_obs
 from ._tenx import make_unique
 
 __all__ = ["AnnDataReader"]
@@ -70,7 +70,10 @@ class AnnDataReader:
         except Exception as exc:  # noqa: BLE001
             problems.append(Problem(image, str(exc)))
         if slide is not None:
-            check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems)
+            check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, path)
+        sf = dict(entry.get("scalefactors", {}) or {})
+        diam_px = positive_field(sf, "spot_diameter_fullres", f"{path} (uns['spatial'][{key!r}]['scalefactors'])", problems)
+        md_px = positive_field(meta, "pixel_size_um", f"{path} (uns['spatial'][{key!r}]['metadata'])", problems)
         if problems or slide is None or image is None:
             raise ValidationError(f"AnnData sample {path}", problems)
         technology = str(meta.get("technology") or "visium")
@@ -79,18 +82,15 @@ class AnnDataReader:
             estimated = estimate_pixel_size_from_grid(
                 visium_array_to_um(spots["array_row"], spots["array_col"]), spots[["x_px", "y_px"]]
             )
-        md_px = meta.get("pixel_size_um")
         decision = resolve_pixel_size(
             embedded=slide.embedded_pixel_size_um,
             estimated=estimated,
             override=opts.pixel_size_um,
-            metadata=float(md_px) if md_px else None,
+            metadata=md_px,
             subject=f"{ref.sample_id} ({path.name})",
         )
         slide.close()
-        sf = dict(entry.get("scalefactors", {}) or {})
-        diam_px = sf.get("spot_diameter_fullres")
-        spot_um = float(diam_px) * decision.value if diam_px else 55.0
+        spot_um = diam_px * decision.value if diam_px else 55.0
         x = a.layers["counts"] if "counts" in a.layers else a.X
         md: dict[str, Any] = {
             "organ": opts.organ or obs.get("organ", pd.Series([None])).iloc[0],
@@ -113,5 +113,7 @@ class AnnDataReader:
             spot_shape="square" if square else "circle",
             metadata=md,
             source_paths=[str(path), str(image)],
+            counts_path=str(path),
+            spots_path=str(path),
             warnings=[decision.warning] if decision.warning else [],
         )

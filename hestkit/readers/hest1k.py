@@ -7,14 +7,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 
 from ..errors import Problem, ReaderError, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
-from ._common import check_spots_inside, spots_from_obs
+from ._common import check_spots_inside, positive_field, spots_from_obs
 from ._tenx import make_unique
 
 __all__ = ["HEST_TECHNOLOGIES", "HestReader"]
@@ -112,13 +111,7 @@ class HestReader:
             else:
                 spots = spots_from_obs(adata.obs, adata.obs_names, adata.obsm["spatial"])
                 x = adata.layers["counts"] if "counts" in adata.layers else adata.X
-                counts = sp.csr_matrix(x)
-                if counts.nnz and not np.allclose(counts.data, np.round(counts.data)):
-                    problems.append(
-                        Problem(
-                            st_path, "X holds non-integer values; hestkit stores raw counts (put them in X or layers['counts'])"
-                        )
-                    )
+                counts = sp.csr_matrix(x)  # raw counts: checked by hestkit.validate (non-integer, NaN, ...)
         slide = None
         if wsi is None:
             problems.append(Problem(root / "wsis", f"no image for id {hid} (wsis/{hid}.tif); pass --image"))
@@ -128,7 +121,9 @@ class HestReader:
             except ReaderError as exc:
                 problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
         if slide is not None and spots is not None:
-            check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems)
+            check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, st_path)
+        for key in ("pixel_size_um_estimated", "pixel_size_um_embedded", "spot_diameter"):
+            positive_field(meta, key, meta_path, problems)  # present but unusable: say so, never ignore it
         if problems or spots is None or counts is None or slide is None or wsi is None or adata is None:
             raise ValidationError(f"HEST sample {hid!r} under {root}", problems)
 
@@ -169,5 +164,7 @@ class HestReader:
             spot_shape="square" if technology in ("visium-hd", "xenium") else "circle",
             metadata=metadata,
             source_paths=[str(st_path), str(meta_path), str(wsi)],
+            counts_path=str(st_path),
+            spots_path=str(st_path),
             warnings=[decision.warning] if decision.warning else [],
         )

@@ -115,7 +115,7 @@ class SpatialDataReader:
         spots = spots_from_obs(table.obs, table.obs_names, xy)
         slide_path = path / "images" / iname
         slide = open_slide(slide_path)
-        check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems)
+        check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, path / "shapes" / str(region))
         slide.close()
         if problems:
             raise ValidationError(f"SpatialData store {path}", problems)
@@ -157,6 +157,8 @@ class SpatialDataReader:
             spot_shape=spot_shape,  # type: ignore[arg-type]
             metadata=md,
             source_paths=[str(path)],
+            counts_path=str(path / "tables" / tname),
+            spots_path=str(path / "shapes" / str(region)),
             warnings=[decision.warning] if decision.warning else [],
         )
 

@@ -448,7 +448,7 @@ class StReader:
             try:
                 with open_slide(image_path) as slide:
                     if spots is not None:
-                        check_spots_inside(spots, slide, problems)
+                        check_spots_inside(spots, slide, problems, dpath or cpath)
                     embedded = slide.embedded_pixel_size_um
             except ReaderError as exc:
                 problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
@@ -488,4 +488,6 @@ class StReader:
             metadata=metadata,
             source_paths=[str(p) for p in (cpath, dpath, image_path) if p is not None],
             warnings=([decision.warning] if decision.warning else []) + warnings,
+            counts_path=str(cpath) if cpath is not None else None,
+            spots_path=str(dpath or cpath) if (dpath or cpath) is not None else None,
         )

@@ -11,7 +11,7 @@ from ..errors import Problem, ReaderError, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
-from ._common import check_spots_inside, find_image, normalise_spots
+from ._common import check_spots_inside, find_image, normalise_spots, positive_field
 from ._tenx import make_unique, read_10x
 
 __all__ = ["VISIUM_SPOT_DIAMETER_UM", "VisiumReader", "read_tissue_positions"]
@@ -131,9 +131,10 @@ class VisiumReader:
         coord_scale = 1.0
         if image_path is not None and scalef:
             if image_path.name == "tissue_hires_image.png":
-                coord_scale = float(scalef.get("tissue_hires_scalef", 1.0))
+                coord_scale = positive_field(scalef, "tissue_hires_scalef", spath, problems, default=1.0) or 1.0
             elif image_path.name == "tissue_lowres_image.png":
-                coord_scale = float(scalef.get("tissue_lowres_scalef", 1.0))
+                coord_scale = positive_field(scalef, "tissue_lowres_scalef", spath, problems, default=1.0) or 1.0
+        spot_diam_px = positive_field(scalef, "spot_diameter_fullres", spath, problems) if scalef else None
 
         spots = None
         counts = None
@@ -175,7 +176,7 @@ class VisiumReader:
             except ReaderError as exc:
                 problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
         if slide is not None and spots is not None:
-            check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems)
+            check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, ppath)
         if problems:
             raise ValidationError(f"Visium sample {ref.sample_id!r} at {folder}", problems)
         # mypy: everything below exists when no problem was recorded
@@ -192,7 +193,6 @@ class VisiumReader:
             embedded=embedded, estimated=estimated, override=opts.pixel_size_um, subject=f"{ref.sample_id} ({image_path.name})"
         )
         warnings = [decision.warning] if decision.warning else []
-        spot_diam_px = scalef.get("spot_diameter_fullres")
         metadata = {
             "organ": opts.organ,
             "species": opts.species,
@@ -215,4 +215,6 @@ class VisiumReader:
             metadata=metadata,
             source_paths=[str(p) for p in (mpath, ppath, spath, image_path) if p is not None],
             warnings=warnings,
+            counts_path=str(mpath) if mpath is not None else None,
+            spots_path=str(ppath) if ppath is not None else None,
         )

@@ -79,7 +79,7 @@ from ..errors import Problem, ReaderError, ValidationError
 from ..geometry import Affine, fit_affine, resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import Slide, open_slide
-from ._common import check_spots_inside, find_image, normalise_spots
+from ._common import check_spots_inside, find_image, normalise_spots, positive_field
 from ._tenx import H5_FIX, make_unique
 from ._visium_hd_bins import (
     _FIT_MAX_BINS,
@@ -566,7 +566,10 @@ class VisiumHDReader:
         image_path = find_image(folder, opts.image, problems)
         scalef: dict[str, Any] = (bf.scalefactors if bf is not None else None) or {}
         key = _FLAT_IMAGES.get(image_path.name) if image_path is not None else None
-        coord_scale = float(scalef.get(key, 1.0)) if key else 1.0
+        spath = bf.scalefactors_path if bf is not None else None
+        coord_scale = (positive_field(scalef, key, spath, problems, default=1.0) or 1.0) if key else 1.0
+        for field in ("microns_per_pixel", "bin_size_um"):  # present but unusable: say so, never fall back silently
+            positive_field(scalef, field, spath, problems)
 
         rows = plan = None
         affine: Affine | None = None
@@ -639,7 +642,7 @@ class VisiumHDReader:
             except ReaderError as exc:
                 problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
         if slide is not None and spots is not None:
-            check_spots_inside(spots, slide, problems)
+            check_spots_inside(spots, slide, problems, ppath)
         if problems:
             if slide is not None:
                 slide.close()
@@ -732,4 +735,6 @@ class VisiumHDReader:
             metadata=metadata,
             source_paths=[str(p) for p in (mpath, ppath, spath, image_path) if p is not None],
             warnings=warnings,
+            counts_path=str(mpath),
+            spots_path=str(ppath),
         )

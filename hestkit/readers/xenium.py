@@ -577,4 +577,6 @@ class XeniumReader:
             source_paths=[str(p) for p in (folder / "experiment.xenium", tpath, image_path, alignment.path)]
             + ([str(hpath)] if panel is not None else []),
             warnings=warnings,
+            counts_path=str(tpath),
+            spots_path=str(tpath),
         )

@@ -340,7 +340,8 @@ def test_real_schema_and_grid(visiumio: Path) -> None:
 
 
 def test_real_all_zero_counts_give_no_pairs(visiumio: Path, tmp_path: Path) -> None:
-    """No counts is a clear outcome: 0 pseudo-spots with a warning; ingest commits 0 pairs."""
+    """No counts is a clear outcome: 0 pseudo-spots with a warning; ingest refuses the sample
+    ("no pairs: ...", issue 15) and the catalog stays empty."""
     assert VisiumHDReader().can_open(visiumio)
     img = visiumio / "binned_outputs" / "square_002um" / "spatial" / "tissue_lowres_image.png"
     with pytest.raises(ValidationError, match="--image"):
@@ -353,8 +354,10 @@ def test_real_all_zero_counts_give_no_pairs(visiumio: Path, tmp_path: Path) -> N
     _ensure_registered()
     cat = catalog.create(tmp_path / "cat")
     report = cat.ingest([visiumio], technology="visium-hd", options=ReadOptions(sample_id="vio", image=img), workers=1)
-    assert not report.failed, report.failed[0].message if report.failed else ""
-    assert report.ingested[0].n_pairs == 0 and len(cat.pairs(sample_ids=["vio"])) == 0
+    assert len(report.failed) == 1 and not report.ingested
+    msg = report.failed[0].message
+    assert "vio: no pairs: " in msg and "filtered_feature_bc_matrix.h5" in msg and "no pseudo-spot" in msg, msg
+    assert cat.samples().empty and len(cat.pairs()) == 0
 
 
 # -- bad input ---------------------------------------------------------------------------
