@@ -86,7 +86,7 @@ def _hest_metadata(m: dict[str, Any]) -> dict[str, Any]:
     return md
 
 
-def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
+def _write_hest_patches(cat: Catalog, sample_id: str, path: Path, wsi_name: str) -> None:
     import h5py
 
     m = cat.manifest(sample_id)
@@ -113,7 +113,7 @@ def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
         f["coords"].attrs["patch_size"] = spec.patch_size_px
         f["coords"].attrs["level"] = 0
         f.attrs["coordinates"] = (
-            "coords are TOP-LEFT corners in level-0 px of wsis/{id}.tif; centre = coords + patch_size_src / 2"
+            f"coords are TOP-LEFT corners in level-0 px of wsis/{wsi_name}; centre = coords + patch_size_src / 2"
         )
 
 
@@ -154,9 +154,10 @@ def export_sample(cat: Catalog, sample_id: str, fmt: Literal["anndata", "hest", 
         suffix = (
             src_img.suffix.lower() if src_img.suffix.lower() in (".tif", ".tiff", ".svs", ".ndpi", ".btf") else src_img.suffix
         )
-        shutil.copyfile(src_img, out / "wsis" / f"{sample_id}{suffix}")
+        wsi_name = f"{sample_id}{suffix}"
+        shutil.copyfile(src_img, out / "wsis" / wsi_name)
         sample_anndata(cat, sample_id).write_h5ad(out / "st" / f"{sample_id}.h5ad")
         (out / "metadata" / f"{sample_id}.json").write_text(json.dumps(_hest_metadata(m), indent=1, default=str))
-        _write_hest_patches(cat, sample_id, out / "patches" / f"{sample_id}.h5")
+        _write_hest_patches(cat, sample_id, out / "patches" / f"{sample_id}.h5", wsi_name)
         return out
     raise CatalogError(f"unknown export format {fmt!r}; use anndata or hest")

@@ -25,12 +25,14 @@ import numpy as np
 import pandas as pd
 
 from hestkit.errors import HestkitError
-from hestkit.patches import PairSpec, PatchPlan, cut_block, plan_patches
+from hestkit.patches import PairSpec, PatchPlan, background_colour, cut_block, plan_patches
 from hestkit.readers import get_reader
+from hestkit.resolution import Resolution, check_upsampling
 from hestkit.sample import SampleRef, SampleSource
 from hestkit.slide import open_slide, thread_slide
 
 from . import _soma
+from ._quality import absolute_path, quality_fields
 from ._store import (
     GENE_LIST_ENCODING,
     GENE_LIST_VERSION,
@@ -74,6 +76,9 @@ class SampleResult:
     message: str = ""
     n_pairs: int = 0
     n_dropped_outside: int = 0
+    n_dropped_edge: int = 0
+    n_edge_patches: int = 0
+    upsampling_factor: float = 1.0
     pixel_size_um: float | None = None
     pixel_size_source: str | None = None
     warnings: tuple[str, ...] = ()
@@ -122,6 +127,7 @@ class _Prepared:
     group_path: str
     image_size: tuple[int, int]
     seconds: float
+    resolution: Resolution
 
 
 def fingerprint(ref: SampleRef) -> str:
@@ -159,11 +165,29 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     spots = source.spots[keep].reset_index(drop=True)
     counts = source.counts[np.flatnonzero(keep)]
     source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
+    opts = ref.options
     with open_slide(source.image_path) as slide:
-        plan = plan_patches(slide, source.centres_px(), source.pixel_size.value, spec, slot_align=SHARD_PATCHES)
         thumb, thumb_ds = slide.thumbnail(1024)
+        plan = plan_patches(
+            slide,
+            source.centres_px(),
+            source.pixel_size.value,
+            spec,
+            slot_align=SHARD_PATCHES,
+            edge="drop" if opts.edge == "drop" else "fill",
+            background=background_colour(thumb),
+        )
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
+    resolution = check_upsampling(
+        f"sample {source.sample_id!r}",
+        source.image_path,
+        source.pixel_size.value * level_ds,
+        spec.pixel_size_um,
+        allow=opts.allow_upsampling,
+    )
+    if resolution.warning:
+        source.warnings.append(resolution.warning)
     gpath = layout.patches(source.sample_id, ingest_id)
     group = zarr_open_group(gpath, mode="a")
     group.attrs.update(
@@ -204,7 +228,9 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     tarr[:] = thumb
     tarr.attrs["downsample"] = thumb_ds
     job = _PatchJob(source.image_path, source.centres_px(), plan, spec, f"{gpath}/patches")
-    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+    return _Prepared(
+        ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0, resolution
+    )
 
 
 def _cut(job: _PatchJob, block_index: int) -> int:
@@ -305,7 +331,7 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "pixel_size_um_estimated": s.pixel_size.estimated,
             "spot_diameter_um": s.spot_diameter_um,
             "spot_shape": s.spot_shape,
-            "image_path": str(s.image_path),
+            "image_path": absolute_path(s.image_path),
             "image_width": prep.image_size[0],
             "image_height": prep.image_size[1],
             "source_level": plan.level,
@@ -316,13 +342,14 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "soma_joinid_stop": start + len(obs),
             "genes_ref": genes_ref,
             "reader": prep.ref.reader,
-            "source_paths": s.source_paths,
+            "source_paths": [absolute_path(p) for p in s.source_paths],
             "source_fingerprint": fingerprint(prep.ref),
             "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "hestkit_version": version,
             "warnings": s.warnings,
             "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
         }
+        manifest.update(quality_fields(plan, prep.n_spots_total - prep.n_in_tissue, prep.resolution))
         _check(lock)
         try:
             layout.write_json(mpath, manifest, if_absent=current is None, if_match=old_etag)
@@ -337,6 +364,9 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
         "ingested",
         n_pairs=plan.n_pairs,
         n_dropped_outside=len(plan.dropped_outside),
+        n_dropped_edge=len(plan.dropped_edge),
+        n_edge_patches=int((plan.valid_fraction < 1.0).sum()),
+        upsampling_factor=prep.resolution.factor,
         pixel_size_um=s.pixel_size.value,
         pixel_size_source=s.pixel_size.source,
         warnings=tuple(s.warnings),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import _volumes
+from . import _data, _volumes
 from ._common import fail, handle_errors, print_table, progress_bars
 
 app = typer.Typer(
@@ -40,9 +40,13 @@ SUMMARY_COLUMNS = [
     "patient",
     "n_pairs",
     "n_dropped_outside_image",
+    "n_dropped_edge",
+    "n_dropped_not_in_tissue",
     "n_genes",
     "pixel_size_um",
     "pixel_size_source",
+    "source_pixel_size_um",
+    "upsampling_factor",
 ]
 
 
@@ -90,6 +94,13 @@ def ingest(
     patch_size: Annotated[int, typer.Option(help="Patch side in px (new catalogs only).")] = 224,
     patch_um_per_px: Annotated[float, typer.Option(help="Patch resolution in um/px (new catalogs only).")] = 0.5,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored patches (new catalogs only).")] = 90,
+    allow_upsampling: Annotated[
+        bool, typer.Option("--allow-upsampling", help="Accept patches upsampled more than 4x from the image (recorded).")
+    ] = False,
+    edge: Annotated[
+        _data.EdgeRule,
+        typer.Option(help="Spots whose patch crosses the image edge: fill (keep, pad with background) or drop."),
+    ] = _data.EdgeRule.fill,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Read samples, align spots to the slide, cut patches and commit them to the catalog.
@@ -114,6 +125,8 @@ def ingest(
             ids=tuple(ids) if ids else None,
             alignment=alignment,
             spot_size_um=spot_size_um,
+            allow_upsampling=allow_upsampling,
+            edge=edge.value,
         )
         with progress_bars(not quiet) as prog:
             report = cat.ingest(
@@ -140,6 +153,9 @@ def ingest(
                         "sample_id": r.sample_id,
                         "pairs": r.n_pairs,
                         "dropped (outside image)": r.n_dropped_outside,
+                        "dropped (edge)": r.n_dropped_edge,
+                        "edge patches": r.n_edge_patches,
+                        "upsampled": f"{r.upsampling_factor:.1f}x",
                         "um/px": r.pixel_size_um,
                         "pixel size from": r.pixel_size_source,
                         "seconds": round(r.seconds, 1),
@@ -228,6 +244,7 @@ def query(
 
         cat = catalog.open(catalog_dir)
         view = cat.pairs(organ=organ, technology=technology, species=species, sample_ids=sample, patients=patient, genes=gene)
+        _data.warn_unmeasured_genes(view, named=gene is not None)
         if len(view) == 0:
             typer.echo("no pairs match this selection")
         else:
@@ -239,7 +256,7 @@ def query(
         if out is not None:
             if out.suffix != ".h5ad":
                 fail(f"{out}: --out writes AnnData; give a path ending in .h5ad")
-            view.to_anndata().write_h5ad(out)
+            _data.quietly(view.to_anndata).write_h5ad(out)
             typer.echo(f"wrote {out} ({len(view)} pairs x {len(view.genes)} genes)")
 
 
@@ -335,6 +352,7 @@ def demo(
 
 
 _volumes.register(app)
+_data.register(app)
 
 
 def main() -> None:

@@ -40,6 +40,12 @@ class ReadOptions:
     #: Side (square pseudo-spots) or diameter of the pairing unit in micrometres, for
     #: technologies that pool (Xenium, Visium HD); None = the technology's default.
     spot_size_um: float | None = None
+    #: Accept patches upsampled more than 4x from the image (recorded per sample); see
+    #: :mod:`hestkit.resolution`.
+    allow_upsampling: bool = False
+    #: Spots whose centre is on the image but whose patch crosses its edge: ``"fill"``
+    #: (kept, off-image part filled with the background colour) or ``"drop"``.
+    edge: str = "fill"
 
 
 @dataclass(frozen=True)
