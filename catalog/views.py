@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ import scipy.sparse as sp
 from hestkit.patches import PairSpec
 
 from . import _soma
-from ._genes import MeasuredGenes, warn_unmeasured
+from ._genes import MeasuredGenes, UnmeasuredGeneWarning, warn_unmeasured
 from ._store import join
 
 if TYPE_CHECKING:
@@ -228,7 +229,10 @@ class PairView:
         var = pd.DataFrame(
             {"n_samples_measured": measured.sum(axis=0).to_numpy(dtype=np.int64)}, index=pd.Index(self.genes, name="gene")
         )
-        a = ad.AnnData(X=self.expression(), obs=obs, var=var)
+        with warnings.catch_warnings():  # recorded below instead: uns['hestkit']['measured']
+            warnings.simplefilter("ignore", UnmeasuredGeneWarning)
+            X = self.expression()
+        a = ad.AnnData(X=X, obs=obs, var=var)
         a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)
         a.uns["hestkit"] = {
             "patch_size_px": self.spec.patch_size_px,

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from .errors import HestkitError
 
-__all__ = ["REFUSE_ABOVE", "WARN_ABOVE", "Resolution", "UpsamplingError", "check_upsampling", "spaceranger_image_note"]
+__all__ = [
+    "REFUSE_ABOVE",
+    "WARN_ABOVE",
+    "Resolution",
+    "UpsamplingError",
+    "check_upsampling",
+    "spaceranger_image_note",
+    "spaceranger_images_hint",
+]
 
 #: Upsampling factors above this are recorded and warned about.
 WARN_ABOVE = 2.0
@@ -90,3 +98,27 @@ def check_upsampling(
             f"at least {coarsest:.3g} um/px",
         )
     return res
+
+
+def spaceranger_images_hint(spatial: Path, scalefactors: dict[str, float], fullres_pixel_size_um: float | None) -> str:
+    """What a Space Ranger ``spatial/`` folder offers when the full-resolution image is
+    missing: each downscaled PNG there, its resolution, and what using it means."""
+    found = []
+    for name, key in _SPACERANGER_IMAGES.items():
+        p = Path(spatial) / name
+        if not p.exists():
+            continue
+        scale = scalefactors.get(key)
+        res = ""
+        if fullres_pixel_size_um and isinstance(scale, (int, float)) and scale > 0:
+            res = f", about {fullres_pixel_size_um / float(scale):.3g} um/px"
+        found.append(f"{p} ({key} {scale}{res})")
+    if not found:
+        return ""
+    return (
+        ". Space Ranger's downscaled copies exist: "
+        + "; ".join(found)
+        + ". Passing one with --image works (spot coordinates are scaled to it), but its patches are upsampled "
+        "from a coarse image and carry no cellular detail: the factor is recorded per sample, warned about above "
+        f"{WARN_ABOVE:g}x and refused above {REFUSE_ABOVE:g}x unless --allow-upsampling"
+    )
