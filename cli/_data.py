@@ -11,7 +11,7 @@ import typer
 
 from ._common import fail, handle_errors
 
-__all__ = ["EdgeRule", "quietly", "register", "warn_unmeasured_genes"]
+__all__ = ["EdgeRule", "parse_spot_size", "quietly", "register", "warn_unmeasured_genes"]
 
 T = TypeVar("T")
 
@@ -19,6 +19,19 @@ T = TypeVar("T")
 class EdgeRule(str, Enum):
     fill = "fill"
     drop = "drop"
+
+
+def parse_spot_size(value: str | None) -> tuple[float | None, bool]:
+    """``--spot-size-um``: a size in um, or ``cell`` (Xenium: one pair per cell)."""
+    if value is None:
+        return None, False
+    if value.strip().lower() == "cell":
+        return None, True
+    try:
+        return float(value), False
+    except ValueError:
+        fail(f"--spot-size-um {value!r}: give a size in micrometres (e.g. 55) or 'cell' (Xenium: one pair per cell)")
+        raise  # unreachable: fail exits
 
 
 def warn_unmeasured_genes(view: Any, named: bool) -> None:

@@ -70,7 +70,10 @@ def ingest(
     catalog_dir: Annotated[
         str, typer.Option("--catalog", "-c", help="Catalog folder or s3://bucket/prefix (created if missing).")
     ],
-    image: Annotated[Path | None, typer.Option(help="Full-resolution H&E image (TIFF, OME-TIFF, SVS, NDPI, PNG, ...).")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="Full-resolution H&E image (TIFF, OME-TIFF, SVS, NDPI, PNG, ...); Xenium: 'morphology' = DAPI/stains."),
+    ] = None,
     organ: Annotated[str | None, typer.Option(help="Organ of the sample(s), e.g. Breast.")] = None,
     species: Annotated[str | None, typer.Option(help="Species, e.g. 'Homo sapiens'.")] = None,
     patient: Annotated[str | None, typer.Option(help="Patient id (used for patient-level splits).")] = None,
@@ -81,7 +84,10 @@ def ingest(
         Path | None, typer.Option(help="Xenium: *imagealignment.csv (3x3, H&E px -> morphology px) or a keypoints CSV.")
     ] = None,
     spot_size_um: Annotated[
-        float | None, typer.Option("--spot-size-um", help="Xenium/Visium HD: side of the square pseudo-spots in um.")
+        str | None,
+        typer.Option(
+            "--spot-size-um", help="Xenium/Visium HD: side of the square pseudo-spots in um; Xenium: 'cell' = one pair per cell."
+        ),
     ] = None,
     pixel_size_um: Annotated[
         float | None, typer.Option("--pixel-size-um", help="Override the level-0 pixel size (um/px).")
@@ -113,6 +119,7 @@ def ingest(
         from hestkit.patches import PairSpec
         from hestkit.sample import ReadOptions
 
+        spot_um, cells = _data.parse_spot_size(spot_size_um)
         spec = PairSpec(patch_size, patch_um_per_px, jpeg_quality)
         cat = catalog.create(catalog_dir, spec)
         opts = ReadOptions(
@@ -124,7 +131,8 @@ def ingest(
             pixel_size_um=pixel_size_um,
             ids=tuple(ids) if ids else None,
             alignment=alignment,
-            spot_size_um=spot_size_um,
+            spot_size_um=spot_um,
+            cells=cells,
             allow_upsampling=allow_upsampling,
             edge=edge.value,
         )

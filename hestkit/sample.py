@@ -40,6 +40,9 @@ class ReadOptions:
     #: Side (square pseudo-spots) or diameter of the pairing unit in micrometres, for
     #: technologies that pool (Xenium, Visium HD); None = the technology's default.
     spot_size_um: float | None = None
+    #: Xenium: one pair per cell (centred on it, counts from the cell-feature matrix)
+    #: instead of pooled squares; CLI ``--spot-size-um cell``.
+    cells: bool = False
     #: Accept patches upsampled more than 4x from the image (recorded per sample); see
     #: :mod:`hestkit.resolution`.
     allow_upsampling: bool = False
