@@ -444,6 +444,10 @@ class XeniumReader:
         except ReaderError as exc:
             if morph is not None and opts.pixel_size_um is not None:
                 exp = {"pixel_size": float(opts.pixel_size_um)}  # the morphology's pixel size, given
+            elif morph is not None:
+                problems.append(
+                    Problem(exc.path, f"{exc.found}. Fix: {exc.fix}; or give the morphology image's pixel size with --pixel-size-um")
+                )
             else:
                 note(exc)
         tpath = folder / "transcripts.parquet"
@@ -525,8 +529,14 @@ class XeniumReader:
                     f"transcripts outside the image: wrong alignment or image? None of the {pooled.n_spots} pseudo-spot "
                     f"centres falls on the {width} x {height} px image (they map to x {lo[0]:.0f}..{hi[0]:.0f}, "
                     f"y {lo[1]:.0f}..{hi[1]:.0f} px through "
-                    f"{alignment.path.name if alignment is not None else 'the morphology pixel size'}). Check that --image "
-                    "is the post-Xenium H&E at full resolution and --alignment its registration (H&E px -> morphology px)",
+                    f"{alignment.path.name if alignment is not None else 'the morphology pixel size'}). "
+                    + (
+                        "Check that --image is the post-Xenium H&E at full resolution and --alignment its registration "
+                        "(H&E px -> morphology px)"
+                        if alignment is not None
+                        else "The morphology image must be the run's whole image (pixel (0, 0) at the Xenium origin), "
+                        "not a crop, and its pixel size that of experiment.xenium"
+                    ),
                 )
             )
         if problems:
