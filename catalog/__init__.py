@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from . import _jpeg  # noqa: F401 - registers the zarr JPEG codec
+from ._genes import UnmeasuredGeneWarning
 from .catalog import SAMPLE_COLUMNS, Catalog, create_catalog, open_catalog
 from .errors import CatalogError, CatalogVersionError, NotACatalogError, QueryError, SampleExistsError
 from .views import PairView
@@ -29,6 +30,7 @@ __all__ = [
     "QueryError",
     "SampleExistsError",
     "SampleResult",
+    "UnmeasuredGeneWarning",
     "create",
     "create_catalog",
     "open",

@@ -64,7 +64,7 @@ __all__ = [
 CATALOG_ENCODING, CATALOG_VERSION = "hestkit-catalog", "1.1.0"
 #: 2.0.0: the gene list moved out of the manifest into a shared ``genes/{sha256}.json``
 #: (``genes_ref``); 1.x manifests carry it inline (``genes``) and are still read.
-MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "2.0.0"
+MANIFEST_ENCODING, MANIFEST_VERSION = "hestkit-sample-manifest", "2.1.0"
 GENE_LIST_ENCODING, GENE_LIST_VERSION = "hestkit-gene-list", "1.0.0"
 #: File-name suffix of a gene list's var-joinid index, ``genes/{sha256}.joinids-v1.npy``:
 #: a 1-D int32 ``.npy`` (int64 past 2**31 genes) holding the var ``soma_joinid`` of each

@@ -34,11 +34,18 @@ class VarLookup:
     """The catalog's var (gene union) as arrays, with the var joinids of each distinct
     gene list of the manifests (samples of one panel share one list, computed once)."""
 
-    def __init__(self, signature: tuple[str, ...], names: np.ndarray, joinids: np.ndarray) -> None:
+    def __init__(
+        self, signature: tuple[str, ...], names: np.ndarray, joinids: np.ndarray, gene_ids: np.ndarray | None = None
+    ) -> None:
         self.signature = signature
         n = int(joinids.max()) + 1 if len(joinids) else 0
         self.names = np.empty(n, dtype=object)
         self.names[joinids] = names
+        #: var ``gene_id`` by joinid (None when not read).
+        self.gene_ids: np.ndarray | None = None
+        if gene_ids is not None:
+            self.gene_ids = np.empty(n, dtype=object)
+            self.gene_ids[joinids] = gene_ids
         self._index = pd.Index(names.astype(object))
         self._joinids = np.asarray(joinids, dtype=np.int64)
         self._lists: dict[tuple[int, str, str, str], list[tuple[list[str], np.ndarray]]] = {}

@@ -18,6 +18,8 @@ from hestkit.volume_readers import NgffVolume
 
 from . import _soma
 from . import volumes as _vol
+from ._genes import MeasuredGenes, resolve_genes
+from ._quality import valid_fractions
 from ._store import (
     CATALOG_ENCODING,
     CATALOG_VERSION,
@@ -50,11 +52,16 @@ SAMPLE_COLUMNS = [
     "n_spots",
     "n_in_tissue",
     "n_dropped_outside_image",
+    "n_dropped_edge",
+    "n_dropped_not_in_tissue",
+    "n_edge_patches",
     "n_genes",
     "pixel_size_um",
     "pixel_size_source",
     "pixel_size_um_embedded",
     "pixel_size_um_estimated",
+    "source_pixel_size_um",
+    "upsampling_factor",
     "spot_diameter_um",
     "spot_shape",
     "image_path",
@@ -311,7 +318,12 @@ class Catalog:
         vl = _VAR_CACHE.get(key)
         if vl is None or vl.signature != sig:
             var = _soma.read_var(self.layout.soma)
-            vl = VarLookup(sig, var["var_id"].astype(str).to_numpy(), var["soma_joinid"].to_numpy(dtype=np.int64))
+            vl = VarLookup(
+                sig,
+                var["var_id"].astype(str).to_numpy(),
+                var["soma_joinid"].to_numpy(dtype=np.int64),
+                var["gene_id"].astype(str).to_numpy() if "gene_id" in var else None,
+            )
             old = _VAR_CACHE.get(key)
             if old is not None and len(old.names) <= len(vl.names) and np.array_equal(old.names, vl.names[: len(old.names)]):
                 vl.inherit(old)  # same catalog, var grew: old joinids still hold
@@ -387,18 +399,13 @@ class Catalog:
         var_j = np.flatnonzero(present).astype(np.int64)
         gene_list = vl.names[var_j].tolist()
         if genes is not None:
-            upper: dict[str, int] | None = None
-            idx, missing = [], []
-            for g, j in zip(genes, vl.lookup([str(g) for g in genes]).tolist(), strict=True):
-                if j < 0 or not present[j]:
-                    if upper is None:  # case-insensitive fallback, built only when needed
-                        upper = {str(n).upper(): int(k) for n, k in zip(gene_list, var_j, strict=True)}
-                    j = upper.get(str(g).upper(), -1)
-                (idx.append(j) if j >= 0 else missing.append(g))
+            idx, missing, hints = resolve_genes(genes, vl.names, vl.gene_ids, present)
             if missing:
+                near = "".join(f"; {g}: did you mean {' or '.join(h)}? (names are case-sensitive)" for g, h in hints.items())
                 raise QueryError(
                     f"{self.uri}: gene(s) not in the selected samples: {', '.join(map(str, missing[:20]))}"
-                    f"{' ...' if len(missing) > 20 else ''} ({len(gene_list)} genes available)"
+                    f"{' ...' if len(missing) > 20 else ''} ({len(gene_list)} genes available; a gene is named by "
+                    f"its symbol or its id){near}"
                 )
             var_j = np.asarray(idx, dtype=np.int64)
             gene_list = vl.names[var_j].tolist()
@@ -407,8 +414,11 @@ class Catalog:
             [(int(m["soma_joinid_start"]), int(m["soma_joinid_stop"]), m["ingest_id"]) for m in chosen],
             [_obs_constants(m) for m in chosen],
         )
+        obs["patch_valid_fraction"] = valid_fractions(chosen, obs)
         patches = {m["sample_id"]: self.layout.join(m["patches_path"], "patches") for m in chosen}
-        return PairView(self.uri, obs, gene_list, var_j, patches, self.spec)
+        indexed = lambda refs: self._indexed_joinids(vl, refs)  # noqa: E731
+        measured = MeasuredGenes({m["sample_id"]: vl.joinids_of(m, self.sample_genes, indexed) for m in chosen})
+        return PairView(self.uri, obs, gene_list, var_j, patches, self.spec, measured=measured)
 
     def sample_thumbnail(self, sample_id: str) -> tuple[np.ndarray, float]:
         """The stored thumbnail of a sample and its downsample from level 0."""

@@ -93,7 +93,7 @@ def _hest_metadata(m: dict[str, Any]) -> dict[str, Any]:
     return md
 
 
-def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
+def _write_hest_patches(cat: Catalog, sample_id: str, path: Path, wsi_name: str) -> None:
     import h5py
 
     m = cat.manifest(sample_id)
@@ -120,7 +120,7 @@ def _write_hest_patches(cat: Catalog, sample_id: str, path: Path) -> None:
         f["coords"].attrs["patch_size"] = spec.patch_size_px
         f["coords"].attrs["level"] = 0
         f.attrs["coordinates"] = (
-            "coords are TOP-LEFT corners in level-0 px of wsis/{id}.tif; centre = coords + patch_size_src / 2"
+            f"coords are TOP-LEFT corners in level-0 px of wsis/{wsi_name}; centre = coords + patch_size_src / 2"
         )
 
 
@@ -176,7 +176,7 @@ def _write_hest(cat: Catalog, sample_id: str, m: dict[str, Any], src_img: Path, 
             (stage / d).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src_img, stage / files[0])
         fault_point("export:hest")
-        _write_hest_patches(cat, sample_id, stage / files[1])
+        _write_hest_patches(cat, sample_id, stage / files[1], files[0].name)
         (stage / files[2]).write_text(json.dumps(strict_json(_hest_metadata(m)), indent=1, allow_nan=False))
         _maybe_kill("export-hest")
         sample_anndata(cat, sample_id).write_h5ad(stage / files[3])

@@ -21,8 +21,9 @@ def default_image_transform(patch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
 
 
-class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
-    """Items are ``(image, expression)``.
+class PairDataset(Dataset[tuple[Any, ...]]):
+    """Items are ``(image, expression)``, or ``(image, expression, measured)`` with
+    ``return_mask=True``.
 
     ``image`` is ``transform(patch)`` (default: float tensor CHW in [0, 1]);
     ``expression`` is a float32 tensor over the view's genes, raw counts passed through
@@ -30,6 +31,10 @@ class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
     (default) the counts of the whole view are read once, here, as a sparse matrix;
     patches are always read lazily. Zarr handles (and, for an ``s3://`` catalog, the S3
     clients, from the worker's own environment) are opened per worker process.
+
+    ``measured`` is a bool tensor over the genes: False where the pair's sample did not
+    measure the gene (its expression value is then 0 but not a measurement; mask it out of
+    a loss). :attr:`measured_by_sample` holds the (n_samples x n_genes) table it comes from.
     """
 
     def __init__(
@@ -39,16 +44,21 @@ class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
         transform: Callable[[np.ndarray], Any] | None = None,
         expression_transform: Callable[[np.ndarray], np.ndarray] | None = None,
         preload_expression: bool = True,
+        return_mask: bool = False,
     ) -> None:
         self.view = view
         self.transform = transform or default_image_transform
         self.expression_transform = expression_transform
+        self.return_mask = return_mask
         self._X: sp.csr_matrix | None = view.expression() if preload_expression else None
+        #: (n_samples, n_genes) bool, rows in the order of ``view.sample_ids``.
+        self.measured_by_sample = torch.from_numpy(view.measured.to_numpy(dtype=bool))
+        self._codes = view._sample_codes
 
     def __len__(self) -> int:
         return len(self.view)
 
-    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         patch = self.view.patch(i)
         if self._X is not None:
             e = np.asarray(self._X[i].toarray()).ravel().astype(np.float32)
@@ -56,6 +66,8 @@ class PairDataset(Dataset[tuple[Any, torch.Tensor]]):
             e = self.view._row_expression(self.view._index(i))
         if self.expression_transform is not None:
             e = np.asarray(self.expression_transform(e), dtype=np.float32)
+        if self.return_mask:
+            return self.transform(patch), torch.from_numpy(e), self.measured_by_sample[int(self._codes[self.view._index(i)])]
         return self.transform(patch), torch.from_numpy(e)
 
 

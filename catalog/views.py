@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ import scipy.sparse as sp
 from hestkit.patches import PairSpec
 
 from . import _soma
+from ._genes import MeasuredGenes, UnmeasuredGeneWarning, warn_unmeasured
 from ._store import join
 
 if TYPE_CHECKING:
@@ -42,6 +44,14 @@ class PairView:
     centre in level-0 px of that sample's WSI, ``patch_index``, ...). Views pickle
     cheaply (paths or ``s3://`` URIs, never open handles or credentials), so DataLoader
     workers can share one: each process opens its own handles on first use.
+
+    **Unmeasured genes.** Samples of different panels measure different genes. A gene a
+    sample did not measure reads as 0 in :meth:`expression` and ``view[i]`` (so that the
+    matrix stays sparse), which is NOT a measured zero: :attr:`measured` (samples x genes)
+    and :meth:`measured_mask` (pairs x genes) say which values are measurements, and
+    ``expression(unmeasured="nan")`` gives a dense array with NaN for the others.
+    :meth:`expression` warns (:class:`catalog.UnmeasuredGeneWarning`) when the selection
+    holds such zeros.
     """
 
     def __init__(
@@ -52,6 +62,7 @@ class PairView:
         var_joinids: np.ndarray,
         patch_arrays: dict[str, str],
         spec: PairSpec,
+        measured: MeasuredGenes | None = None,
     ) -> None:
         #: The catalog's location (local path or ``s3://`` URI).
         self.root = str(root)
@@ -60,6 +71,7 @@ class PairView:
         self._var_j = np.asarray(var_joinids, dtype=np.int64)
         self._patch_arrays = dict(patch_arrays)
         self.spec = spec
+        self._measured = measured or MeasuredGenes()
         self._obs_j = obs["soma_joinid"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
         codes, names = pd.factorize(obs["sample_id"]) if len(obs) else (np.zeros(0, np.int64), pd.Index([]))
         self._sample_codes = np.asarray(codes, dtype=np.int64)
@@ -91,7 +103,7 @@ class PairView:
                 obs[c] = obs[c].cat.remove_unused_categories()
         keep = set(obs["sample_id"].unique())
         arrays = {k: v for k, v in self._patch_arrays.items() if k in keep}
-        return PairView(self.root, obs, self.genes, self._var_j, arrays, self.spec)
+        return PairView(self.root, obs, self.genes, self._var_j, arrays, self.spec, self._measured)
 
     def with_genes(self, genes: list[str]) -> PairView:
         pos = {g: i for i, g in enumerate(self.genes)}
@@ -101,14 +113,54 @@ class PairView:
 
             raise QueryError(f"gene(s) not in this view: {', '.join(missing[:20])}")
         idx = [pos[g] for g in genes]
-        return PairView(self.root, self.obs, list(genes), self._var_j[idx], self._patch_arrays, self.spec)
+        return PairView(self.root, self.obs, list(genes), self._var_j[idx], self._patch_arrays, self.spec, self._measured)
 
     # -- reading ---------------------------------------------------------------
-    def expression(self, genes: list[str] | None = None) -> sp.csr_matrix:
-        """Raw counts, n_pairs x n_genes (CSR, float32), columns in the order of ``genes``
-        (default: :attr:`genes`)."""
+    def expression(self, genes: list[str] | None = None, unmeasured: str = "zero") -> Any:
+        """Raw counts, n_pairs x n_genes, columns in the order of ``genes`` (default:
+        :attr:`genes`).
+
+        ``unmeasured="zero"`` (default): a float32 CSR matrix where genes a pair's sample
+        did not measure are 0 (warns when there are such cells; :meth:`measured_mask`
+        tells them apart). ``unmeasured="nan"``: a dense float32 array with NaN there."""
+        if unmeasured not in ("zero", "nan"):
+            from .errors import QueryError
+
+            raise QueryError(f"unmeasured must be 'zero' or 'nan', got {unmeasured!r}")
         view = self if genes is None else self.with_genes(genes)
-        return _soma.read_X(join(self.root, "soma"), view._obs_j, view._var_j)
+        X = _soma.read_X(join(self.root, "soma"), view._obs_j, view._var_j)
+        lacking = view.lacking()
+        if unmeasured == "nan":
+            dense = np.asarray(X.toarray(), dtype=np.float32)
+            if int(lacking.sum()):
+                dense[~view.measured_mask()] = np.nan
+            return dense
+        warn_unmeasured(lacking, len(view._sample_names))
+        return X
+
+    @property
+    def sample_ids(self) -> list[str]:
+        """The view's samples, in the order of :attr:`measured`'s rows."""
+        return list(self._sample_names)
+
+    @property
+    def measured(self) -> pd.DataFrame:
+        """(n_samples x n_genes) bool: which of :attr:`genes` each sample measured (rows
+        :attr:`sample_ids`). A gene a sample did not measure reads as 0 in
+        :meth:`expression`; this tells such zeros from measured ones."""
+        m = self._measured.sample_mask(self._sample_names, self._var_j)
+        return pd.DataFrame(m, index=pd.Index(self._sample_names, name="sample_id"), columns=pd.Index(self.genes, name="gene"))
+
+    def measured_mask(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """(n_pairs x n_genes) bool (or the given rows only): whether the pair's sample
+        measured the gene."""
+        m = self._measured.sample_mask(self._sample_names, self._var_j)
+        codes = self._sample_codes if rows is None else self._sample_codes[rows]
+        return m[codes] if len(m) else np.ones((len(codes), len(self.genes)), dtype=bool)
+
+    def lacking(self) -> pd.Series:
+        """Per gene of :attr:`genes`, how many of the view's samples did not measure it."""
+        return self._measured.lacking(self._sample_names, self.genes, self._var_j)
 
     def _array(self, sample_id: str) -> Any:
         import catalog._jpeg  # noqa: F401 - registers the codec
@@ -173,11 +225,21 @@ class PairView:
 
         obs = object_strings(self.obs)
         obs.index = obs["obs_id"].astype(str).to_numpy() if "obs_id" in obs else obs.index.astype(str)
-        a = ad.AnnData(X=self.expression(), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, name="gene")))
+        measured = self.measured
+        var = pd.DataFrame(
+            {"n_samples_measured": measured.sum(axis=0).to_numpy(dtype=np.int64)}, index=pd.Index(self.genes, name="gene")
+        )
+        with warnings.catch_warnings():  # recorded below instead: uns['hestkit']['measured']
+            warnings.simplefilter("ignore", UnmeasuredGeneWarning)
+            X = self.expression()
+        a = ad.AnnData(X=X, obs=obs, var=var)
         a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)
         a.uns["hestkit"] = {
             "patch_size_px": self.spec.patch_size_px,
             "pixel_size_um": self.spec.pixel_size_um,
             "coordinates": "obsm['spatial'] = spot centre (x, y) in level-0 px of each sample's WSI",
+            # genes a sample did not measure are 0 in X; these say which zeros are measurements
+            "measured_samples": np.asarray(self._sample_names, dtype=object),
+            "measured": measured.to_numpy(dtype=bool),
         }
         return a

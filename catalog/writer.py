@@ -25,14 +25,16 @@ import numpy as np
 import pandas as pd
 
 from hestkit.errors import HestkitError
-from hestkit.patches import PairSpec, PatchPlan, cut_block, plan_patches
+from hestkit.patches import PairSpec, PatchPlan, background_colour, cut_block, plan_patches
 from hestkit.readers import get_reader
+from hestkit.resolution import Resolution, check_upsampling
 from hestkit.sample import SampleRef, SampleSource
 from hestkit.slide import open_slide, thread_slide
 from hestkit.validate import check_plan, check_source
 
 from . import _soma
 from ._faults import fault_point, resource_message, writing
+from ._quality import absolute_path, quality_fields
 from ._store import (
     GENE_LIST_ENCODING,
     GENE_LIST_VERSION,
@@ -78,6 +80,9 @@ class SampleResult:
     message: str = ""
     n_pairs: int = 0
     n_dropped_outside: int = 0
+    n_dropped_edge: int = 0
+    n_edge_patches: int = 0
+    upsampling_factor: float = 1.0
     pixel_size_um: float | None = None
     pixel_size_source: str | None = None
     warnings: tuple[str, ...] = ()
@@ -126,6 +131,7 @@ class _Prepared:
     group_path: str
     image_size: tuple[int, int]
     seconds: float
+    resolution: Resolution
 
 
 def fingerprint(ref: SampleRef) -> str:
@@ -158,7 +164,7 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     t0 = time.perf_counter()
     layout = Layout(root)
     with writing(f"{ref.sample_id}: reading the sample and planning its patches"):
-        source, plan, thumb, thumb_ds, size, level_ds, n_total, keep = _load_and_plan(ref, spec)
+        source, plan, thumb, thumb_ds, size, level_ds, n_total, keep, resolution = _load_and_plan(ref, spec)
     gpath = layout.patches(source.sample_id, ingest_id)
     try:
         with writing(f"{source.sample_id}: writing its patch group", gpath):
@@ -166,10 +172,14 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     except BaseException:
         layout.remove_tree(gpath)  # nothing points at it yet
         raise
-    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+    return _Prepared(
+        ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0, resolution
+    )
 
 
-def _load_and_plan(ref: SampleRef, spec: PairSpec) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray]:
+def _load_and_plan(
+    ref: SampleRef, spec: PairSpec
+) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray, Resolution]:
     source = get_reader(ref.reader).load(ref)
     check_source(source, allow_non_integer=ref.options.allow_non_integer)
     n_total = source.n_spots
@@ -177,13 +187,31 @@ def _load_and_plan(ref: SampleRef, spec: PairSpec) -> tuple[SampleSource, PatchP
     spots = source.spots[keep].reset_index(drop=True)
     counts = source.counts[np.flatnonzero(keep)]
     source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
+    opts = ref.options
     with open_slide(source.image_path) as slide:
-        plan = plan_patches(slide, source.centres_px(), source.pixel_size.value, spec, slot_align=SHARD_PATCHES)
-        check_plan(source, plan, slide)
         thumb, thumb_ds = slide.thumbnail(1024)
+        plan = plan_patches(
+            slide,
+            source.centres_px(),
+            source.pixel_size.value,
+            spec,
+            slot_align=SHARD_PATCHES,
+            edge="drop" if opts.edge == "drop" else "fill",
+            background=background_colour(thumb),
+        )
+        check_plan(source, plan, slide)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
-    return source, plan, thumb, thumb_ds, size, level_ds, n_total, keep
+    resolution = check_upsampling(
+        f"sample {source.sample_id!r}",
+        source.image_path,
+        source.pixel_size.value * level_ds,
+        spec.pixel_size_um,
+        allow=opts.allow_upsampling,
+    )
+    if resolution.warning:
+        source.warnings.append(resolution.warning)
+    return source, plan, thumb, thumb_ds, size, level_ds, n_total, keep, resolution
 
 
 def _stage_group(
@@ -357,6 +385,9 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
         "ingested",
         n_pairs=plan.n_pairs,
         n_dropped_outside=len(plan.dropped_outside),
+        n_dropped_edge=len(plan.dropped_edge),
+        n_edge_patches=int((plan.valid_fraction < 1.0).sum()),
+        upsampling_factor=prep.resolution.factor,
         pixel_size_um=s.pixel_size.value,
         pixel_size_source=s.pixel_size.source,
         warnings=tuple(s.warnings),
@@ -369,7 +400,7 @@ def _manifest(
     s = prep.source
     plan = prep.job.plan
     md = s.metadata
-    return {
+    manifest: dict[str, Any] = {
         "encoding-type": MANIFEST_ENCODING,
         "encoding-version": MANIFEST_VERSION,
         "sample_id": s.sample_id,
@@ -389,7 +420,7 @@ def _manifest(
         "pixel_size_um_estimated": s.pixel_size.estimated,
         "spot_diameter_um": s.spot_diameter_um,
         "spot_shape": s.spot_shape,
-        "image_path": str(s.image_path),
+        "image_path": absolute_path(s.image_path),
         "image_width": prep.image_size[0],
         "image_height": prep.image_size[1],
         "source_level": plan.level,
@@ -400,7 +431,7 @@ def _manifest(
         "soma_joinid_stop": start + n_rows,
         "genes_ref": genes_ref,
         "reader": prep.ref.reader,
-        "source_paths": s.source_paths,
+        "source_paths": [absolute_path(p) for p in s.source_paths],
         "source_fingerprint": fingerprint(prep.ref),
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hestkit_version": version,
@@ -408,6 +439,8 @@ def _manifest(
         "allow_non_integer": prep.ref.options.allow_non_integer,
         "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
     }
+    manifest.update(quality_fields(plan, prep.n_spots_total - prep.n_in_tissue, prep.resolution))
+    return manifest
 
 
 def retired_record(layout: Layout, old: dict[str, Any], replaced_by: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import _maintenance, _volumes
+from . import _data, _maintenance, _volumes
 from ._common import fail, handle_errors, print_table, progress_bars
 
 app = typer.Typer(
@@ -40,9 +40,13 @@ SUMMARY_COLUMNS = [
     "patient",
     "n_pairs",
     "n_dropped_outside_image",
+    "n_dropped_edge",
+    "n_dropped_not_in_tissue",
     "n_genes",
     "pixel_size_um",
     "pixel_size_source",
+    "source_pixel_size_um",
+    "upsampling_factor",
 ]
 
 
@@ -66,7 +70,10 @@ def ingest(
     catalog_dir: Annotated[
         str, typer.Option("--catalog", "-c", help="Catalog folder or s3://bucket/prefix (created if missing).")
     ],
-    image: Annotated[Path | None, typer.Option(help="Full-resolution H&E image (TIFF, OME-TIFF, SVS, NDPI, PNG, ...).")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="Full-resolution H&E image (TIFF, OME-TIFF, SVS, NDPI, PNG, ...); Xenium: 'morphology' = DAPI/stains."),
+    ] = None,
     organ: Annotated[str | None, typer.Option(help="Organ of the sample(s), e.g. Breast.")] = None,
     species: Annotated[str | None, typer.Option(help="Species, e.g. 'Homo sapiens'.")] = None,
     patient: Annotated[str | None, typer.Option(help="Patient id (used for patient-level splits).")] = None,
@@ -77,7 +84,10 @@ def ingest(
         Path | None, typer.Option(help="Xenium: *imagealignment.csv (3x3, H&E px -> morphology px) or a keypoints CSV.")
     ] = None,
     spot_size_um: Annotated[
-        float | None, typer.Option("--spot-size-um", help="Xenium/Visium HD: side of the square pseudo-spots in um.")
+        str | None,
+        typer.Option(
+            "--spot-size-um", help="Xenium/Visium HD: side of the square pseudo-spots in um; Xenium: 'cell' = one pair per cell."
+        ),
     ] = None,
     pixel_size_um: Annotated[
         float | None, typer.Option("--pixel-size-um", help="Override the level-0 pixel size (um/px).")
@@ -101,6 +111,13 @@ def ingest(
     patch_size: Annotated[int, typer.Option(help="Patch side in px (new catalogs only).")] = 224,
     patch_um_per_px: Annotated[float, typer.Option(help="Patch resolution in um/px (new catalogs only).")] = 0.5,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored patches (new catalogs only).")] = 90,
+    allow_upsampling: Annotated[
+        bool, typer.Option("--allow-upsampling", help="Accept patches upsampled more than 4x from the image (recorded).")
+    ] = False,
+    edge: Annotated[
+        _data.EdgeRule,
+        typer.Option(help="Spots whose patch crosses the image edge: fill (keep, pad with background) or drop."),
+    ] = _data.EdgeRule.fill,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Read samples, align spots to the slide, cut patches and commit them to the catalog.
@@ -113,6 +130,7 @@ def ingest(
         from hestkit.patches import PairSpec
         from hestkit.sample import ReadOptions
 
+        spot_um, cells = _data.parse_spot_size(spot_size_um)
         spec = PairSpec(patch_size, patch_um_per_px, jpeg_quality)
         opts = ReadOptions(
             image=image,
@@ -123,7 +141,10 @@ def ingest(
             pixel_size_um=pixel_size_um,
             ids=tuple(ids) if ids else None,
             alignment=alignment,
-            spot_size_um=spot_size_um,
+            spot_size_um=spot_um,
+            cells=cells,
+            allow_upsampling=allow_upsampling,
+            edge=edge.value,
             allow_non_integer=allow_non_integer,
         )
         cat = catalog.create(catalog_dir, spec)  # after the options are checked: a bad option creates nothing
@@ -153,6 +174,9 @@ def ingest(
                         "sample_id": r.sample_id,
                         "pairs": r.n_pairs,
                         "dropped (outside image)": r.n_dropped_outside,
+                        "dropped (edge)": r.n_dropped_edge,
+                        "edge patches": r.n_edge_patches,
+                        "upsampled": f"{r.upsampling_factor:.1f}x",
                         "um/px": r.pixel_size_um,
                         "pixel size from": r.pixel_size_source,
                         "seconds": round(r.seconds, 1),
@@ -241,6 +265,7 @@ def query(
 
         cat = catalog.open(catalog_dir)
         view = cat.pairs(organ=organ, technology=technology, species=species, sample_ids=sample, patients=patient, genes=gene)
+        _data.warn_unmeasured_genes(view, named=gene is not None)
         if len(view) == 0:
             typer.echo("no pairs match this selection")
         else:
@@ -252,7 +277,7 @@ def query(
         if out is not None:
             if out.suffix != ".h5ad":
                 fail(f"{out}: --out writes AnnData; give a path ending in .h5ad")
-            view.to_anndata().write_h5ad(out)
+            _data.quietly(view.to_anndata).write_h5ad(out)
             typer.echo(f"wrote {out} ({len(view)} pairs x {len(view.genes)} genes)")
 
 
@@ -349,6 +374,7 @@ def demo(
 
 _volumes.register(app)
 _maintenance.register(app)
+_data.register(app)
 
 
 def main() -> None:

@@ -45,6 +45,16 @@ class ReadOptions:
     #: the manifest. Without it, non-integer counts are refused.
     allow_non_integer: bool = False
 
+    #: Xenium: one pair per cell (centred on it, counts from the cell-feature matrix)
+    #: instead of pooled squares; CLI ``--spot-size-um cell``.
+    cells: bool = False
+    #: Accept patches upsampled more than 4x from the image (recorded per sample); see
+    #: :mod:`hestkit.resolution`.
+    allow_upsampling: bool = False
+    #: Spots whose centre is on the image but whose patch crosses its edge: ``"fill"``
+    #: (kept, off-image part filled with the background colour) or ``"drop"``.
+    edge: str = "fill"
+
     def __post_init__(self) -> None:
         if self.sample_id is not None and not str(self.sample_id).strip():
             raise OptionError(

@@ -450,6 +450,13 @@ def open_slide(path: str | Path) -> Slide:
                     "point at the image element (e.g. STORE.zarr/images/NAME)",
                 ) from exc
         raise ImageError(p, "is a folder, not an image file", "give the path of the image file itself")
+    from .morphology import MorphologyBackend, is_morphology_image
+
+    if is_morphology_image(p):  # Xenium DAPI / stains: rendered to RGB (hestkit.morphology)
+        try:
+            return Slide(p, MorphologyBackend(p), "morphology")
+        except Exception:  # noqa: BLE001 - not a channel image after all: read it as any TIFF
+            pass
     suffix = p.suffix.lower()
     errors: list[str] = []
     order: list[str]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import Problem, ReaderError, ValidationError
+from ..errors import HestkitError, Problem, ReaderError, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
@@ -72,6 +72,25 @@ def read_tissue_positions(path: Path) -> pd.DataFrame:
         if not pd.api.types.is_numeric_dtype(df[c]):
             raise ReaderError(path, f"column {c} is not numeric", "re-copy the file; it looks edited or corrupt")
     return df
+
+
+def _explain_missing_image(folder: Path, problems: list[Problem], scalef: dict[str, float], positions: pd.DataFrame | None) -> None:
+    """Add to the missing-image problem which Space Ranger images exist and what using them means."""
+    from ..resolution import spaceranger_images_hint
+
+    est = None
+    if positions is not None:
+        try:
+            est = estimate_pixel_size_from_grid(
+                visium_array_to_um(positions["array_row"], positions["array_col"]),
+                positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float),
+            )
+        except HestkitError:
+            est = None
+    hint = spaceranger_images_hint(folder / "spatial", scalef, est)
+    for k, p in enumerate(problems):
+        if hint and p.path == folder and "full-resolution image" in p.message:
+            problems[k] = Problem(folder, p.message + hint)
 
 
 class VisiumReader:
@@ -177,6 +196,8 @@ class VisiumReader:
                 problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
         if slide is not None and spots is not None:
             check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, ppath)
+        if image_path is None and opts.image is None:
+            _explain_missing_image(folder, problems, scalef, positions)
         if problems:
             raise ValidationError(f"Visium sample {ref.sample_id!r} at {folder}", problems)
         # mypy: everything below exists when no problem was recorded

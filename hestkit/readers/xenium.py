@@ -43,6 +43,7 @@ from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import SLIDE_SUFFIXES, open_slide
 from ._common import normalise_spots
 from ._xenium_align import KEYPOINT_RMS_WARN_UM, XeniumAlignment, find_alignment_file, read_alignment
+from ._xenium_obs import CellObservations, morphology_hint, morphology_request, read_cells
 
 __all__ = [
     "XENIUM_CONTROL_PREFIXES",
@@ -386,7 +387,11 @@ def _find_he_image(folder: Path, explicit: Path | None, problems: list[Problem])
         return cands[0]
     if not cands:
         problems.append(
-            Problem(folder, "no H&E image in the bundle; pass --image with the post-Xenium H&E (TIFF, OME-TIFF, ...)")
+            Problem(
+                folder,
+                "no H&E image in the bundle; pass --image with the post-Xenium H&E (TIFF, OME-TIFF, ...)"
+                + morphology_hint(folder),
+            )
         )
     else:
         names = ", ".join(p.name for p in cands)
@@ -428,11 +433,23 @@ class XeniumReader:
             problems.append(
                 Problem(None, f"spot size {opts.spot_size_um!r} um is not a positive number; pass --spot-size-um > 0")
             )
+        morph: Path | None = None
+        try:
+            morph = morphology_request(folder, opts.image)
+        except ReaderError as exc:
+            note(exc)
         exp: dict[str, Any] = {}
         try:
             exp = read_experiment(folder)
         except ReaderError as exc:
-            note(exc)
+            if morph is not None and opts.pixel_size_um is not None:
+                exp = {"pixel_size": float(opts.pixel_size_um)}  # the morphology's pixel size, given
+            elif morph is not None:
+                problems.append(
+                    Problem(exc.path, f"{exc.found}. Fix: {exc.fix}; or give the morphology image's pixel size with --pixel-size-um")
+                )
+            else:
+                note(exc)
         tpath = folder / "transcripts.parquet"
         if not tpath.is_file():
             problems.append(Problem(tpath, "missing; copy transcripts.parquet from the Xenium output bundle"))
@@ -448,7 +465,7 @@ class XeniumReader:
                     )
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
                 problems.append(Problem(tpath, f"is not a readable parquet file ({exc}); re-copy it from the bundle"))
-        image_path = _find_he_image(folder, opts.image, problems)
+        image_path = morph if morph is not None else _find_he_image(folder, opts.image, problems)
         image_size: tuple[int, int, float | None] | None = None  # width, height, embedded pixel size
         if image_path is not None:
             try:
@@ -456,7 +473,9 @@ class XeniumReader:
                     image_size = (slide.width, slide.height, slide.embedded_pixel_size_um)
             except ReaderError as exc:
                 note(exc)
-        apath = opts.alignment if opts.alignment is not None else find_alignment_file(folder, image_path, problems)
+        apath: Path | None = None
+        if morph is None:  # the morphology image is the Xenium frame itself: no alignment
+            apath = opts.alignment if opts.alignment is not None else find_alignment_file(folder, image_path, problems)
         alignment: XeniumAlignment | None = None
         if apath is not None:
             try:
@@ -473,19 +492,28 @@ class XeniumReader:
                     panel, panel_ids = pnames, dict(zip(pnames, pids, strict=True))
             except ReaderError as exc:
                 warnings.append(f"{ref.sample_id}: {exc}; genes are ordered by name instead")
-        if problems or image_size is None or alignment is None or image_path is None:
+        if problems or image_size is None or (alignment is None and morph is None) or image_path is None:
             raise ValidationError(subject, problems or [Problem(folder, "incomplete sample")])
 
+        cells: CellObservations | None = None
         try:
+            if opts.cells:
+                cells = read_cells(folder, XENIUM_CONTROL_PREFIXES)
             pooled = pool_transcripts(tpath, s, gene_panel=panel)
         except ReaderError as exc:
             raise ValidationError(subject, [Problem(exc.path, f"{exc.found}. Fix: {exc.fix}")]) from exc
         morph_px = float(exp["pixel_size"])
-        centres_um = pooled.centres_um()
-        centres_px = alignment.um_to_he_px(centres_um, morph_px) if pooled.n_spots else np.empty((0, 2))
+        centres_um = pooled.centres_um() if cells is None else cells.centres_um
+        n_obs = pooled.n_spots if cells is None else len(cells.barcodes)
+        if not n_obs:
+            centres_px = np.empty((0, 2))
+        elif alignment is None:
+            centres_px = centres_um / morph_px  # the morphology image's pixels
+        else:
+            centres_px = alignment.um_to_he_px(centres_um, morph_px)
         width, height, embedded = image_size
         inside = (centres_px[:, 0] >= 0) & (centres_px[:, 1] >= 0) & (centres_px[:, 0] < width) & (centres_px[:, 1] < height)
-        if pooled.n_spots == 0:
+        if n_obs == 0:
             problems.append(
                 Problem(
                     tpath,
@@ -500,14 +528,21 @@ class XeniumReader:
                     image_path,
                     f"transcripts outside the image: wrong alignment or image? None of the {pooled.n_spots} pseudo-spot "
                     f"centres falls on the {width} x {height} px image (they map to x {lo[0]:.0f}..{hi[0]:.0f}, "
-                    f"y {lo[1]:.0f}..{hi[1]:.0f} px through {alignment.path.name}). Check that --image is the post-Xenium "
-                    "H&E at full resolution and --alignment its registration (H&E px -> morphology px)",
+                    f"y {lo[1]:.0f}..{hi[1]:.0f} px through "
+                    f"{alignment.path.name if alignment is not None else 'the morphology pixel size'}). "
+                    + (
+                        "Check that --image is the post-Xenium H&E at full resolution and --alignment its registration "
+                        "(H&E px -> morphology px)"
+                        if alignment is not None
+                        else "The morphology image must be the run's whole image (pixel (0, 0) at the Xenium origin), "
+                        "not a crop, and its pixel size that of experiment.xenium"
+                    ),
                 )
             )
         if problems:
             raise ValidationError(subject, problems)
 
-        he_px = alignment.he_pixel_size_um(morph_px)
+        he_px = alignment.he_pixel_size_um(morph_px) if alignment is not None else morph_px
         decision = resolve_pixel_size(
             embedded=embedded, estimated=he_px, override=opts.pixel_size_um, subject=f"{ref.sample_id} ({image_path.name})"
         )
@@ -519,20 +554,35 @@ class XeniumReader:
             "patient": opts.patient,
             "xenium_pixel_size_um": morph_px,
             "analysis_sw_version": exp.get("analysis_sw_version"),
-            "spot_size_um": s,
-            "barcode_format": "sq{S:g}um_{i}_{j} (i = array_col along x, j = array_row along y)",
+            "spot_size_um": s if cells is None else "cell",
+            "barcode_format": "sq{S:g}um_{i}_{j} (i = array_col along x, j = array_row along y)"
+            if cells is None
+            else "cell_id of cells.parquet (one pair per cell, centred on its centroid)",
             "gene_order": "cell_feature_matrix.h5 panel" if panel is not None else "sorted",
             **pooled.stats(),
             "n_pseudo_spots": pooled.n_spots,
             "n_centres_inside_image": int(inside.sum()),
-            "alignment_source": str(alignment.path),
-            "alignment_kind": alignment.kind,
-            "alignment_discovered": opts.alignment is None,
-            "he_to_morph": alignment.he_to_morph.to_array().tolist(),
-            "he_pixel_size_um_from_alignment": he_px,
         }
-        res = alignment.residuals_um(morph_px)
-        if res is not None:
+        if cells is not None:
+            meta.update(cells.stats)
+        if alignment is None:
+            with open_slide(image_path) as mslide:
+                describe = getattr(mslide._b, "describe", None)
+                meta["image"] = "morphology"
+                meta["morphology_render"] = describe() if describe is not None else "as stored (not a channel image)"
+        else:
+            meta.update(
+                {
+                    "image": "H&E",
+                    "alignment_source": str(alignment.path),
+                    "alignment_kind": alignment.kind,
+                    "alignment_discovered": opts.alignment is None,
+                    "he_to_morph": alignment.he_to_morph.to_array().tolist(),
+                    "he_pixel_size_um_from_alignment": he_px,
+                }
+            )
+        res = alignment.residuals_um(morph_px) if alignment is not None else None
+        if res is not None and alignment is not None:
             rms = float(np.sqrt(np.mean(res**2)))
             meta.update(
                 {
@@ -548,34 +598,34 @@ class XeniumReader:
                     f"(max {float(res.max()):.1f} um, over {KEYPOINT_RMS_WARN_UM:g} um): pairs may be misaligned; "
                     "re-check the keypoints in Xenium Explorer"
                 )
-        spots = normalise_spots(
-            pd.DataFrame(
-                {
-                    "barcode": pooled.barcodes(),
-                    "in_tissue": 1,
-                    "array_row": pooled.j,
-                    "array_col": pooled.i,
-                    "x_px": centres_px[:, 0],
-                    "y_px": centres_px[:, 1],
-                    "x_um": centres_um[:, 0],
-                    "y_um": centres_um[:, 1],
-                }
-            )
-        )
+        table: dict[str, Any] = {
+            "in_tissue": 1,
+            "x_px": centres_px[:, 0],
+            "y_px": centres_px[:, 1],
+            "x_um": centres_um[:, 0],
+            "y_um": centres_um[:, 1],
+        }
+        if cells is None:
+            table.update({"barcode": pooled.barcodes(), "array_row": pooled.j, "array_col": pooled.i})
+        else:
+            table["barcode"] = cells.barcodes
+        spots = normalise_spots(pd.DataFrame(table))
+        files = [folder / "experiment.xenium", tpath, image_path] + ([alignment.path] if alignment is not None else [])
+        files += [hpath] if panel is not None or cells is not None else []
+        files += [folder / "cells.parquet"] if cells is not None else []
         return SampleSource(
             sample_id=ref.sample_id,
             technology="xenium",
-            counts=pooled.counts,
-            genes=list(pooled.genes),
-            gene_ids=[panel_ids.get(g, g) for g in pooled.genes],
+            counts=pooled.counts if cells is None else cells.counts,
+            genes=list(pooled.genes) if cells is None else cells.genes,
+            gene_ids=[panel_ids.get(g, g) for g in pooled.genes] if cells is None else cells.gene_ids,
             spots=spots,
             image_path=image_path,
             pixel_size=decision,
-            spot_diameter_um=s,
-            spot_shape="square",
+            spot_diameter_um=s if cells is None else cells.diameter_um,
+            spot_shape="square" if cells is None else "circle",
             metadata=meta,
-            source_paths=[str(p) for p in (folder / "experiment.xenium", tpath, image_path, alignment.path)]
-            + ([str(hpath)] if panel is not None else []),
+            source_paths=[str(p) for p in files if p.exists()],
             warnings=warnings,
             counts_path=str(tpath),
             spots_path=str(tpath),

@@ -11,15 +11,17 @@ from catalog.errors import QueryError
 from .conftest import Case
 
 
-def _expected(case: Case, spec_field_um: float = 112.0) -> dict[str, int]:
-    """Barcode -> spot index of the pairs a case must give: in tissue and patch inside the image."""
+def _expected(case: Case, spec_field_um: float = 112.0, whole: bool = False) -> dict[str, int]:
+    """Barcode -> spot index of the pairs a case must give: in tissue with the centre on the
+    image (the default edge rule keeps patches that cross the edge); with ``whole``, only
+    those whose patch lies entirely on the image."""
     t = case.truth
-    half = spec_field_um / 2 / t.pixel_size_um
+    half = spec_field_um / 2 / t.pixel_size_um if whole else 0.0
     h, w = t.image_shape
     out = {}
     for i in t.in_tissue_index():
         x, y = t.centres_px[i]
-        if x - half >= 0 and y - half >= 0 and x + half <= w and y + half <= h:
+        if x - half >= 0 and y - half >= 0 and x + half <= w and y + half <= h and (half or (x < w and y < h)):
             out[t.barcodes[i]] = int(i)
     return out
 
@@ -42,8 +44,9 @@ def test_samples_table(ingested: tuple[catalog.Catalog, list[Case]]) -> None:
     # the Space Ranger 1.x sample has no embedded pixel size: it was estimated from the grid
     assert df.loc["brainB", "pixel_size_source"] == "estimated"
     assert df.loc["breastA", "pixel_size_source"] == "embedded"
-    # and some of its spots were too close to the edge
-    assert df.loc["brainB", "n_dropped_outside_image"] > 0
+    # some of its spots are so close to the edge that their patches cross it: kept (edge rule "fill")
+    assert df.loc["brainB", "n_edge_patches"] == len(_expected(cases[1])) - len(_expected(cases[1], whole=True)) > 0
+    assert df.loc["brainB", "n_dropped_edge"] == 0
 
 
 def test_patch_shows_its_own_spot(ingested: tuple[catalog.Catalog, list[Case]]) -> None:
@@ -53,8 +56,11 @@ def test_patch_shows_its_own_spot(ingested: tuple[catalog.Catalog, list[Case]]) 
         view = cat.pairs(sample_ids=[c.sample_id])
         exp = _expected(c)
         assert sorted(view.obs["barcode"]) == sorted(exp)
+        whole = _expected(c, whole=True)
         yy, xx = np.mgrid[0:224, 0:224] + 0.5
         for k in range(len(view)):
+            if view.obs["barcode"].iloc[k] not in whole:
+                continue  # an edge patch: tested in test_edge_rule
             patch = view.patch(k)
             i = exp[view.obs["barcode"].iloc[k]]
             colour = c.truth.colour(i)

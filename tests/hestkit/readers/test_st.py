@@ -96,10 +96,14 @@ def test_ingest_pairs_are_aligned(tmp_path: Path) -> None:
         "STB": make_st(folder, layout="2k", n_x=8, n_y=8, pixel_size_um=2.5, stem="STB", image_format="jpg", seed=8),
     }
     cat = catalog.create(tmp_path / "cat")
-    rep = cat.ingest([folder], technology="st", options=ReadOptions(organ="Brain", species="Homo sapiens"), workers=1)
+    # STB's 2.5 um/px image gives 0.5 um/px patches upsampled 5x: refused unless allowed (then recorded)
+    opts = ReadOptions(organ="Brain", species="Homo sapiens", allow_upsampling=True)
+    rep = cat.ingest([folder], technology="st", options=opts, workers=1)
     assert not rep.failed, rep.failed[0].message
     df = cat.samples().set_index("sample_id")
     assert sorted(df.index) == ["STA", "STB"]
+    assert df.loc["STB", "upsampling_factor"] == pytest.approx(5.0, rel=0.01)
+    assert df.loc["STA", "upsampling_factor"] == pytest.approx(2.0, rel=0.01)
     yy, xx = np.mgrid[0:224, 0:224] + 0.5
     disk = (xx - 112) ** 2 + (yy - 112) ** 2 < 90**2  # 45 um: inside the 50 um disk radius
     for sid, t in truths.items():

@@ -353,6 +353,7 @@ def test_real_all_zero_counts_give_no_pairs(visiumio: Path, tmp_path: Path) -> N
     assert src.pixel_size.value == pytest.approx(0.2738243 / 0.02505533, rel=1e-4)
     _ensure_registered()
     cat = catalog.create(tmp_path / "cat")
+    # the lowres PNG (10.9 um/px) would upsample 0.5 um/px patches 21.9x: refused unless allowed
     report = cat.ingest([visiumio], technology="visium-hd", options=ReadOptions(sample_id="vio", image=img), workers=1)
     assert len(report.failed) == 1 and not report.ingested
     msg = report.failed[0].message
