@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import _volumes
+from . import _tissue, _volumes
 from ._common import fail, handle_errors, print_table, progress_bars
 
 app = typer.Typer(
@@ -335,6 +335,7 @@ def demo(
 
 
 _volumes.register(app)
+_tissue.register(app)
 
 
 def main() -> None:

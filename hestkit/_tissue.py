@@ -246,3 +246,19 @@ def integral_fractions(
         frac = np.where(area > 0, covered / np.where(area > 0, area, 1.0), 0.0)
     result: NDArray[np.float64] = np.clip(frac, 0.0, 1.0)
     return result
+
+
+def draw_outline(
+    image: NDArray[np.uint8], geom: MultiPolygon, downsample: float, *, colour: tuple[int, int, int] = (0, 160, 0), width: int = 2
+) -> NDArray[np.uint8]:
+    """A copy of ``image`` (a thumbnail: level-0 px = its px x ``downsample``) with the
+    polygons' outlines (holes included) drawn on it."""
+    out = np.ascontiguousarray(image.copy())
+    shift = 4
+    rings = []
+    for poly in geom.geoms:
+        for ring in (poly.exterior, *poly.interiors):
+            rings.append(np.round((np.asarray(ring.coords) / downsample - 0.5) * (1 << shift)).astype(np.int32))
+    if rings:
+        cv2.polylines(out, rings, True, colour, thickness=width, lineType=cv2.LINE_AA, shift=shift)
+    return out

@@ -166,6 +166,10 @@ class TissueMask:
         out: NDArray[np.bool_] = np.asarray(shapely.contains_xy(self.geometry, np.asarray(x, np.float64), np.asarray(y, np.float64)))
         return out
 
+    def draw(self, image: NDArray[np.uint8], downsample: float, *, colour: tuple[int, int, int] = (0, 160, 0)) -> NDArray[np.uint8]:
+        """A copy of a thumbnail (``downsample`` level-0 px per pixel) with the outline drawn."""
+        return _tissue.draw_outline(image, self.geometry, downsample, colour=colour)
+
     def raster(self, downsample: float) -> NDArray[np.bool_]:
         """The mask filled on a ``(ceil(H / d), ceil(W / d))`` grid (e.g. for display)."""
         return _tissue.rasterise(self.geometry, self.height, self.width, downsample) > 0
