@@ -51,6 +51,7 @@ from ._store import (
     new_ingest_id,
     zarr_open_group,
 )
+from ._tissue import MASK_IN_TISSUE_TECHNOLOGIES, SampleTissue, sample_tissue, with_in_tissue
 from .errors import CatalogError, SampleExistsError
 
 __all__ = [
@@ -132,6 +133,7 @@ class _Prepared:
     image_size: tuple[int, int]
     seconds: float
     resolution: Resolution
+    tissue: SampleTissue | None = None
 
 
 def fingerprint(ref: SampleRef) -> str:
@@ -164,26 +166,30 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     t0 = time.perf_counter()
     layout = Layout(root)
     with writing(f"{ref.sample_id}: reading the sample and planning its patches"):
-        source, plan, thumb, thumb_ds, size, level_ds, n_total, keep, resolution = _load_and_plan(ref, spec)
+        source, plan, thumb, thumb_ds, size, level_ds, n_total, keep, resolution, tissue = _load_and_plan(ref, spec)
     gpath = layout.patches(source.sample_id, ingest_id)
     try:
         with writing(f"{source.sample_id}: writing its patch group", gpath):
             job = _stage_group(layout, gpath, source, plan, spec, ingest_id, thumb, thumb_ds, level_ds)
+            tissue.write(layout, gpath)
     except BaseException:
         layout.remove_tree(gpath)  # nothing points at it yet
         raise
+    n_in = int(keep.sum()) if tissue.in_tissue is None else int(tissue.in_tissue.sum())
     return _Prepared(
-        ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0, resolution
+        ref, source, ingest_id, job, n_total, n_in, gpath, size, time.perf_counter() - t0, resolution, tissue
     )
 
 
 def _load_and_plan(
     ref: SampleRef, spec: PairSpec
-) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray, Resolution]:
+) -> tuple[SampleSource, PatchPlan, np.ndarray, float, tuple[int, int], float, int, np.ndarray, Resolution, SampleTissue]:
     source = get_reader(ref.reader).load(ref)
     check_source(source, allow_non_integer=ref.options.allow_non_integer)
     n_total = source.n_spots
     keep = source.spots["in_tissue"].to_numpy() > 0
+    if source.technology in MASK_IN_TISSUE_TECHNOLOGIES:
+        keep[:] = True  # pseudo-spots: no vendor tissue call; in_tissue comes from the mask below
     spots = source.spots[keep].reset_index(drop=True)
     counts = source.counts[np.flatnonzero(keep)]
     source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
@@ -200,6 +206,8 @@ def _load_and_plan(
             background=background_colour(thumb),
         )
         check_plan(source, plan, slide)
+        tissue = sample_tissue(slide, source, spec)
+        source = with_in_tissue(source, tissue.in_tissue)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
     resolution = check_upsampling(
@@ -211,7 +219,7 @@ def _load_and_plan(
     )
     if resolution.warning:
         source.warnings.append(resolution.warning)
-    return source, plan, thumb, thumb_ds, size, level_ds, n_total, keep, resolution
+    return source, plan, thumb, thumb_ds, size, level_ds, n_total, keep, resolution, tissue
 
 
 def _stage_group(
@@ -313,8 +321,14 @@ def _obs_frame(prep: _Prepared, ingest_id: str) -> pd.DataFrame:
             "pixel_size_um": np.full(n, s.pixel_size.value),
             "spot_size_um": np.full(n, s.spot_diameter_um),
             "patch_index": prep.job.plan.slots.astype(np.int64),
+            "tissue_fraction": _tissue_fraction(prep)[kept].astype(np.float32),
         }
     )
+
+
+def _tissue_fraction(prep: _Prepared) -> np.ndarray:
+    """Share of each spot's patch on the tissue mask (NaN without a mask)."""
+    return prep.tissue.fraction if prep.tissue is not None else np.full(prep.source.n_spots, np.nan)
 
 
 def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool, version: str) -> SampleResult:
@@ -435,7 +449,8 @@ def _manifest(
         "source_fingerprint": fingerprint(prep.ref),
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hestkit_version": version,
-        "warnings": s.warnings,
+        "warnings": s.warnings + (prep.tissue.warnings if prep.tissue is not None else []),
+        "tissue": prep.tissue.manifest if prep.tissue is not None else None,
         "allow_non_integer": prep.ref.options.allow_non_integer,
         "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
     }
