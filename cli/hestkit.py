@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import _slides, _volumes
+from . import _slides, _tissue, _volumes
 from ._common import fail, handle_errors, print_table, progress_bars
 
 app = typer.Typer(
@@ -337,6 +337,7 @@ def demo(
 
 _volumes.register(app)
 _slides.register(app)
+_tissue.register(app)
 
 
 def main() -> None:

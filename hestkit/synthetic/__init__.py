@@ -12,6 +12,7 @@ from ._tiff import pyramid_shapes, write_flat_image, write_pyramidal_tiff
 from ._truth import SyntheticSample
 from .cohort import CohortEntry, make_demo_cohort
 from .hest import make_hest
+from .slides import SLIDE_CLASS_CODES, SlideScene, make_slide_cohort
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
@@ -27,9 +28,11 @@ from .xenium import SyntheticXenium, make_xenium
 
 __all__ = [
     "GLASS_RGB",
+    "SLIDE_CLASS_CODES",
     "TISSUE_RGB",
     "CohortEntry",
     "Scene",
+    "SlideScene",
     "SyntheticSample",
     "SyntheticSection",
     "SyntheticVisiumHD",
@@ -41,6 +44,7 @@ __all__ = [
     "make_demo_cohort",
     "make_hest",
     "make_large_volume",
+    "make_slide_cohort",
     "make_st",
     "make_visium",
     "make_visium_hd",
