@@ -704,6 +704,19 @@ class Catalog:
         fills = {v: 255 if known_v[v].get("modality") == "he-stack" else 0 for v in vols}
         return VolumePairView(pv, new, vols, spec, fills)  # type: ignore[arg-type]
 
+    # -- slides (WSIs without ST: catalog.slides) ---------------------------------
+    def slides(self) -> pd.DataFrame:
+        """The slide table (``hestkit add-slides``): one row per slide, labels as columns."""
+        from .slides import slides_frame
+
+        return slides_frame(self.layout)
+
+    def slide_manifest(self, slide_id: str) -> dict[str, Any]:
+        """The manifest of one slide of the slide table."""
+        from .slides import slide_manifest
+
+        return slide_manifest(self.layout, slide_id)
+
 
 def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: bool = True) -> Catalog:
     """Create an empty catalog at ``path`` (a folder or ``s3://bucket/prefix``), or open

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import _data, _maintenance, _tissue, _volumes
+from . import _data, _maintenance, _slides, _tissue, _volumes
 from ._common import fail, handle_errors, print_table, progress_bars
 
 app = typer.Typer(
@@ -204,7 +204,7 @@ def ls(
 
         cat = catalog.open(catalog_dir)
         df = cat.samples()
-        if df.empty and cat.volumes().empty:
+        if df.empty and cat.volumes().empty and cat.slides().empty:
             typer.echo(f"{catalog_dir}: empty catalog")
             return
         if not df.empty:
@@ -212,6 +212,7 @@ def ls(
                 df = df[[c for c in (*SUMMARY_COLUMNS, "ingested_at") if c in df.columns]]
             print_table(df, title=f"{catalog_dir}: {len(df)} samples")
         _volumes.print_volumes(catalog_dir)
+        _slides.print_slides(catalog_dir)
 
 
 @app.command()
@@ -387,6 +388,7 @@ def demo(
 _volumes.register(app)
 _maintenance.register(app)
 _data.register(app)
+_slides.register(app)
 _tissue.register(app)
 
 
