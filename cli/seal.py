@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import fail, handle_errors, print_table
+from ._hest_bench import eval_hest
 from .seal_vortex import app as vortex_app
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 
 app.add_typer(vortex_app, name="vortex")
+app.command("eval-hest")(eval_hest)
 
 Filter = Annotated[list[str] | None, typer.Option(show_default=False)]
 

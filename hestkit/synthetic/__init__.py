@@ -12,6 +12,7 @@ from ._tiff import pyramid_shapes, write_flat_image, write_pyramidal_tiff
 from ._truth import SyntheticSample
 from .cohort import CohortEntry, make_demo_cohort
 from .hest import make_hest
+from .hest_bench import SyntheticHestBench, make_hest_bench
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
@@ -30,6 +31,7 @@ __all__ = [
     "TISSUE_RGB",
     "CohortEntry",
     "Scene",
+    "SyntheticHestBench",
     "SyntheticSample",
     "SyntheticSection",
     "SyntheticVisiumHD",
@@ -37,6 +39,7 @@ __all__ = [
     "SyntheticVolumeCohort",
     "SyntheticXenium",
     "gene_programs",
+    "make_hest_bench",
     "gene_table",
     "make_demo_cohort",
     "make_hest",
