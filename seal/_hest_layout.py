@@ -113,7 +113,7 @@ def read_split_csv(path: Path, root: Path, *, need_paths: bool = True) -> tuple[
 
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # noqa: BLE001 - pandas raises many types
+    except Exception as exc:
         raise EvalError(f"{path}: cannot be read as CSV ({exc}); expected columns {', '.join(_COLUMNS)}.") from exc
     wanted = _COLUMNS if need_paths else _COLUMNS[:1]
     missing = [c for c in wanted if c not in df.columns]
@@ -233,7 +233,7 @@ def read_targets(path: Path, genes: Sequence[str], barcodes: Sequence[str], *, l
 
     try:
         adata = ad.read_h5ad(path)
-    except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many types
+    except Exception as exc:
         raise EvalError(f"{path}: cannot be read as AnnData ({exc}); expected an .h5ad file with raw counts.") from exc
     names = adata.obs_names.astype(str)
     if not names.is_unique:

@@ -40,7 +40,7 @@ def markdown_table(results: Mapping[str, Any], tasks: Sequence[str]) -> str:
     """HEST's layout: ``| Model | TASK ... | Average |``; best per column in bold, second
     in italics (HEST underlines it)."""
     encs: Mapping[str, Any] = results["encoders"]
-    cols = list(tasks) + ["Average"]
+    cols = [*tasks, "Average"]
 
     def value(label: str, col: str) -> float | None:
         e = encs[label]

@@ -95,7 +95,7 @@ def make_hest_bench(
             centre_px = np.stack([xs, ys], axis=1) * (patch_px * 2 * 1.1) + 400.0
             with_patch = np.sort(rng.choice(n_all, size=n_all - extra_spots, replace=False))
             imgs = np.empty((len(with_patch), patch_px, patch_px, 3), np.uint8)
-            yy, xx = np.mgrid[0:patch_px, 0:patch_px]
+            xx = np.mgrid[0:patch_px, 0:patch_px][1]
             for k, i in enumerate(with_patch):
                 base = np.array([230 - 150 * z[i, 0], 80 + 120 * z[i, 1], 190 - 60 * z[i, 0] * z[i, 1]])
                 stripes = 25.0 * z[i, 1] * np.sin(xx * (0.3 + z[i, 0]))[..., None]
