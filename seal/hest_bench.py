@@ -39,9 +39,11 @@ __all__ = [
     "HestBenchConfig",
     "ProbeConfig",
     "TaskData",
+    "catalog_folds",
     "find_tasks",
     "load_task_data",
     "markdown_table",
+    "match_genes",
     "run_hest_bench",
     "score_folds",
     "split_folds",
@@ -254,3 +256,64 @@ def run_hest_bench(
     }
     write_results(out, results, details, [t.name for t in tasks])
     return results
+
+
+# --------------------------------------------------------------------------- catalog data
+
+
+def match_genes(available: Sequence[str], wanted: Sequence[str], *, source: str = "the gene list") -> list[str]:
+    """The catalog's names of ``wanted`` genes: exact matches first, else the single
+    case-insensitive match. Raises :class:`~seal.errors.GeneListError` naming the genes
+    the catalog lacks."""
+    from .errors import GeneListError
+
+    exact = set(available)
+    folded: dict[str, list[str]] = {}
+    for g in available:
+        folded.setdefault(g.upper(), []).append(g)
+    out, missing = [], []
+    for g in wanted:
+        if g in exact:
+            out.append(g)
+        elif len(folded.get(g.upper(), [])) == 1:
+            out.append(folded[g.upper()][0])
+        else:
+            missing.append(g)
+    if missing:
+        raise GeneListError(
+            f"{source}: {len(missing)} of {len(wanted)} genes are not measured in the selected pairs "
+            f"(e.g. {', '.join(missing[:8])}); expected every listed gene. Fix: select samples that measure them "
+            "or remove them from the list."
+        )
+    return out
+
+
+def catalog_folds(sample_ids: Sequence[str] | NDArray[Any], split_dir: str | Path) -> list[Fold]:
+    """Folds from HEST-style split files (``train_K.csv`` / ``test_K.csv``, a ``sample_id``
+    column; path columns are not needed) over catalog rows with these sample ids; each
+    fold's rows follow the CSV's sample order, as HEST concatenates them."""
+    from ._hest_layout import read_splits
+
+    split_dir = Path(split_dir)
+    sids = np.asarray(sample_ids).astype(str)
+    rows: dict[str, NDArray[np.int64]] = {s: np.flatnonzero(sids == s).astype(np.int64) for s in np.unique(sids)}
+    splits = read_splits(split_dir, split_dir, need_paths=False)
+    named = {x.sample_id for s in splits for x in s.train + s.test}
+    absent = sorted(named - set(rows))
+    if absent:
+        raise EvalError(
+            f"{split_dir}: split file(s) name sample(s) {absent[:8]} that are not among the selected pairs "
+            f"(selected: {sorted(rows)[:8]}); expected every split sample in the selection. "
+            "Fix: ingest those samples or widen --samples/--organ."
+        )
+    unused = sorted(set(rows) - named)
+    if unused:
+        import warnings
+
+        warnings.warn(f"sample(s) {unused[:8]} are selected but in no split file; they are not used.", stacklevel=2)
+    folds = []
+    for s in splits:
+        tr = np.concatenate([rows[x.sample_id] for x in s.train])
+        te = np.concatenate([rows[x.sample_id] for x in s.test])
+        folds.append(Fold(f"split{s.index}", tr, te))
+    return folds
