@@ -27,6 +27,7 @@ class Technology(str, Enum):
     xenium = "xenium"
     st = "st"
     hest = "hest"
+    hest_bench = "hest-bench"
     spatialdata = "spatialdata"
     anndata = "anndata"
 

@@ -9,6 +9,7 @@ import typer
 
 from ._common import fail, handle_errors, print_table
 from ._zoo import models as models_cmd
+from ._hest_bench import eval_hest
 from .seal_vortex import app as vortex_app
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 app.add_typer(vortex_app, name="vortex")
 app.command("models")(models_cmd)
+app.command("eval-hest")(eval_hest)
 
 Filter = Annotated[list[str] | None, typer.Option(show_default=False)]
 
@@ -191,21 +193,30 @@ def eval_(
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store embeddings in the catalog.")] = False,
+    genes_file: Annotated[
+        Path | None, typer.Option("--genes", help="Genes to predict (var_50genes.json or one per line) instead of HVG.")
+    ] = None,
+    splits: Annotated[
+        Path | None, typer.Option(help="Folder of HEST-style train_K.csv/test_K.csv (sample_id): those splits, HEST's probe.")
+    ] = None,
     organ: Filter = None,
     technology: Filter = None,
     species: Filter = None,
     samples: Filter = None,
     exclude_samples: Filter = None,
 ) -> None:
-    """HEST-Benchmark protocol (patient-level folds, PCA + ridge, Pearson) and gene-to-image retrieval."""
+    """HEST-Benchmark protocol (patient-level folds or --splits, PCA + ridge, Pearson) and gene-to-image retrieval."""
     with handle_errors():
         import pandas as pd
 
+        from seal._hest_layout import read_genes_file
         from seal.benchmark import EvalConfig, evaluate_catalog
         from seal.encoders import parse_encoder
 
         specs = [parse_encoder(e) for e in encoder]
         cfg = EvalConfig(
+            genes=read_genes_file(genes_file) if genes_file is not None else None,
+            splits=str(splits) if splits is not None else None,
             organ=_t(organ),
             technology=_t(technology),
             species=_t(species),

@@ -320,6 +320,13 @@ class Slide:
         """Micrometres per level-0 pixel as stored in the file, or None."""
         return self._b.embedded_pixel_size_um
 
+    @property
+    def max_window_px(self) -> float | None:
+        """Largest level-0 window a patch may be cut from: the patch side for a mosaic of
+        pre-cut patches (a HEST ``.h5`` patch file), None for a real slide."""
+        v = getattr(self._b, "max_window_px", None)
+        return None if v is None else float(v)
+
     def best_level(self, downsample: float, *, tolerance: float = 0.01) -> int:
         """The coarsest level whose downsample does not exceed ``downsample``.
 
@@ -458,6 +465,15 @@ def open_slide(path: str | Path) -> Slide:
         except Exception:  # noqa: BLE001 - not a channel image after all: read it as any TIFF
             pass
     suffix = p.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        from ._patch_mosaic import PatchMosaicBackend
+
+        try:
+            return Slide(p, PatchMosaicBackend(p), "patch-mosaic")
+        except Exception as exc:
+            raise ImageError(
+                p, f"cannot be read as a HEST patch file ({exc})", "give an .h5 with img (N, P, P, 3) uint8 patches"
+            ) from exc
     errors: list[str] = []
     order: list[str]
     if suffix in _PIL_SUFFIXES:

@@ -13,6 +13,7 @@ import torch
 
 from .encoders import EncoderSpec, embed_view
 from .evaluate import hest_benchmark, patient_folds, retrieval_metrics, select_genes, write_report
+from .hest_bench import ProbeConfig, catalog_folds, match_genes, score_folds
 from .train import resolve_device, select_view
 
 __all__ = ["EvalConfig", "evaluate_catalog"]
@@ -34,6 +35,11 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     cache: bool = True
+    #: Given genes (e.g. a HEST task's var_50genes.json) instead of the top-``n_genes`` HVG.
+    genes: tuple[str, ...] | None = None
+    #: A folder of HEST-style train_K.csv / test_K.csv: those sample splits and HEST's exact
+    #: probe (seal.hest_bench) instead of leave-one-patient-out folds.
+    splits: str | None = None
 
 
 @torch.no_grad()
@@ -62,11 +68,17 @@ def evaluate_catalog(
     view = select_view(cat, cfg)
     counts = view.expression()
     sample_ids = view.obs["sample_id"].astype(str).to_numpy()
-    genes = select_genes(counts, view.genes, sample_ids, n_top=cfg.n_genes)
+    if cfg.genes:
+        genes = match_genes(list(view.genes), list(cfg.genes), source="--genes")
+    else:
+        genes = select_genes(counts, view.genes, sample_ids, n_top=cfg.n_genes)
     gpos = {g: i for i, g in enumerate(view.genes)}
     targets = np.log1p(np.asarray(counts[:, [gpos[g] for g in genes]].toarray(), dtype=np.float64))
-    patients = view.obs["patient"].astype(str).replace({"": None}).to_numpy()
-    folds, level = patient_folds(patients, sample_ids)
+    if cfg.splits:
+        folds, level = catalog_folds(sample_ids, cfg.splits), f"given splits ({cfg.splits})"
+    else:
+        patients = view.obs["patient"].astype(str).replace({"": None}).to_numpy()
+        folds, level = patient_folds(patients, sample_ids)
     embeddings: dict[str, np.ndarray] = {}
     retrieval: dict[str, dict[str, float]] = {}
     for spec in encoders:
@@ -80,7 +92,10 @@ def evaluate_catalog(
                 warnings.simplefilter("always")
                 expr_emb = _expression_embeddings(spec, view, device)
             retrieval[spec.label] = retrieval_metrics(embeddings[spec.label], expr_emb)
-    result = hest_benchmark(embeddings, targets, folds, genes, n_components=cfg.n_components, seed=cfg.seed)
+    if cfg.splits:
+        result, _ = score_folds(embeddings, targets, folds, genes, ProbeConfig(latent_dim=cfg.n_components))
+    else:
+        result = hest_benchmark(embeddings, targets, folds, genes, n_components=cfg.n_components, seed=cfg.seed)
     report: dict[str, Any] = result.to_dict()
     for label, metrics in retrieval.items():
         report["encoders"][label].update(metrics)

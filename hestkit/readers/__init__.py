@@ -6,6 +6,7 @@ from ..sample import SampleRef, SampleSource
 from ._registry import Reader, find_reader, get_reader, list_readers, register_reader, scan
 from .anndata import AnnDataReader
 from .hest1k import HestReader
+from .hest_bench import HestBenchReader
 from .spatialdata import SpatialDataReader
 from .st import StReader
 from .visium import VisiumReader, read_tissue_positions
@@ -14,6 +15,7 @@ from .xenium import XeniumReader
 
 __all__ = [
     "AnnDataReader",
+    "HestBenchReader",
     "HestReader",
     "Reader",
     "SpatialDataReader",
@@ -32,6 +34,7 @@ __all__ = [
 
 register_reader(VisiumReader())
 register_reader(HestReader())
+register_reader(HestBenchReader())
 register_reader(AnnDataReader())
 register_reader(SpatialDataReader())
 register_reader(StReader())

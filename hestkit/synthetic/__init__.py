@@ -12,7 +12,11 @@ from ._tiff import pyramid_shapes, write_flat_image, write_pyramidal_tiff
 from ._truth import SyntheticSample
 from .cohort import CohortEntry, make_demo_cohort
 from .hest import make_hest
+<<<<<<< HEAD
 from .slides import SLIDE_CLASS_CODES, SlideScene, make_slide_cohort
+=======
+from .hest_bench import SyntheticHestBench, make_hest_bench
+>>>>>>> hestbench
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
@@ -32,7 +36,11 @@ __all__ = [
     "TISSUE_RGB",
     "CohortEntry",
     "Scene",
+<<<<<<< HEAD
     "SlideScene",
+=======
+    "SyntheticHestBench",
+>>>>>>> hestbench
     "SyntheticSample",
     "SyntheticSection",
     "SyntheticVisiumHD",
@@ -40,6 +48,7 @@ __all__ = [
     "SyntheticVolumeCohort",
     "SyntheticXenium",
     "gene_programs",
+    "make_hest_bench",
     "gene_table",
     "make_demo_cohort",
     "make_hest",
