@@ -32,7 +32,14 @@ from seal.encoders import parse_encoder
 from seal.models import LoraSpec
 from seal.train import FitConfig, fit
 
-LEGACY = {"std_floor": 0.0, "min_gene_fraction": 0.0, "min_gene_std": 0.0, "centre_heads": False, "probe": "patients"}
+LEGACY = {
+    "std_floor": 0.0,
+    "min_gene_fraction": 0.0,
+    "min_gene_std": 0.0,
+    "centre_heads": False,
+    "centre_embeddings": False,
+    "probe": "patients",
+}
 
 
 def _value(field: dataclasses.Field[Any], text: str) -> Any:

@@ -41,6 +41,7 @@ class FitConfig:
     grad_accum: int = 1
     lora: LoraSpec = field(default_factory=LoraSpec)
     temperature: float = 0.05
+    centre_embeddings: bool = True
     w_clip: float = 1.0
     w_recon: float = 1.0
     w_pred: float = 1.0

@@ -38,7 +38,7 @@ def _windows(b: BuiltSample, half: int) -> tuple[np.ndarray, list[np.ndarray]]:
 
 def _shape_stats(mask: np.ndarray, min_px: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """Objects of a mask (not touching the border): count, areas, elongations, centroids."""
-    lab, n = ndi.label(mask)
+    lab, _ = ndi.label(mask)
     edge = np.unique(np.r_[lab[0], lab[-1], lab[:, 0], lab[:, -1]])
     areas, elong, cents = [], [], []
     for k, sl in enumerate(ndi.find_objects(lab)):
@@ -106,7 +106,9 @@ def _r2(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_glands_encode_the_programmes_and_fibres_do_not() -> None:
-    feats, fibres, progs, truth_orient, expr = [], [], [], [], []
+    feats: list[list[float]] = []
+    fibres: list[list[float]] = []
+    progs, truth_orient, expr = [], [], []
     for seed in (1, 2, 3):
         b = _build("glands", seed)
         tissue = b.scene.histology
@@ -114,15 +116,15 @@ def test_glands_encode_the_programmes_and_fibres_do_not() -> None:
         idx, patches = _windows(b, 100)
         cx, cy = b.grid.centres_px[idx, 0], b.grid.centres_px[idx, 1]
         progs.append(tissue.programs(cx, cy))
-        feats.append([_gland_features(p) for p in patches])
-        fibres.append([_fibre_features(p) for p in patches])
+        feats.extend(_gland_features(p) for p in patches)
+        fibres.extend(_fibre_features(p) for p in patches)
         e = 1e-2
         gx = tissue.fibre_phase(cx + e, cy) - tissue.fibre_phase(cx - e, cy)
         gy = tissue.fibre_phase(cx, cy + e) - tissue.fibre_phase(cx, cy - e)
         t = np.arctan2(gy, gx)
         truth_orient.append(np.c_[np.cos(2 * t), np.sin(2 * t)])
         expr.append(np.log1p(b.counts[idx].toarray()))
-    a, f, fib = np.concatenate(progs), np.array(sum(feats, [])), np.array(sum(fibres, []))
+    a, f, fib = np.concatenate(progs), np.array(feats), np.array(fibres)
     to, x = np.concatenate(truth_orient), np.concatenate(expr)
     assert _corr(f[:, 0], a[:, 0]) > 0.6  # gland density
     lumen_r = (8 + 12 * a[:, 1]) - np.minimum(3 + 7 * a[:, 2], 0.7 * (8 + 12 * a[:, 1]))
