@@ -71,7 +71,13 @@ def fit(
     genes_file: Annotated[Path | None, typer.Option("--genes", help="File with one gene per line (instead of HVG).")] = None,
     no_smoothing: Annotated[bool, typer.Option("--no-smoothing", help="Skip Visium neighbour smoothing.")] = False,
     balance_organs: Annotated[bool, typer.Option(help="Sample organs equally often.")] = False,
-    val_fraction: Annotated[float, typer.Option(help="Fraction of patients held out for the in-training probe.")] = 0.2,
+    val_fraction: Annotated[float, typer.Option(help="Fraction held out for the in-training probe (patients or spots).")] = 0.2,
+    probe: Annotated[str, typer.Option(help="Probe hold-out: auto (patients from --probe-min-patients on, else a band of spots per sample), patients, spots, off.")] = "auto",
+    probe_min_patients: Annotated[int, typer.Option(help="Fewest patients for a patient-level probe under --probe auto.")] = 5,
+    min_gene_fraction: Annotated[float, typer.Option(help="Genes must be detected in this fraction of the training pairs.")] = 0.1,
+    min_gene_std: Annotated[float, typer.Option(help="Genes must have at least this std (log-normalised) to be chosen.")] = 0.05,
+    std_floor: Annotated[float, typer.Option(help="Floor of the per-gene std used to standardise the regression terms.")] = 0.1,
+    head_lr_scale: Annotated[float, typer.Option(help="Learning rate of the VAE and image head, relative to --lr.")] = 1.0,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed (runs are deterministic on CPU).")] = 0,
@@ -85,10 +91,13 @@ def fit(
 ) -> None:
     """Finetune BACKBONE with LoRA on the catalog's pairs (SEAL objective); writes a model directory."""
     with handle_errors():
+        from seal.data import PROBE_MODES
         from seal.models import LoraSpec
         from seal.train import FitConfig
         from seal.train import fit as run_fit
 
+        if probe not in PROBE_MODES:
+            fail(f"--probe {probe!r}: expected one of {', '.join(PROBE_MODES)}")
         genes = None
         if genes_file is not None:
             if not genes_file.exists():
@@ -115,6 +124,12 @@ def fit(
             num_workers=workers,
             balance_organs=balance_organs,
             val_fraction=val_fraction,
+            probe=probe,
+            probe_min_patients=probe_min_patients,
+            min_gene_fraction=min_gene_fraction,
+            min_gene_std=min_gene_std,
+            std_floor=std_floor,
+            head_lr_scale=head_lr_scale,
             device=device,
             max_steps_per_epoch=max_steps_per_epoch,
             organ=_t(organ),
@@ -124,7 +139,12 @@ def fit(
             exclude_samples=_t(exclude_samples),
         )
         path = run_fit(catalog_dir, cfg, out, resume=resume)
-        typer.echo(f"wrote {path} (encoder.safetensors, adapter/, genes.txt, loss_curve.png, ...)")
+        typer.echo(f"wrote {path} (encoder.safetensors, adapter/, genes.txt, loss_curve.png, summary.json, ...)")
+        if (path / "summary.json").exists():
+            from seal._summary import FitSummary
+
+            for line in FitSummary.read(path / "summary.json").lines():
+                typer.echo(line)
 
 
 @app.command()

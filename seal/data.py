@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,17 +18,23 @@ from catalog import PairView
 
 from .errors import GeneListError, SelectionError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "CONTROL_PREFIXES",
+    "PROBE_MODES",
     "ExpressionPrep",
     "PatchTransform",
+    "ProbeSplit",
     "SealDataset",
     "apply_preprocessing",
     "clean_genes",
     "fit_preprocessing",
+    "gene_filter",
     "highly_variable",
     "log_normalise",
     "patient_split",
+    "probe_split",
     "smooth_visium",
 ]
 
@@ -129,14 +136,27 @@ def log_normalise(counts: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matr
     return out
 
 
-def highly_variable(x: sp.csr_matrix, n_top: int) -> np.ndarray:
-    """Column indices of the ``n_top`` highest-variance genes of log-normalised ``x``
-    (ties by index), in column order."""
+def gene_filter(x: sp.csr_matrix, min_fraction: float, min_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which genes of log-normalised ``x`` are detected in at least ``min_fraction`` of the
+    rows with a standard deviation of at least ``min_std``; and every gene's variance."""
     mean = np.asarray(x.mean(axis=0)).ravel()
     sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
-    var = sq - mean**2
-    order = np.lexsort((np.arange(len(var)), -var))
-    return np.sort(order[: min(n_top, len(var))])
+    var = np.maximum(sq - mean**2, 0.0)
+    detected = np.asarray((x > 0).sum(axis=0)).ravel() / max(x.shape[0], 1)
+    return (detected >= min_fraction) & (np.sqrt(var) >= min_std), var
+
+
+def highly_variable(
+    x: sp.csr_matrix, n_top: int, *, min_fraction: float = 0.0, min_std: float = 0.0
+) -> np.ndarray:
+    """Column indices of the ``n_top`` highest-variance genes of log-normalised ``x``
+    (ties by index), in column order, among the genes detected in at least
+    ``min_fraction`` of the rows whose standard deviation is at least ``min_std``
+    (genes failing either are never chosen, even when fewer than ``n_top`` remain)."""
+    ok, var = gene_filter(x, min_fraction, min_std)
+    cand = np.flatnonzero(ok)
+    order = cand[np.lexsort((cand, -var[cand]))]
+    return np.sort(order[: min(n_top, len(order))])
 
 
 def _prepared_matrix(view: PairView, smooth: bool, target_sum: float) -> tuple[sp.csr_matrix, list[str]]:
@@ -149,10 +169,21 @@ def _prepared_matrix(view: PairView, smooth: bool, target_sum: float) -> tuple[s
 
 
 def fit_preprocessing(
-    view: PairView, *, n_genes: int = 2000, genes: Sequence[str] | None = None, smooth: bool = True, target_sum: float = 1e4
+    view: PairView,
+    *,
+    n_genes: int = 2000,
+    genes: Sequence[str] | None = None,
+    smooth: bool = True,
+    target_sum: float = 1e4,
+    min_fraction: float = 0.0,
+    min_std: float = 0.0,
+    std_floor: float = 0.0,
 ) -> tuple[ExpressionPrep, np.ndarray]:
-    """Choose the genes (HVG over the training view, or a given list) and the per-gene
-    mean/std; returns the preprocessing and the training matrix (n_pairs x G, float32)."""
+    """Choose the genes (HVG over the training view among the genes detected in at least
+    ``min_fraction`` of the pairs with a standard deviation of at least ``min_std``, or a
+    given list) and the per-gene mean/std (the std floored at ``std_floor``, so that the
+    z-scores of near-constant genes cannot explode); returns the preprocessing and the
+    training matrix (n_pairs x G, float32)."""
     if len(view) == 0:
         raise SelectionError("the training selection holds no pairs; loosen --organ/--technology/--samples")
     x, names = _prepared_matrix(view, smooth, target_sum)
@@ -167,11 +198,20 @@ def fit_preprocessing(
             )
         cols = np.array([pos[g] for g in wanted], dtype=np.int64)
     else:
-        cols = highly_variable(x, n_genes)
+        cols = highly_variable(x, n_genes, min_fraction=min_fraction, min_std=min_std)
+        if len(cols) == 0:
+            raise GeneListError(
+                f"no gene is detected in >= {min_fraction:.0%} of the {x.shape[0]} training pairs with a standard "
+                f"deviation >= {min_std}; lower --min-gene-fraction / --min-gene-std or give --genes"
+            )
+        dropped = x.shape[1] - int(gene_filter(x, min_fraction, min_std)[0].sum())
+        if dropped:
+            logger.info("%d of %d genes fail the expression/variance filter before the top-%d choice", dropped, x.shape[1], n_genes)
     dense = np.asarray(x[:, cols].toarray(), dtype=np.float32)
     mean = dense.mean(axis=0)
     std = dense.std(axis=0)
     std[std < 1e-6] = 1.0
+    std = np.maximum(std, std_floor)
     prep = ExpressionPrep(tuple(names[i] for i in cols), tuple(map(float, mean)), tuple(map(float, std)), smooth, target_sum)
     return prep, dense
 
@@ -266,3 +306,81 @@ def patient_split(obs: pd.DataFrame, val_fraction: float, seed: int) -> tuple[np
     val_groups = set(rng.permutation(uniq)[:n_val])
     is_val = groups.isin(val_groups).to_numpy()
     return np.flatnonzero(~is_val), np.flatnonzero(is_val), level
+
+
+#: How ``seal fit`` holds out pairs for its in-training probe.
+PROBE_MODES = ("auto", "patients", "spots", "off")
+
+
+@dataclass(frozen=True)
+class ProbeSplit:
+    """Train/probe rows of a fit and how they were chosen (said in the fit's summary).
+
+    ``level``: ``"patient"``, ``"sample"`` (whole groups held out), ``"spot"`` (a spatial
+    band of spots held out within every sample) or ``"none"``; ``note``: one sentence."""
+
+    train: np.ndarray
+    val: np.ndarray
+    level: str
+    n_groups: int
+    note: str
+
+
+def _spatial_band_split(obs: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
+    """Probe rows: in every sample, the spots of a band across the tissue (``val_fraction`` of
+    the sample's spots, contiguous in array row or column, chosen by ``seed``), so that probe
+    spots have few training neighbours."""
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(obs), dtype=bool)
+    sid = obs["sample_id"].astype(str).to_numpy()
+    if "array_row" in obs and "array_col" in obs:
+        coords = np.stack([obs["array_row"].to_numpy(dtype=float), obs["array_col"].to_numpy(dtype=float)], axis=1)
+    else:
+        coords = np.stack([np.arange(len(obs), dtype=float), np.zeros(len(obs))], axis=1)
+    for s in sorted(set(sid)):
+        rows = np.flatnonzero(sid == s)
+        n_val = round(val_fraction * len(rows))
+        if n_val < 1 or n_val >= len(rows):
+            continue
+        axis = int(rng.integers(0, 2))
+        key = coords[rows, axis] + 1e-3 * coords[rows, 1 - axis]
+        order = rows[np.argsort(key, kind="stable")]
+        start = int(rng.integers(0, len(rows) - n_val + 1))
+        is_val[order[start : start + n_val]] = True
+    return is_val
+
+
+def probe_split(obs: pd.DataFrame, val_fraction: float, seed: int, *, mode: str = "auto", min_patients: int = 5) -> ProbeSplit:
+    """Rows for training and for the in-training probe.
+
+    ``mode``: ``"patients"`` holds out ``val_fraction`` of the patients (samples when
+    patients are unknown); ``"spots"`` holds out a spatial band of ``val_fraction`` of the
+    spots of every sample (no patient leaves training); ``"off"`` holds out nothing;
+    ``"auto"`` is ``"patients"`` from ``min_patients`` patients (or samples) on, else
+    ``"spots"`` with a warning (holding out whole patients would take a large share of a
+    small cohort out of training)."""
+    if mode not in PROBE_MODES:
+        raise ValueError(f"probe mode must be one of {', '.join(PROBE_MODES)}, got {mode!r}")
+    pat = obs["patient"].astype(str)
+    known = ~pat.isin(["", "nan", "None"])
+    n_patients = int(pat[known].nunique()) if known.all() else int(obs["sample_id"].astype(str).nunique())
+    everything = np.arange(len(obs))
+    if val_fraction <= 0 or mode == "off":
+        return ProbeSplit(everything, everything[:0], "none", n_patients, "no in-training probe (every pair trains)")
+    if mode == "auto":
+        mode = "patients" if n_patients >= min_patients else "spots"
+        if mode == "spots":
+            warnings.warn(
+                f"only {n_patients} patient(s): the in-training probe holds out a band of {val_fraction:.0%} of the spots "
+                f"within every sample instead of whole patients (use --probe patients to hold out patients, "
+                f"--probe off for none)",
+                stacklevel=3,
+            )
+    if mode == "spots":
+        is_val = _spatial_band_split(obs, val_fraction, seed)
+        note = f"probe: a spatial band of {int(is_val.sum())} spots ({val_fraction:.0%}) within each of the {obs['sample_id'].nunique()} samples"
+        return ProbeSplit(np.flatnonzero(~is_val), np.flatnonzero(is_val), "spot", n_patients, note)
+    train, val, level = patient_split(obs, val_fraction, seed)
+    n_val = len(set(obs.iloc[val]["patient" if level == "patient" else "sample_id"].astype(str))) if len(val) else 0
+    note = f"probe: {n_val} of {n_patients} {level}s held out ({len(val)} pairs, {len(val) / max(len(obs), 1):.0%} of the pairs)"
+    return ProbeSplit(train, val, level, n_patients, note)

@@ -32,11 +32,21 @@ def gather_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
-def clip_loss(image: torch.Tensor, expression: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def clip_loss(image: torch.Tensor, expression: torch.Tensor, temperature: float = 0.05, centre: bool = False) -> torch.Tensor:
     """Symmetric InfoNCE between L2-normalised image and expression embeddings; the
-    positive of row i is column i (features are gathered across processes under DDP)."""
-    img = gather_features(F.normalize(image.float(), dim=-1))
-    exp = gather_features(F.normalize(expression.float(), dim=-1))
+    positive of row i is column i (features are gathered across processes under DDP).
+
+    ``centre`` subtracts each side's batch mean (over all processes) before normalising: a
+    randomly initialised (and, less so, a pretrained) encoder maps every patch close to one
+    common direction (cosine ~0.99 between patches of a random ViT), which leaves the
+    normalised logits nearly equal and the loss stuck at ln(batch); centring compares what
+    differs between patches. Rankings of patches for a fixed query are unchanged by it."""
+    img, exp = gather_features(image.float()), gather_features(expression.float())
+    if centre:
+        img = img - img.mean(dim=0, keepdim=True)
+        exp = exp - exp.mean(dim=0, keepdim=True)
+    img = F.normalize(img, dim=-1)
+    exp = F.normalize(exp, dim=-1)
     logits = img @ exp.t() / temperature
     target = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
@@ -100,7 +110,7 @@ def seal_objective(
     weighted sum (``"loss"``)."""
     mu, logvar, recon = vae(expr)
     parts = {
-        "clip": clip_loss(image_emb, mu, w.temperature),
+        "clip": clip_loss(image_emb, mu, w.temperature, centre=bool(getattr(w, "centre_embeddings", False))),
         "recon": expression_loss(recon, expr, mean, std),
         "pred": expression_loss(head(image_emb), expr, mean, std),
         "kl": kl_divergence(mu.float(), logvar.float()),

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-from .data import ExpressionPrep, PatchTransform, SealDataset, apply_preprocessing, fit_preprocessing, patient_split
+from ._summary import FitSummary, clip_at_chance, probe_retrieval
+from .data import PROBE_MODES, ExpressionPrep, PatchTransform, SealDataset, apply_preprocessing, fit_preprocessing, probe_split
 from .encoders import backbone_recipe, build_backbone
 from .errors import SelectionError
 from .losses import seal_objective
@@ -41,17 +42,25 @@ class FitConfig:
     grad_accum: int = 1
     lora: LoraSpec = field(default_factory=LoraSpec)
     temperature: float = 0.05
+    centre_embeddings: bool = True
     w_clip: float = 1.0
     w_recon: float = 1.0
     w_pred: float = 1.0
     kl_weight: float = 1e-4
     n_genes: int = 2000
     genes: tuple[str, ...] | None = None
+    min_gene_fraction: float = 0.1
+    min_gene_std: float = 0.05
+    std_floor: float = 0.1
+    centre_heads: bool = True
+    head_lr_scale: float = 1.0
     smooth: bool = True
     seed: int = 0
     num_workers: int = 2
     balance_organs: bool = False
     val_fraction: float = 0.2
+    probe: str = "auto"
+    probe_min_patients: int = 5
     device: str = "auto"
     max_steps_per_epoch: int | None = None
     organ: tuple[str, ...] | None = None
@@ -59,6 +68,10 @@ class FitConfig:
     species: tuple[str, ...] | None = None
     samples: tuple[str, ...] | None = None
     exclude_samples: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.probe not in PROBE_MODES:
+            raise ValueError(f"probe must be one of {', '.join(PROBE_MODES)}, got {self.probe!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -139,6 +152,17 @@ def _resume_checkpoint(
     return int(ck["epoch"]) + 1, int(ck["step"])
 
 
+def _centre_outputs(model: SealModel, mean: np.ndarray, std: np.ndarray) -> None:
+    """Start the image head and the VAE decoder at the training mean, with output weights
+    scaled to the genes' spread: the first steps' regression losses are then about 1 per
+    gene (standardised), not hundreds, and do not drown the contrastive term."""
+    for lin in (model.head.net[-1], model.vae.decoder[-1]):
+        assert isinstance(lin, nn.Linear)
+        with torch.no_grad():
+            lin.bias.copy_(torch.from_numpy(mean))
+            lin.weight.mul_(torch.from_numpy(std)[:, None] * 0.1)
+
+
 def _pearson_mean(pred: np.ndarray, true: np.ndarray) -> float:
     p = pred - pred.mean(0)
     t = true - true.mean(0)
@@ -189,22 +213,27 @@ def _probe(
     model: SealModel, loader: DataLoader[Any], device: torch.device, cfg: FitConfig, mean: torch.Tensor, std: torch.Tensor
 ) -> dict[str, float]:
     model.eval()
-    preds, trues, losses = [], [], []
+    preds, trues, losses, img_emb, expr_emb = [], [], [], [], []
     for img, expr in loader:
         img, expr = img.to(device), expr.to(device)
         with _amp(device):
             parts = _losses(model, img, expr, cfg, mean, std) if len(img) > 1 else None
-            pred = model.head(model.embed_image(img))
+            emb = model.embed_image(img)
+            pred = model.head(emb)
+            mu = model.embed_expression(expr)
         if parts is not None:
             losses.append(float(parts["loss"]))
         preds.append(pred.float().cpu().numpy())
         trues.append(expr.float().cpu().numpy())
+        img_emb.append(emb.float().cpu().numpy())
+        expr_emb.append(mu.float().cpu().numpy())
     model.train()
     if not preds:
         return {}
     return {
         "val_loss": float(np.mean(losses)) if losses else float("nan"),
         "val_pearson": _pearson_mean(np.concatenate(preds), np.concatenate(trues)),
+        **probe_retrieval(np.concatenate(img_emb), np.concatenate(expr_emb)),
     }
 
 
@@ -245,16 +274,28 @@ def fit(
 
     cat = catalog.open(catalog_path)
     view = select_view(cat, cfg)
-    train_idx, val_idx, level = patient_split(view.obs, cfg.val_fraction, cfg.seed)
+    split = probe_split(view.obs, cfg.val_fraction, cfg.seed, mode=cfg.probe, min_patients=cfg.probe_min_patients)
+    train_idx, val_idx, level = split.train, split.val, split.level
     train_view = view.subset(train_idx)
     val_view = view.subset(val_idx) if len(val_idx) else None
-    prep, train_vals = fit_preprocessing(train_view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=cfg.smooth)
+    prep, train_vals = fit_preprocessing(
+        train_view,
+        n_genes=cfg.n_genes,
+        genes=cfg.genes,
+        smooth=cfg.smooth,
+        min_fraction=cfg.min_gene_fraction,
+        min_std=cfg.min_gene_std,
+        std_floor=cfg.std_floor,
+    )
     val_vals = apply_preprocessing(val_view, prep) if val_view is not None else None
 
     backbone, dcfg, dim, _ = build_backbone(cfg.backbone, cfg.weights, global_pool=cfg.global_pool, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     encoder = wrap_lora(backbone, cfg.lora)
-    model = SealModel(encoder, len(prep.genes), dim).to(device)
+    model = SealModel(encoder, len(prep.genes), dim)
+    if cfg.centre_heads:
+        _centre_outputs(model, np.asarray(prep.mean, dtype=np.float32), np.asarray(prep.std, dtype=np.float32))
+    model = model.to(device)
     mean = torch.tensor(prep.mean, device=device)
     std = torch.tensor(prep.std, device=device)
 
@@ -268,7 +309,14 @@ def fit(
     steps_per_epoch = max(1, steps_per_epoch)
     total_updates = max(1, cfg.epochs * steps_per_epoch // cfg.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    enc_ids = {id(p) for p in enc_params}
+    head_params = [p for p in params if id(p) not in enc_ids]
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_scale}],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_updates, int(cfg.warmup_fraction * total_updates)))
     objective: nn.Module = _Objective(model, cfg, mean, std).to(device)
     if world > 1:
@@ -314,6 +362,7 @@ def fit(
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=True)
         t_last = time.perf_counter()
         model.train()
+        clip_values: list[float] = []
         for i, (img, expr) in enumerate(loader):
             if i >= steps_per_epoch:
                 break
@@ -333,6 +382,7 @@ def fit(
             t_last = now
             rec = {"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"], "pairs_per_s": rate}
             rec.update({k: float(v.detach()) for k, v in parts.items()})
+            clip_values.append(rec["clip"])
             tr.log(rec)
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", pairs_s=f"{rate:.0f}")
@@ -340,13 +390,24 @@ def fit(
         if bar is not None:
             bar.close()
         ep_rec: dict[str, Any] = {"epoch": epoch, "step": step, "split": level}
+        if clip_values:
+            ep_rec["clip_epoch"] = float(np.mean(clip_values[-max(1, len(clip_values) // 3) :]))
         if val_loader is not None and rank == 0:
             ep_rec.update(_probe(model, val_loader, device, cfg, mean, std))
+        if epoch == 0 and clip_values and clip_at_chance(ep_rec["clip_epoch"], bs * world) and rank == 0:
+            ep_rec["clip_at_chance"] = True
+            warnings.warn(
+                f"after the first epoch the contrastive term is {ep_rec['clip_epoch']:.3f}, still at chance "
+                f"(ln({bs * world}) = {math.log(bs * world):.3f}): images and expression are not being aligned; "
+                "check the learning rate, --lora-blocks and the gene selection (see docs/seal.md)",
+                stacklevel=2,
+            )
         tr.log(ep_rec)
         if rank == 0:
             _save_checkpoint(ckpt_path, model, opt, sched, epoch, step, cfg.to_dict())
     if rank == 0 and last_epoch == cfg.epochs:
         _save_model(out, model, cfg, prep, dcfg, dim)
+        FitSummary.from_log(out / "train_log.jsonl", split, len(train_idx), len(prep.genes), bs * world).write(out / "summary.json")
     if world > 1:
         dist.destroy_process_group()
     return out

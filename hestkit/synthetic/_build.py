@@ -17,6 +17,7 @@ from ._grid import (
     tissue_blob,
     visium_grid,
 )
+from ._histology import HISTOLOGY_MORPHOLOGIES, make_histology
 from ._scene import Scene
 from ._truth import SyntheticSample
 
@@ -86,8 +87,15 @@ def build_visium_sample(
     grid = visium_grid(n_rows, n_cols, pixel_size_um, origin_px)
     blob, in_tissue = tissue_blob(grid.centres_px, in_tissue_fraction, rng)
     barcodes = random_barcodes(grid.n_spots, rng)
-    activity = program_activity(grid.centres_um, rng)
-    counts = simulate_counts(activity, in_tissue, n_genes, rng)
+    histology = None
+    if morphology in HISTOLOGY_MORPHOLOGIES:
+        # whole-tissue morphology; fields in slide micrometres (level-0 px x pixel size)
+        histology, _, counts = make_histology(
+            morphology, grid.centres_px * pixel_size_um, in_tissue, n_genes, np.random.default_rng([seed, 11]), seed
+        )
+    else:
+        activity = program_activity(grid.centres_um, rng)
+        counts = simulate_counts(activity, in_tissue, n_genes, rng)
     gene_ids, genes = gene_table(n_genes, species)
     colours = spot_colours(counts)
     plaid_px = None
@@ -95,8 +103,8 @@ def build_visium_sample(
         colours, plaid = plaid_parameters(counts, np.random.default_rng([seed, 7]))
         plaid_px = plaid.copy()
         plaid_px[:, [0, 3]] /= pixel_size_um
-    elif morphology not in ("colour", "texture"):
-        raise ValueError(f"morphology must be 'colour', 'texture' or 'plaid', got {morphology!r}")
+    elif morphology not in ("colour", "texture", *HISTOLOGY_MORPHOLOGIES):
+        raise ValueError(f"morphology must be 'colour', 'texture', 'plaid', 'nuclei' or 'glands', got {morphology!r}")
     scene = Scene(
         height=grid.height,
         width=grid.width,
@@ -108,6 +116,8 @@ def build_visium_sample(
         seed=int(rng.integers(0, 2**31 - 1)),
         stripe_period_px=stripe_periods_um(counts) / pixel_size_um if morphology == "texture" else None,
         plaid_px=plaid_px,
+        histology=histology,
+        pixel_size_um=float(pixel_size_um),
     )
     return BuiltSample(
         grid=grid,

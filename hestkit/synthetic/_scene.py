@@ -15,6 +15,7 @@ consistently, tile by tile.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +52,12 @@ def _hash_noise(ix: NDArray[np.int64], iy: NDArray[np.int64], seed: int, amplitu
     return out
 
 
+class TissueRenderer(Protocol):
+    """Whole-tissue rendering (the histology morphologies): float RGB at pixel centres."""
+
+    def render(self, x_um: NDArray[np.float64], y_um: NDArray[np.float64]) -> NDArray[np.float64]: ...
+
+
 @dataclass(frozen=True, eq=False)
 class Scene:
     """Everything needed to render any window of the synthetic slide.
@@ -71,6 +78,10 @@ class Scene:
             from the centre rotated by the angle, the colour is scaled by
             ``1 - contrast (g(u, period_1) + g(v, period_2)) / 2`` with
             ``g(t, p) = (1 + cos(2 pi t / p + phase)) / 2``.
+        histology: optional whole-tissue renderer (``"nuclei"``, ``"glands"``): tissue
+            pixels are its RGB (plus the tissue noise) at the pixel centre in micrometres
+            (``level-0 px x pixel_size_um``); no spot disks are drawn.
+        pixel_size_um: level-0 pixel size, for ``histology``.
     """
 
     height: int
@@ -83,6 +94,8 @@ class Scene:
     seed: int
     stripe_period_px: NDArray[np.float64] | None = None
     plaid_px: NDArray[np.float64] | None = None
+    histology: TissueRenderer | None = None
+    pixel_size_um: float = 1.0
     _tree: cKDTree | None = field(init=False, repr=False, default=None)
     _index: NDArray[np.int64] = field(init=False, repr=False)
 
@@ -128,6 +141,16 @@ class Scene:
                 mask = np.asarray(tissue)
                 for c in range(3):
                     out[..., c][mask] = (noise[mask] + np.int16(TISSUE_RGB[c])).astype(np.uint8)
+        if self.histology is not None:
+            if tissue is not False:
+                px = self.pixel_size_um
+                rgb = self.histology.render(xs * px, ys * px) + noise[..., None]
+                tex = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+                if tissue is True:
+                    out[:] = tex
+                else:
+                    out[np.asarray(tissue)] = tex[np.asarray(tissue)]
+            return out
         r2 = self.radius_px**2
         for i in self.spots_in_window(xs[0] - ds, ys[0] - ds, xs[-1] + ds, ys[-1] + ds):
             sx, sy = self.centres_px[i]

@@ -34,7 +34,7 @@ def make_visium(
     species: str = "Homo sapiens",
     organ: str = "",
     sample_id: str | None = None,
-    morphology: Literal["colour", "texture", "plaid"] = "colour",
+    morphology: Literal["colour", "texture", "plaid", "nuclei", "glands"] = "colour",
 ) -> SyntheticSample:
     """Write a Space Ranger-like ``outs`` folder plus its full-resolution H&E.
 
@@ -59,6 +59,11 @@ def make_visium(
     ``morphology="plaid"`` shows expression only through texture: each disk gets a random
     stain colour and two perpendicular gratings whose period, orientation, contrast and
     second period follow programs 0-3 (see :func:`plaid_parameters`).
+    ``morphology="nuclei"`` and ``"glands"`` render the whole tissue as H&E-like histology
+    (no spot disks, per-patient stain) whose nuclei (density, size, clustering, elongation)
+    or glands (density, size, epithelial rim, elongation; in a stroma of expression-free
+    fibres) follow four smooth programmes that drive the genes non-linearly; see
+    :mod:`hestkit.synthetic._histology`.
     Everything is a function of ``seed`` and the arguments.
     """
     if layout not in ("spaceranger1", "spaceranger2"):
