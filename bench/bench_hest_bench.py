@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 
 import h5py
-import numpy as np
 import torch
 
 from hestkit.synthetic import make_hest_bench

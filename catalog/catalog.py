@@ -420,18 +420,14 @@ class Catalog:
         )
         obs["patch_valid_fraction"] = valid_fractions(chosen, obs)
         patches = {m["sample_id"]: self.layout.join(m["patches_path"], "patches") for m in chosen}
-<<<<<<< HEAD
         indexed = lambda refs: self._indexed_joinids(vl, refs)  # noqa: E731
         measured = MeasuredGenes({m["sample_id"]: vl.joinids_of(m, self.sample_genes, indexed) for m in chosen})
-        return PairView(self.uri, obs, gene_list, var_j, patches, self.spec, measured=measured)
-=======
-        view = PairView(self.uri, obs, gene_list, var_j, patches, self.spec)
+        view = PairView(self.uri, obs, gene_list, var_j, patches, self.spec, measured=measured)
         if min_tissue_fraction is not None:
             from ._tissue import tissue_rows
 
             view = view.subset(tissue_rows(obs, min_tissue_fraction, self.uri))
         return view
->>>>>>> slides-seg
 
     def sample_thumbnail(self, sample_id: str) -> tuple[np.ndarray, float]:
         """The stored thumbnail of a sample and its downsample from level 0."""

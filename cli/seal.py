@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ._common import fail, handle_errors, print_table
-from ._zoo import models as models_cmd
 from ._hest_bench import eval_hest
+from ._zoo import models as models_cmd
 from .seal_vortex import app as vortex_app
 
 app = typer.Typer(

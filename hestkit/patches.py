@@ -138,10 +138,8 @@ def plan_patches(
     level = slide.best_level(ds_wanted)
     lds = slide.levels[level].downsample
     win_l0 = spec.patch_size_px * ds_wanted
-<<<<<<< HEAD
     if edge not in EDGE_RULES:
         raise ValueError(f"edge must be one of {', '.join(EDGE_RULES)}, got {edge!r}")
-=======
     limit = slide.max_window_px
     if limit is not None and win_l0 > limit * (1.0 + 1e-6):
         from .errors import ImageError
@@ -162,7 +160,6 @@ def plan_patches(
             f"{spec.pixel_size_um:g} um/px ({1 / ds_wanted:.2f}x): the catalog's patches hold no more detail than the source",
             stacklevel=2,
         )
->>>>>>> hestbench
     half = win_l0 / 2.0
     finite = np.isfinite(c).all(axis=1)
     cx = np.where(finite, c[:, 0], -1.0)

@@ -12,11 +12,8 @@ from ._tiff import pyramid_shapes, write_flat_image, write_pyramidal_tiff
 from ._truth import SyntheticSample
 from .cohort import CohortEntry, make_demo_cohort
 from .hest import make_hest
-<<<<<<< HEAD
-from .slides import SLIDE_CLASS_CODES, SlideScene, make_slide_cohort
-=======
 from .hest_bench import SyntheticHestBench, make_hest_bench
->>>>>>> hestbench
+from .slides import SLIDE_CLASS_CODES, SlideScene, make_slide_cohort
 from .st import make_st
 from .visium import make_visium
 from .visium_hd import SyntheticVisiumHD, make_visium_hd
@@ -36,11 +33,8 @@ __all__ = [
     "TISSUE_RGB",
     "CohortEntry",
     "Scene",
-<<<<<<< HEAD
     "SlideScene",
-=======
     "SyntheticHestBench",
->>>>>>> hestbench
     "SyntheticSample",
     "SyntheticSection",
     "SyntheticVisiumHD",
@@ -48,10 +42,10 @@ __all__ = [
     "SyntheticVolumeCohort",
     "SyntheticXenium",
     "gene_programs",
-    "make_hest_bench",
     "gene_table",
     "make_demo_cohort",
     "make_hest",
+    "make_hest_bench",
     "make_large_volume",
     "make_slide_cohort",
     "make_st",
