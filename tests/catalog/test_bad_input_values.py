@@ -212,8 +212,9 @@ def test_empty_samples_are_refused(sample: Path, tmp_path: Path, breakage: objec
 
 
 def test_sample_whose_every_spot_is_dropped_is_refused(sample: Path, tmp_path: Path) -> None:
-    # 1024 px patches at 2 um/px cover 4,096 level-0 px (0.5 um/px): larger than the slide
-    msg = _ingest_fails(tmp_path, sample, spec=PairSpec(1024, 2.0))
+    # 1024 px patches at 2 um/px cover 4,096 level-0 px (0.5 um/px): larger than the slide, so
+    # every patch crosses the image edge; under --edge drop every spot is dropped
+    msg = _ingest_fails(tmp_path, sample, ReadOptions(sample_id="s1", edge="drop"), spec=PairSpec(1024, 2.0))
     assert "no pairs: " in msg and "in-tissue spots were dropped" in msg and "4096 level-0 px" in msg, msg
     assert "tissue_fullres.tif" in msg
 
