@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..sample import SampleRef, SampleSource
-from ._registry import Reader, find_reader, get_reader, list_readers, register_reader, scan
+from ._registry import Reader, ReaderPluginWarning, find_reader, get_reader, list_readers, reader_names, register_reader, scan
 from .anndata import AnnDataReader
 from .hest1k import HestReader
 from .spatialdata import SpatialDataReader
@@ -16,6 +16,7 @@ __all__ = [
     "AnnDataReader",
     "HestReader",
     "Reader",
+    "ReaderPluginWarning",
     "SpatialDataReader",
     "StReader",
     "VisiumHDReader",
@@ -26,6 +27,7 @@ __all__ = [
     "list_readers",
     "load",
     "read_tissue_positions",
+    "reader_names",
     "register_reader",
     "scan",
 ]
