@@ -83,3 +83,17 @@ def print_table(df: Any, title: str | None = None, max_rows: int = 200) -> None:
     Console(width=200).print(t)
     if len(df) > max_rows:
         typer.echo(f"... {len(df) - max_rows} more rows")
+
+
+def version_option(prog: str) -> Callable[[bool], None]:
+    """A ``--version`` callback: print ``PROG VERSION`` (hestkit's, from the installed
+    package metadata) and exit."""
+
+    def show(value: bool) -> None:
+        if value:
+            from hestkit import __version__
+
+            typer.echo(f"{prog} {__version__}")
+            raise typer.Exit()
+
+    return show

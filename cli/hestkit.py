@@ -1,5 +1,6 @@
 """The ``hestkit`` command: ingest cohorts into a catalog, list, query and plot it."""
 
+
 from __future__ import annotations
 
 from enum import Enum
@@ -9,27 +10,39 @@ from typing import Annotated
 import typer
 
 from . import _data, _maintenance, _slides, _tissue, _volumes
-from ._common import fail, handle_errors, print_table, progress_bars
+from ._common import fail, handle_errors, print_table, progress_bars, version_option
 
 app = typer.Typer(
     name="hestkit",
     help="Spatial transcriptomics + H&E: ingest cohorts into a catalog of spot-patch pairs, query and plot it.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
 
-class Technology(str, Enum):
-    auto = "auto"
-    visium = "visium"
-    visium_hd = "visium-hd"
-    xenium = "xenium"
-    st = "st"
-    hest = "hest"
-    hest_bench = "hest-bench"
-    spatialdata = "spatialdata"
-    anndata = "anndata"
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=version_option("hestkit"), is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Spatial transcriptomics + H&E: ingest cohorts into a catalog of spot-patch pairs, query and plot it."""
+
+
+def _technology(value: str) -> str:
+    """``--technology``: ``auto`` or any registered reader's name (built-in or plug-in)."""
+    from hestkit.readers import reader_names
+
+    names = reader_names()
+    if value != "auto" and value not in names:
+        import difflib
+
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise typer.BadParameter(f"no reader named {value!r}{hint}; choose auto or one of: {', '.join(names)}")
+    return value
 
 
 #: Columns of the sample tables printed by ``ingest``/``demo`` and ``ls``.
@@ -79,7 +92,14 @@ def ingest(
     species: Annotated[str | None, typer.Option(help="Species, e.g. 'Homo sapiens'.")] = None,
     patient: Annotated[str | None, typer.Option(help="Patient id (used for patient-level splits).")] = None,
     sample_id: Annotated[str | None, typer.Option("--sample-id", help="Sample id (default: the folder name).")] = None,
-    technology: Annotated[Technology, typer.Option(help="Reader to use; auto asks each reader.")] = Technology.auto,
+    technology: Annotated[
+        str,
+        typer.Option(
+            callback=_technology,
+            help="Reader: auto (ask each reader) or a reader's name: visium, visium-hd, xenium, st, hest, spatialdata, "
+            "anndata, or an installed plug-in's.",
+        ),
+    ] = "auto",
     ids: Annotated[list[str] | None, typer.Option("--ids", help="HEST-1k ids to ingest (default: all under the root).")] = None,
     alignment: Annotated[
         Path | None, typer.Option(help="Xenium: *imagealignment.csv (3x3, H&E px -> morphology px) or a keypoints CSV.")
@@ -152,7 +172,7 @@ def ingest(
         with progress_bars(not quiet) as prog:
             report = cat.ingest(
                 paths,
-                technology=technology.value,
+                technology=technology,
                 options=opts,
                 overwrite=overwrite,
                 workers=workers,

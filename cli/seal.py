@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail, handle_errors, print_table
+from ._common import fail, handle_errors, print_table, version_option
 from ._hest_bench import eval_hest
 from ._zoo import models as models_cmd
 from .seal_vortex import app as vortex_app
@@ -16,9 +16,19 @@ app = typer.Typer(
     name="seal",
     help="SEAL: ST-guided parameter-efficient (LoRA) finetuning of vision encoders on catalog pairs; HEST-Benchmark evaluation.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=version_option("seal"), is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """SEAL: ST-guided LoRA finetuning of pathology encoders; HEST-Benchmark and slide-level evaluation; VORTEX."""
 
 app.add_typer(vortex_app, name="vortex")
 app.command("models")(models_cmd)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..sample import SampleRef, SampleSource
-from ._registry import Reader, find_reader, get_reader, list_readers, register_reader, scan
+from ._registry import Reader, ReaderPluginWarning, find_reader, get_reader, list_readers, reader_names, register_reader, scan
 from .anndata import AnnDataReader
 from .hest1k import HestReader
 from .hest_bench import HestBenchReader
@@ -18,6 +18,7 @@ __all__ = [
     "HestBenchReader",
     "HestReader",
     "Reader",
+    "ReaderPluginWarning",
     "SpatialDataReader",
     "StReader",
     "VisiumHDReader",
@@ -28,6 +29,7 @@ __all__ = [
     "list_readers",
     "load",
     "read_tissue_positions",
+    "reader_names",
     "register_reader",
     "scan",
 ]

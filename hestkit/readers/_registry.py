@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -9,7 +11,16 @@ from typing import Protocol, runtime_checkable
 from ..errors import NoReaderError
 from ..sample import ReadOptions, SampleRef, SampleSource
 
-__all__ = ["Reader", "find_reader", "get_reader", "list_readers", "register_reader", "scan"]
+__all__ = [
+    "Reader",
+    "ReaderPluginWarning",
+    "find_reader",
+    "get_reader",
+    "list_readers",
+    "reader_names",
+    "register_reader",
+    "scan",
+]
 
 
 @runtime_checkable
@@ -31,8 +42,14 @@ class Reader(Protocol):
     def load(self, ref: SampleRef) -> SampleSource: ...
 
 
+logger = logging.getLogger(__name__)
+
 _READERS: dict[str, Reader] = {}
 _PLUGINS_LOADED = False
+
+
+class ReaderPluginWarning(UserWarning):
+    """A third-party reader plug-in failed to load or to answer; it is skipped."""
 
 
 def register_reader(reader: Reader, *, overwrite: bool = False) -> Reader:
@@ -50,8 +67,20 @@ def _load_plugins() -> None:
         return
     _PLUGINS_LOADED = True
     for ep in entry_points(group="hestkit.readers"):
-        obj = ep.load()
-        reader = obj() if isinstance(obj, type) else obj
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown package"
+        try:
+            obj = ep.load()
+            reader = obj() if isinstance(obj, type) else obj
+            if not isinstance(reader, Reader):
+                raise TypeError(f"{type(reader).__name__} lacks name/description/can_open/scan/load")
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop every ingest
+            warnings.warn(
+                f"reader plug-in {ep.name!r} ({ep.value}, from {dist}) could not be loaded and is skipped: "
+                f"{type(exc).__name__}: {exc}. Fix: update or uninstall {dist}",
+                ReaderPluginWarning,
+                stacklevel=3,
+            )
+            continue
         if reader.name not in _READERS:
             register_reader(reader)
 
@@ -75,7 +104,7 @@ def find_reader(path: Path) -> Reader:
     _load_plugins()
     if not path.exists():
         raise NoReaderError(f"{path}: no such file or folder")
-    able = [r for r in _READERS.values() if r.can_open(path)]
+    able = [r for r in _READERS.values() if _can_open(r, path)]
     if not able:
         lines = "\n".join(f"  - {r.name}: {r.description}" for r in _READERS.values())
         raise NoReaderError(
@@ -86,6 +115,26 @@ def find_reader(path: Path) -> Reader:
         names = ", ".join(r.name for r in able)
         raise NoReaderError(f"{path}: several readers can open this path ({names}); pass --technology")
     return able[0]
+
+
+def _can_open(reader: Reader, path: Path) -> bool:
+    """Ask one reader; a reader that raises is skipped with a warning naming it."""
+    try:
+        return bool(reader.can_open(path))
+    except Exception as exc:  # noqa: BLE001 - one faulty reader must not hide the others
+        warnings.warn(
+            f"reader {reader.name!r} ({type(reader).__module__}) failed while checking {path} and is skipped: "
+            f"{type(exc).__name__}: {exc}",
+            ReaderPluginWarning,
+            stacklevel=3,
+        )
+        return False
+
+
+def reader_names() -> list[str]:
+    """The names ``--technology`` accepts besides ``auto``: every registered reader's."""
+    _load_plugins()
+    return sorted(_READERS)
 
 
 def scan(path: str | Path, options: ReadOptions | None = None, technology: str = "auto") -> list[SampleRef]:
