@@ -6,7 +6,9 @@ with `make_hest_bench`, then, for each encoder, times in one process:
 * plain: for each patch file, read `img` in slices of --batch-size, convert and
   normalise, run the model (no DataLoader, nothing overlapped);
 * pipeline: the embedding step of `seal eval-hest` (`seal.hest_bench.run_hest_bench`,
-  no cache) with --workers 0, 1 and 2, from its own timing in details.json.
+  no cache) with --workers 0, 1 and 2, from its own timing in details.json;
+* the input pipeline alone (patch slices read and normalised by the DataLoader, no
+  model): when it is far above the model's rate, the model is the bottleneck.
 
 Model loading is excluded from both. The probe is not timed (it is the same code path
 whatever the input pipeline). Usage:
@@ -51,6 +53,21 @@ def plain_loop(files: list[Path], model: torch.nn.Module, dcfg: dict, batch: int
     return n / (time.perf_counter() - t0)
 
 
+def loader_only(files: list[Path], dcfg: dict, batch: int, workers: int) -> float:
+    """The input pipeline of eval-hest alone (h5 slices -> normalised tensors), no model."""
+    from torch.utils.data import DataLoader
+
+    from seal._hest_embed import PatchBatches
+
+    n = 0
+    t0 = time.perf_counter()
+    for p in files:
+        ds = PatchBatches(p, batch, dcfg)
+        for x in DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None):
+            n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--encoder", action="append", default=None)
@@ -74,6 +91,7 @@ def main() -> None:
             plain_loop(files[:1], model, dcfg, args.batch_size)  # warm-up
             plain = plain_loop(files, model, dcfg, args.batch_size)
             row = [f"{enc}: plain loop {plain:.1f} patches/s"]
+            row += [f"input pipeline alone, workers={w}: {loader_only(files, dcfg, args.batch_size, w):.0f} patches/s" for w in workers]
             for w in workers:
                 out = Path(tmp) / f"out-{spec.key}-{w}"
                 cfg = HestBenchConfig(device="cpu", batch_size=args.batch_size, num_workers=w, cache=False, progress=False)

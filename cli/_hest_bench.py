@@ -16,7 +16,7 @@ def eval_hest(
     bench_dir: Annotated[Path, typer.Argument(help="HEST-Benchmark data folder (one sub-folder per task), or one task folder.")],
     encoder: Annotated[
         list[str],
-        typer.Option(help="Encoder spec (timm:NAME[@WEIGHTS], a seal fit model directory, or a zoo preset); repeat to compare."),
+        typer.Option(help="Encoder spec: timm:NAME, timm:NAME@WEIGHTS, a seal fit model directory, or a zoo preset; repeat to compare."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, results.md, details.json and the embedding cache.")],
     tasks: Annotated[list[str] | None, typer.Option("--tasks", help="Tasks to run (default: every task folder).")] = None,

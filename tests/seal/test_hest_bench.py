@@ -250,6 +250,8 @@ def test_bad_layouts_get_clear_errors(bench: SyntheticHestBench, tmp_path: Path)
     shutil.copytree(bench.root / "TASKA", root / "TASKA")
     with pytest.raises(EvalError, match=r"no task\(s\) \['IDC'\]"):
         find_tasks(root, ["IDC"])
+    assert [t.name for t in find_tasks(root / "TASKA")] == ["TASKA"]  # a task folder itself
+    assert [len(s.train) for s in find_tasks(root)[0].splits] == [2, 2, 2]
     (root / "TASKA" / "splits" / "test_2.csv").unlink()
     with pytest.raises(EvalError, match=r"test_2\.csv missing"):
         find_tasks(root)
