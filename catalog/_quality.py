@@ -68,19 +68,28 @@ def valid_fractions(manifests: Sequence[dict[str, Any]], obs: pd.DataFrame) -> n
     partial = [m for m in manifests if (m.get("patch_valid_fraction") or {}).get("patch_index")]
     if not partial:
         return out
-    sids = obs["sample_id"].to_numpy()
+    col = obs["sample_id"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = np.asarray(col.cat.codes.to_numpy(), dtype=np.int64)
+        names = [str(c) for c in col.cat.categories]
+    else:
+        fc, fn = pd.factorize(col)
+        codes, names = np.asarray(fc, dtype=np.int64), [str(c) for c in fn]
+    order = np.argsort(codes, kind="stable")  # one sort, then each sample's rows by slicing
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    where = {n: k for k, n in enumerate(names)}
     pidx = obs["patch_index"].to_numpy(dtype=np.int64)
     for m in partial:
-        rows = np.flatnonzero(sids == m["sample_id"])
-        if not len(rows):
+        k = where.get(str(m["sample_id"]))
+        if k is None:
             continue
+        rows = order[bounds[k] : bounds[k + 1]]
         pv = m["patch_valid_fraction"]
         keys = np.asarray(pv["patch_index"], dtype=np.int64)
         vals = np.asarray(pv["fraction"], dtype=np.float32)
-        order = np.argsort(keys)
-        keys, vals = keys[order], vals[order]
-        pos = np.searchsorted(keys, pidx[rows])
-        pos_c = np.clip(pos, 0, len(keys) - 1)
-        hit = keys[pos_c] == pidx[rows]
-        out[rows[hit]] = vals[pos_c[hit]]
+        srt = np.argsort(keys)
+        keys, vals = keys[srt], vals[srt]
+        pos = np.clip(np.searchsorted(keys, pidx[rows]), 0, len(keys) - 1)
+        hit = keys[pos] == pidx[rows]
+        out[rows[hit]] = vals[pos[hit]]
     return out

@@ -72,6 +72,7 @@ class PairView:
         self._patch_arrays = dict(patch_arrays)
         self.spec = spec
         self._measured = measured or MeasuredGenes()
+        self._mask: np.ndarray | None = None  # samples x genes, computed on first use
         self._obs_j = obs["soma_joinid"].to_numpy(dtype=np.int64) if len(obs) else np.zeros(0, np.int64)
         codes, names = pd.factorize(obs["sample_id"]) if len(obs) else (np.zeros(0, np.int64), pd.Index([]))
         self._sample_codes = np.asarray(codes, dtype=np.int64)
@@ -85,6 +86,7 @@ class PairView:
         state = self.__dict__.copy()
         state["_arrays"] = {}
         state["_cache"] = OrderedDict()
+        state["_mask"] = None
         return state
 
     def __len__(self) -> int:
@@ -148,19 +150,25 @@ class PairView:
         """(n_samples x n_genes) bool: which of :attr:`genes` each sample measured (rows
         :attr:`sample_ids`). A gene a sample did not measure reads as 0 in
         :meth:`expression`; this tells such zeros from measured ones."""
-        m = self._measured.sample_mask(self._sample_names, self._var_j)
+        m = self._sample_mask()
         return pd.DataFrame(m, index=pd.Index(self._sample_names, name="sample_id"), columns=pd.Index(self.genes, name="gene"))
 
     def measured_mask(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """(n_pairs x n_genes) bool (or the given rows only): whether the pair's sample
         measured the gene."""
-        m = self._measured.sample_mask(self._sample_names, self._var_j)
+        m = self._sample_mask()
         codes = self._sample_codes if rows is None else self._sample_codes[rows]
         return m[codes] if len(m) else np.ones((len(codes), len(self.genes)), dtype=bool)
 
     def lacking(self) -> pd.Series:
         """Per gene of :attr:`genes`, how many of the view's samples did not measure it."""
-        return self._measured.lacking(self._sample_names, self.genes, self._var_j)
+        m = self._sample_mask()
+        return pd.Series((~m).sum(axis=0), index=pd.Index(list(self.genes), name="gene"), name="n_samples_lacking")
+
+    def _sample_mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = self._measured.sample_mask(self._sample_names, self._var_j)
+        return self._mask
 
     def _array(self, sample_id: str) -> Any:
         import catalog._jpeg  # noqa: F401 - registers the codec
