@@ -391,6 +391,9 @@ class Catalog:
             if unknown:
                 raise QueryError(f"{self.uri}: unknown sample id(s) {', '.join(unknown)}; see `hestkit ls {self.uri}`")
         filters = {"organ": norm(organ), "technology": norm(technology), "species": norm(species), "patient": norm(patients)}
+        _check_filter_values(
+            self.uri, {"organ": organ, "technology": technology, "species": species, "patient": patients}, manifests
+        )
         chosen = []
         for m in manifests:
             if sample_ids is not None and m["sample_id"] not in set(sample_ids):
@@ -799,3 +802,28 @@ def _create(layout: Layout, spec: PairSpec) -> None:
 def open_catalog(path: str | Path) -> Catalog:
     """Open an existing catalog."""
     return Catalog(path)
+
+
+def _check_filter_values(
+    uri: str, filters: dict[str, str | Sequence[str] | None], manifests: Sequence[dict[str, Any]]
+) -> None:
+    """A filter value that no sample of the catalog has is a typo, not an empty selection:
+    raise naming the field, the value, the catalog's values and the closest one."""
+    import difflib
+
+    problems = []
+    for field, raw in filters.items():
+        if raw is None:
+            continue
+        values = [raw] if isinstance(raw, str) else list(raw)
+        have = sorted({str(m.get(field) or "").strip() for m in manifests} - {""})
+        lower = {h.lower(): h for h in have}
+        for value in values:
+            if str(value).strip().lower() in lower:
+                continue
+            close = difflib.get_close_matches(str(value).strip().lower(), list(lower), n=1, cutoff=0.6)
+            hint = f" (did you mean {lower[close[0]]!r}?)" if close else ""
+            listed = (", ".join(have[:20]) + (" ..." if len(have) > 20 else "")) if have else "none recorded"
+            problems.append(f"no sample has {field} {value!r}{hint}; the catalog's values: {listed}")
+    if problems:
+        raise QueryError(f"{uri}: " + "; ".join(problems))

@@ -9,7 +9,28 @@ from typing import Any
 
 import typer
 
-__all__ = ["fail", "handle_errors", "print_table", "progress_bars"]
+__all__ = ["configure_output", "fail", "handle_errors", "print_json", "print_table", "progress_bars", "version_option"]
+
+#: Set by the root ``-q/--quiet`` option: no progress bars, warnings only.
+QUIET = False
+
+
+def configure_output(quiet: bool = False, verbose: int = 0) -> None:
+    """``-q``/``-v`` of the root command: the log level of hestkit's own loggers (catalog,
+    seal, hestkit) on stderr, and whether progress bars are drawn. Results stay on stdout."""
+    import logging
+
+    global QUIET
+    QUIET = quiet
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("hestkit", "catalog", "seal", "cli"):
+        log = logging.getLogger(name)
+        log.setLevel(level)
+        if not any(getattr(h, "_hestkit_cli", False) for h in log.handlers):
+            handler._hestkit_cli = True  # type: ignore[attr-defined]
+            log.addHandler(handler)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -40,9 +61,10 @@ def handle_errors() -> Iterator[None]:
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
     """A ``progress(kind, done, total)`` callback drawing one rich bar per kind."""
-    if not enabled:
+    if not enabled or QUIET:
         yield lambda kind, done, total: None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     labels = {"samples": "samples committed", "blocks": "slide blocks cut"}
@@ -52,6 +74,7 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=False,
+        console=Console(stderr=True),  # progress on stderr: stdout carries results only
         disable=not sys.stderr.isatty(),
     ) as prog:
         tasks: dict[str, Any] = {}
@@ -64,25 +87,74 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
         yield update
 
 
+def _terminal_width() -> int:
+    import shutil
+
+    return max(60, shutil.get_terminal_size((120, 24)).columns)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
 def print_table(df: Any, title: str | None = None, max_rows: int = 200) -> None:
-    """Print a DataFrame as a rich table."""
+    """Print a DataFrame as a table that fits the terminal: columns never narrower than
+    their header; when they cannot all fit, one block per row (field: value) instead."""
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title, show_lines=False)
-    for c in df.columns:
-        t.add_column(str(c), overflow="fold")
-    for _, row in df.head(max_rows).iterrows():
-        cells = []
-        for v in row:
-            if isinstance(v, float):
-                cells.append("" if v != v else f"{v:.4g}")
-            else:
-                cells.append("" if v is None else str(v))
-        t.add_row(*cells)
-    Console(width=200).print(t)
+    width = _terminal_width()
+    console = Console(width=width, soft_wrap=False)
+    rows = [[_cell(v) for v in row] for _, row in df.head(max_rows).iterrows()]
+    cols = [str(c) for c in df.columns]
+    need = sum(min(max([len(c), *(len(r[i]) for r in rows)]), 40) + 3 for i, c in enumerate(cols)) + 1
+    if need <= width:
+        t = Table(title=title, show_lines=False)
+        for c in cols:
+            t.add_column(c, overflow="fold", min_width=len(c))
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+    else:
+        if title:
+            console.print(title, style="italic")
+        key_w = max(len(c) for c in cols)
+        for r in rows:
+            t = Table(show_header=False, show_lines=False, box=None, pad_edge=False)
+            t.add_column(no_wrap=True, style="bold", min_width=key_w)
+            t.add_column(overflow="fold")
+            for c, v in zip(cols, r, strict=True):
+                t.add_row(c, v)
+            console.print(t)
+            console.print()
     if len(df) > max_rows:
         typer.echo(f"... {len(df) - max_rows} more rows")
+
+
+def print_json(obj: Any) -> None:
+    """Results as JSON on stdout (NaN -> null), for pipes and scripts."""
+    import json
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "item") and callable(v.item):
+            try:
+                return clean(v.item())
+            except (ValueError, TypeError):
+                return str(v)
+        if hasattr(v, "tolist"):
+            return clean(v.tolist())
+        return v
+
+    typer.echo(json.dumps(clean(obj), default=str, allow_nan=False))
 
 
 def version_option(prog: str) -> Callable[[bool], None]:

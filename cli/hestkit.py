@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import _data, _maintenance, _slides, _tissue, _volumes
-from ._common import fail, handle_errors, print_table, progress_bars, version_option
+from ._common import configure_output, fail, handle_errors, print_json, print_table, progress_bars, version_option
 
 app = typer.Typer(
     name="hestkit",
@@ -27,8 +27,11 @@ def _root(
         bool,
         typer.Option("--version", callback=version_option("hestkit"), is_eager=True, help="Print the version and exit."),
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; errors only on stderr.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
 ) -> None:
     """Spatial transcriptomics + H&E: ingest cohorts into a catalog of spot-patch pairs, query and plot it."""
+    configure_output(quiet, verbose)
 
 
 def _technology(value: str) -> str:
@@ -218,6 +221,7 @@ def ingest(
 def ls(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
     all_columns: Annotated[bool, typer.Option("--all", help="Show every column.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every column of samples, volumes and slides as JSON.")] = False,
 ) -> None:
     """List the samples of a catalog, and its volumes and linked sections."""
     with handle_errors():
@@ -225,6 +229,16 @@ def ls(
 
         cat = catalog.open(catalog_dir)
         df = cat.samples()
+        if as_json:
+            print_json(
+                {
+                    "catalog": str(catalog_dir),
+                    "samples": df.to_dict(orient="records"),
+                    "volumes": cat.volumes().to_dict(orient="records"),
+                    "slides": cat.slides().to_dict(orient="records"),
+                }
+            )
+            return
         if df.empty and cat.volumes().empty and cat.slides().empty:
             typer.echo(f"{catalog_dir}: empty catalog")
             return
@@ -283,6 +297,7 @@ def query(
     min_tissue_fraction: Annotated[
         float | None, typer.Option("--min-tissue-fraction", help="Keep pairs whose patch is at least this share on tissue.")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (pairs per sample, genes).")] = False,
 ) -> None:
     """Count the pairs a selection holds, by sample, organ and technology."""
     with handle_errors():
@@ -299,19 +314,30 @@ def query(
             min_tissue_fraction=min_tissue_fraction,
         )
         _data.warn_unmeasured_genes(view, named=gene is not None)
-        if len(view) == 0:
+        keys = ["sample_id", "organ", "technology", "species", "patient"]
+        df = (
+            view.obs.groupby(keys, dropna=False, observed=True).size().rename("pairs").reset_index()
+            if len(view)
+            else None
+        )
+        if as_json:
+            print_json(
+                {
+                    "n_pairs": len(view),
+                    "n_genes": len(view.genes),
+                    "genes": list(view.genes) if gene is not None else None,
+                    "by_sample": [] if df is None else df.to_dict(orient="records"),
+                }
+            )
+        elif df is None:
             typer.echo("no pairs match this selection")
         else:
-            counts = view.obs.groupby(
-                ["sample_id", "organ", "technology", "species", "patient"], dropna=False, observed=True
-            ).size()
-            df = counts.rename("pairs").reset_index()
             print_table(df, title=f"{len(view)} pairs, {len(view.genes)} genes")
         if out is not None:
             if out.suffix != ".h5ad":
                 fail(f"{out}: --out writes AnnData; give a path ending in .h5ad")
             _data.quietly(view.to_anndata).write_h5ad(out)
-            typer.echo(f"wrote {out} ({len(view)} pairs x {len(view.genes)} genes)")
+            typer.echo(f"wrote {out} ({len(view)} pairs x {len(view.genes)} genes)", err=as_json)
 
 
 @app.command()

@@ -27,6 +27,8 @@ def _root(
         bool,
         typer.Option("--version", callback=version_option("seal"), is_eager=True, help="Print the version and exit."),
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; errors only on stderr.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
 ) -> None:
     """SEAL: ST-guided LoRA finetuning of pathology encoders; HEST-Benchmark and slide-level evaluation; VORTEX."""
 
