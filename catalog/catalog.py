@@ -804,6 +804,10 @@ def open_catalog(path: str | Path) -> Catalog:
     return Catalog(path)
 
 
+#: Technologies hestkit reads; one of these absent from a catalog selects nothing (no error).
+KNOWN_TECHNOLOGIES = frozenset({"visium", "visium-hd", "xenium", "st"})
+
+
 def _check_filter_values(
     uri: str, filters: dict[str, str | Sequence[str] | None], manifests: Sequence[dict[str, Any]]
 ) -> None:
@@ -821,6 +825,8 @@ def _check_filter_values(
         for value in values:
             if str(value).strip().lower() in lower:
                 continue
+            if field == "technology" and str(value).strip().lower() in KNOWN_TECHNOLOGIES:
+                continue  # a real technology this catalog lacks: an empty selection, not a typo
             close = difflib.get_close_matches(str(value).strip().lower(), list(lower), n=1, cutoff=0.6)
             hint = f" (did you mean {lower[close[0]]!r}?)" if close else ""
             listed = (", ".join(have[:20]) + (" ..." if len(have) > 20 else "")) if have else "none recorded"

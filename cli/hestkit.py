@@ -330,7 +330,8 @@ def query(
                 }
             )
         elif df is None:
-            typer.echo("no pairs match this selection")
+            held = sorted({str(t) for t in cat.samples().get("technology", [])})
+            typer.echo(f"no pairs match this selection (the catalog's technologies: {', '.join(held) or 'none'})")
         else:
             print_table(df, title=f"{len(view)} pairs, {len(view.genes)} genes")
         if out is not None:

@@ -60,6 +60,7 @@ def test_unknown_filter_values_are_named_with_the_catalogs_values(cat: Path) -> 
     with pytest.raises(QueryError, match=r"organ 'lver'.*Kidney, Lung"):
         catalog.open(cat).pairs(organ="lver")
     assert len(catalog.open(cat).pairs(technology="VISIUM")) > 0  # case-insensitive as before
+    assert len(catalog.open(cat).pairs(technology="xenium")) == 0  # a real technology the catalog lacks: empty
     r = runner.invoke(app, ["query", str(cat), "--species", "Mus muscul"])
     assert r.exit_code == 1 and "species 'Mus muscul' (did you mean 'Mus musculus'?)" in re.sub(r"\s+", " ", r.output)
 
