@@ -288,14 +288,15 @@ def test_empty_sample_id_is_refused(sample: Path, tmp_path: Path) -> None:
 def test_sample_ids_are_checked_on_read_paths(tmp_path: Path) -> None:
     cat = catalog.create(tmp_path / "cat")
     (tmp_path / "x.json").write_text(json.dumps({"sample_id": "x"}))
-    for bad in ("../catalog", "../../x", "a/b", ""):
+    for bad in ("../catalog", "../../x", "a/b", "", "s1\n"):
         with pytest.raises(QueryError, match="is not a sample id"):
             cat.manifest(bad)
     with pytest.raises(QueryError, match="is not a volume id"):
         cat.volume_manifest("../catalog")
     # the same rule on write: a hostile id is refused before anything is read or written
-    with pytest.raises(CatalogError, match="is not allowed"):
-        cat.ingest([tmp_path], technology="visium", options=ReadOptions(sample_id="../evil"), workers=1)
+    for evil in ("../evil", "evil\n"):
+        with pytest.raises(CatalogError, match="is not allowed"):
+            cat.ingest([tmp_path], technology="visium", options=ReadOptions(sample_id=evil), workers=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "x.json"]
     # the command that read catalog.json as a manifest (KeyError: 'patches_path')
     r = runner.invoke(app, ["plot", str(cat.path), "../catalog", "--out", str(tmp_path / "p.png")])
