@@ -349,3 +349,22 @@ def test_edge_samples_export_or_say_why(sample: Path, tmp_path: Path, monkeypatc
         assert f["img"].shape == (0, 224, 224, 3)
     with h5py.File(tmp_path / "one_hest" / "patches" / "one.h5") as f:
         assert f["img"].shape == (1, 224, 224, 3)
+
+
+def test_hest_metadata_values_are_checked_but_nan_means_unknown(tmp_path: Path) -> None:
+    from hestkit.readers import HestReader
+    from hestkit.synthetic import make_hest
+
+    make_hest(tmp_path / "hest", "H1", n_rows=5, n_cols=5, seed=4)
+    meta_path = tmp_path / "hest" / "metadata" / "H1.json"
+    meta = json.loads(meta_path.read_text())
+    reader = HestReader()
+
+    def load() -> None:
+        reader.load(reader.scan(tmp_path / "hest", ReadOptions())[0])
+
+    meta_path.write_text(json.dumps({**meta, "pixel_size_um_embedded": math.nan}))  # pandas' "unknown"
+    load()
+    meta_path.write_text(json.dumps({**meta, "spot_diameter": "55 um"}))
+    with pytest.raises(ValidationError, match=r"H1\.json: field 'spot_diameter' is '55 um' \(not a number\)"):
+        load()
