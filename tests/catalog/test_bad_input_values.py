@@ -345,6 +345,10 @@ def test_edge_samples_export_or_say_why(sample: Path, tmp_path: Path, monkeypatc
                 assert r.exit_code == 0, r.output
         r = runner.invoke(app, ["plot", str(cat.path), sid, "-o", str(tmp_path / f"{sid}.png")])
         assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["query", str(cat.path), "--sample", sid, "--out", str(tmp_path / f"q_{sid}.h5ad")])
+        assert r.exit_code == 0 and f"q_{sid}.h5ad ({1 if sid == 'one' else 0} pairs" in r.output, r.output
+    r = runner.invoke(app, ["ls", str(cat.path)])
+    assert r.exit_code == 0 and "zero" in r.output, r.output
     with h5py.File(tmp_path / "zero_hest" / "patches" / "zero.h5") as f:
         assert f["img"].shape == (0, 224, 224, 3)
     with h5py.File(tmp_path / "one_hest" / "patches" / "one.h5") as f:
