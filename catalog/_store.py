@@ -86,7 +86,7 @@ _SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_sample_id(sample_id: str) -> str:
-    if not _SAMPLE_ID.match(sample_id):
+    if not _SAMPLE_ID.fullmatch(sample_id):  # fullmatch: "$" alone also matches before a final newline
         raise CatalogError(
             f"sample id {sample_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (pass --sample-id to choose one)"

@@ -45,6 +45,8 @@ __all__ = [
 
 #: Counts must be below this (2^31): larger values are corrupt data, not molecules.
 MAX_COUNT = 2**31
+#: Stored values checked at a time (bounds the temporaries of the count check).
+_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -86,34 +88,43 @@ def check_counts(
     data = m.data
     if data.size == 0 or data.dtype.kind not in "iufb":
         return []
-    found: list[CountCheck] = []
     bars = np.asarray(barcodes)
+    # kind -> [count, first index]; the values are checked in chunks so that the
+    # temporaries stay small (a Visium HD matrix holds 10^8 stored values)
+    tally: dict[str, list[int]] = {}
 
-    def first(mask: NDArray[np.bool_], kind: str) -> None:
+    def note(mask: NDArray[np.bool_], kind: str, offset: int) -> None:
         hits = np.flatnonzero(mask)
-        if not hits.size:
-            return
-        k = int(hits[0])
-        row = int(np.searchsorted(m.indptr, k, side="right") - 1)
-        col = int(m.indices[k])
-        found.append(CountCheck(kind, int(hits.size), str(bars[row]), str(genes[col]), float(data[k])))
+        if hits.size:
+            t = tally.setdefault(kind, [0, offset + int(hits[0])])
+            t[0] += int(hits.size)
 
-    if data.dtype.kind == "f":
-        nan = np.isnan(data)
-        first(nan, "NaN")
-        first(np.isinf(data), "infinite")
-        finite = ~nan & ~np.isinf(data)
-        first(finite & (data < 0), "negative")
-        first(finite & (data >= MAX_COUNT), "absurd")
-        if not allow_non_integer:
-            with np.errstate(invalid="ignore"):
-                first(finite & (data != np.floor(data)), "non-integer")
-    elif data.dtype.kind == "i":
-        first(data < 0, "negative")
-        if data.dtype.itemsize > 4:
-            first(data >= MAX_COUNT, "absurd")
-    elif data.dtype.kind == "u" and data.dtype.itemsize > 4:
-        first(data >= MAX_COUNT, "absurd")
+    floats = data.dtype.kind == "f"
+    wide = data.dtype.itemsize > 4
+    for lo in range(0, data.size, _CHUNK):
+        d = data[lo : lo + _CHUNK]
+        if floats:
+            nan, inf = np.isnan(d), np.isinf(d)
+            note(nan, "NaN", lo)
+            note(inf, "infinite", lo)
+            finite = ~(nan | inf)
+            note(finite & (d < 0), "negative", lo)
+            note(finite & (d >= MAX_COUNT), "absurd", lo)
+            if not allow_non_integer:
+                with np.errstate(invalid="ignore"):
+                    note(finite & (d != np.floor(d)), "non-integer", lo)
+        else:
+            if data.dtype.kind == "i":
+                note(d < 0, "negative", lo)
+            if wide:
+                note(d >= MAX_COUNT, "absurd", lo)
+    found: list[CountCheck] = []
+    for kind in ("NaN", "infinite", "negative", "absurd", "non-integer"):
+        if kind not in tally:
+            continue
+        n, k = tally[kind]
+        row = int(np.searchsorted(m.indptr, k, side="right") - 1)
+        found.append(CountCheck(kind, n, str(bars[row]), str(genes[int(m.indices[k])]), float(data[k])))
     return found
 
 

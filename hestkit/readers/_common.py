@@ -86,13 +86,20 @@ def check_spots_inside(spots: pd.DataFrame, slide: Slide, problems: list[Problem
 
 
 def positive_field(
-    values: dict[str, Any], key: str, path: Path | str | None, problems: list[Problem], *, default: float | None = None
+    values: dict[str, Any],
+    key: str,
+    path: Path | str | None,
+    problems: list[Problem],
+    *,
+    default: float | None = None,
+    nan_is_missing: bool = False,
 ) -> float | None:
     """``values[key]`` as a positive finite number; ``default`` when the key is absent or
-    null. A value that is present but NaN, zero, negative or not a number records a
+    null (or NaN, with ``nan_is_missing``: tables written by pandas mark unknown values
+    so). A value that is present but NaN, zero, negative or not a number records a
     problem naming the file, the field and the value (and returns ``default``)."""
     raw = values.get(key)
-    if raw is None:
+    if raw is None or (nan_is_missing and isinstance(raw, float) and np.isnan(raw)):
         return default
     v: float | None
     if isinstance(raw, bool):

@@ -123,7 +123,9 @@ class HestReader:
         if slide is not None and spots is not None:
             check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, st_path)
         for key in ("pixel_size_um_estimated", "pixel_size_um_embedded", "spot_diameter"):
-            positive_field(meta, key, meta_path, problems)  # present but unusable: say so, never ignore it
+            # present but unusable (zero, negative, text): say so, never ignore it; NaN is
+            # how HEST-1k's pandas-made metadata marks an unknown value
+            positive_field(meta, key, meta_path, problems, nan_is_missing=True)
         if problems or spots is None or counts is None or slide is None or wsi is None or adata is None:
             raise ValidationError(f"HEST sample {hid!r} under {root}", problems)
 

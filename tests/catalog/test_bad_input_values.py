@@ -289,14 +289,15 @@ def test_empty_sample_id_is_refused(sample: Path, tmp_path: Path) -> None:
 def test_sample_ids_are_checked_on_read_paths(tmp_path: Path) -> None:
     cat = catalog.create(tmp_path / "cat")
     (tmp_path / "x.json").write_text(json.dumps({"sample_id": "x"}))
-    for bad in ("../catalog", "../../x", "a/b", ""):
+    for bad in ("../catalog", "../../x", "a/b", "", "s1\n"):
         with pytest.raises(QueryError, match="is not a sample id"):
             cat.manifest(bad)
     with pytest.raises(QueryError, match="is not a volume id"):
         cat.volume_manifest("../catalog")
     # the same rule on write: a hostile id is refused before anything is read or written
-    with pytest.raises(CatalogError, match="is not allowed"):
-        cat.ingest([tmp_path], technology="visium", options=ReadOptions(sample_id="../evil"), workers=1)
+    for evil in ("../evil", "evil\n"):
+        with pytest.raises(CatalogError, match="is not allowed"):
+            cat.ingest([tmp_path], technology="visium", options=ReadOptions(sample_id=evil), workers=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "x.json"]
     # the command that read catalog.json as a manifest (KeyError: 'patches_path')
     r = runner.invoke(app, ["plot", str(cat.path), "../catalog", "--out", str(tmp_path / "p.png")])
@@ -345,7 +346,30 @@ def test_edge_samples_export_or_say_why(sample: Path, tmp_path: Path, monkeypatc
                 assert r.exit_code == 0, r.output
         r = runner.invoke(app, ["plot", str(cat.path), sid, "-o", str(tmp_path / f"{sid}.png")])
         assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["query", str(cat.path), "--sample", sid, "--out", str(tmp_path / f"q_{sid}.h5ad")])
+        assert r.exit_code == 0 and f"q_{sid}.h5ad ({1 if sid == 'one' else 0} pairs" in r.output, r.output
+    r = runner.invoke(app, ["ls", str(cat.path)])
+    assert r.exit_code == 0 and "zero" in r.output, r.output
     with h5py.File(tmp_path / "zero_hest" / "patches" / "zero.h5") as f:
         assert f["img"].shape == (0, 224, 224, 3)
     with h5py.File(tmp_path / "one_hest" / "patches" / "one.h5") as f:
         assert f["img"].shape == (1, 224, 224, 3)
+
+
+def test_hest_metadata_values_are_checked_but_nan_means_unknown(tmp_path: Path) -> None:
+    from hestkit.readers import HestReader
+    from hestkit.synthetic import make_hest
+
+    make_hest(tmp_path / "hest", "H1", n_rows=5, n_cols=5, seed=4)
+    meta_path = tmp_path / "hest" / "metadata" / "H1.json"
+    meta = json.loads(meta_path.read_text())
+    reader = HestReader()
+
+    def load() -> None:
+        reader.load(reader.scan(tmp_path / "hest", ReadOptions())[0])
+
+    meta_path.write_text(json.dumps({**meta, "pixel_size_um_embedded": math.nan}))  # pandas' "unknown"
+    load()
+    meta_path.write_text(json.dumps({**meta, "spot_diameter": "55 um"}))
+    with pytest.raises(ValidationError, match=r"H1\.json: field 'spot_diameter' is '55 um' \(not a number\)"):
+        load()
