@@ -24,7 +24,7 @@ __all__ = [
 #: Blocks of the low-resolution read: output pixels per block side.
 _BLOCK_OUT = 1024
 #: Level pixels per block side at most (bounds the memory of one block read).
-_BLOCK_MAX_IN = 8192
+_BLOCK_MAX_IN = 4096
 
 
 def low_res(slide: Slide, downsample: float) -> NDArray[np.uint8]:
