@@ -14,6 +14,7 @@
    calls tissue.
 
     .venv/bin/python bench/bench_segment.py --side 100000 --workdir /tmp/bench_segment
+    .venv/bin/python bench/bench_segment.py --side 50000 --pens green+blue+black
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ _GEN = (
 import json, sys, time
 from hestkit.synthetic.slides import make_slide_cohort
 t = time.perf_counter()
-df = make_slide_cohort(sys.argv[1], n_slides=1, size_px=int(sys.argv[2]), seed=int(sys.argv[3]), mpp=0.5)
+pens = tuple(sys.argv[4].split("+")) if sys.argv[4] else None
+df = make_slide_cohort(sys.argv[1], n_slides=1, size_px=int(sys.argv[2]), seed=int(sys.argv[3]), mpp=0.5, pens=pens)
 row = df.iloc[0].to_dict()
 row.update(seconds=time.perf_counter() - t, peak_rss_mib=vmhwm())
 print(json.dumps(row))
@@ -119,18 +121,19 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_segment"))
+    ap.add_argument("--pens", default="", help="ink colours on the slide, e.g. green+blue+black (default: seeded)")
     args = ap.parse_args()
     import numpy as np
     from PIL import Image
 
-    work = args.workdir / f"side{args.side}_seed{args.seed}"
+    work = args.workdir / f"side{args.side}_seed{args.seed}{'_' + args.pens if args.pens else ''}"
     meta_file = work / "generated.json"
     if meta_file.exists():
         gen = json.loads(meta_file.read_text())
         gen["reused"] = True
     else:
         work.mkdir(parents=True, exist_ok=True)
-        gen = _run(_GEN, str(work), str(args.side), str(args.seed))
+        gen = _run(_GEN, str(work), str(args.side), str(args.seed), args.pens)
         meta_file.write_text(json.dumps(gen))
     slide, tds = str(gen["path"]), float(gen["truth_downsample"])  # type: ignore[arg-type]
     truth = np.asarray(Image.open(str(gen["truth_mask"]))) > 0
