@@ -5,7 +5,8 @@
    tile by tile, with its truth tissue mask at downsample 64 (kept in ``--workdir`` and
    reused by later runs).
 2. In fresh processes (peak RSS = ``VmHWM``), each reading the slide cold from its file:
-   - ``hestkit.tissue.segment_tissue`` at its default 8 um/px, and at 32 um/px;
+   - ``hestkit.tissue.segment_tissue`` at its default 8 um/px, at 16 um/px (the ingest's)
+     and at 32 um/px;
    - the CLAM-style pipeline (``WholeSlideImage.segmentTissue`` as CLAM and TRIDENT's
      non-deep path run it, re-implemented here: one OpenSlide ``read_region`` of the whole
      level nearest downsample 64, median-blurred saturation, Otsu, closing, contours with
@@ -141,6 +142,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for name, code, extra in [
         ("hestkit threshold, 8 um/px (default)", _OURS, ["8.0"]),
+        ("hestkit threshold, 16 um/px (what ingest uses)", _OURS, ["16.0"]),
         ("hestkit threshold, 32 um/px", _OURS, ["32.0"]),
         ("CLAM-style (OpenSlide read_region of the ds-64 level, Otsu)", _CLAM, []),
     ]:

@@ -20,6 +20,7 @@ from hestkit.tissue import TissueMask, segment_tissue
 from ._store import Layout
 
 __all__ = [
+    "INGEST_TARGET_MPP",
     "MASK_IN_TISSUE_TECHNOLOGIES",
     "TISSUE_GEOJSON",
     "SampleTissue",
@@ -37,6 +38,10 @@ TISSUE_GEOJSON = "tissue.geojson"
 #: Technologies whose pairing units are pseudo-spots with no tissue call of their own
 #: (the reader sets ``in_tissue = 1`` everywhere): their ``in_tissue`` comes from the mask.
 MASK_IN_TISSUE_TECHNOLOGIES = ("xenium", "visium-hd")
+#: Working resolution of the ingest's segmentation (um/px): coarser than ``hestkit segment``'s
+#: 8 to bound the ingest's memory (a 100k x 100k px slide at 0.5 um/px: a 3,125 px image);
+#: same IoU on the synthetic 100k slide (docs/benchmarks.md).
+INGEST_TARGET_MPP = 16.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +78,7 @@ def sample_tissue(slide: Slide, source: SampleSource, spec: PairSpec) -> SampleT
     pseudo-spots, ``in_tissue``; :meth:`SampleTissue.write` stores the mask."""
     n = source.n_spots
     try:
-        mask = segment_tissue(slide, pixel_size_um=float(source.pixel_size.value))
+        mask = segment_tissue(slide, target_mpp=INGEST_TARGET_MPP, pixel_size_um=float(source.pixel_size.value))
     except HestkitError as exc:
         msg = f"{source.sample_id}: no tissue mask ({exc}); tissue_fraction is NaN and in_tissue left as read"
         log.warning(msg)
