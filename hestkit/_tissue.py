@@ -99,14 +99,17 @@ def threshold_tissue(
     if saturation is None:
         candidates = sat[~dark & (val < 250)]
         s_thr = _otsu(candidates) / 255.0
+        del candidates
         s_thr = float(np.clip(s_thr, *saturation_bounds))
     else:
         s_thr = float(saturation)
     saturated = sat > s_thr * 255.0
     lo, hi = (min(255, math.ceil(d * 256.0 / 360.0)) for d in tissue_hue_deg)
     on_hue = (hue >= lo) | (hue <= hi) if lo > hi else (hue >= lo) & (hue <= hi)
+    del hsv, hue, sat, val  # the working image's channels are no longer needed
     ink = (saturated & ~on_hue) | dark
     tissue = saturated & on_hue & ~dark
+    del saturated, on_hue, dark
     margin = max(0, round(pen_margin_um / px_um))
     if margin and ink.any():
         ink = cv2.dilate(ink.astype(np.uint8), _disk(margin)) > 0
