@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +15,11 @@ from hestkit.errors import HestkitError
 from hestkit.patches import PairSpec
 from hestkit.sample import SampleSource
 from hestkit.slide import Slide
-from hestkit.tissue import TissueMask, segment_tissue
 
 from ._store import Layout
+
+if TYPE_CHECKING:  # shapely and OpenCV load when a mask is made or read, not with `import catalog`
+    from hestkit.tissue import TissueMask
 
 __all__ = [
     "INGEST_TARGET_MPP",
@@ -76,6 +78,8 @@ def patch_boxes(centres_px: np.ndarray, source: SampleSource, spec: PairSpec) ->
 def sample_tissue(slide: Slide, source: SampleSource, spec: PairSpec) -> SampleTissue:
     """Segment the sample's slide and derive each spot's patch tissue fraction and, for
     pseudo-spots, ``in_tissue``; :meth:`SampleTissue.write` stores the mask."""
+    from hestkit.tissue import segment_tissue
+
     n = source.n_spots
     try:
         mask = segment_tissue(slide, target_mpp=INGEST_TARGET_MPP, pixel_size_um=float(source.pixel_size.value))
@@ -148,5 +152,7 @@ def read_mask(layout: Layout, manifest: dict[str, Any]) -> TissueMask | None:
     entry = manifest.get("tissue")
     if not isinstance(entry, dict) or not entry.get("path"):
         return None
+    from hestkit.tissue import TissueMask
+
     data = layout.read_json(layout.join(entry["path"]))
     return TissueMask.from_geojson(data, width=manifest.get("image_width"), height=manifest.get("image_height"))
