@@ -65,10 +65,16 @@ def test_mask_kept_and_used(xen, tmp_path: Path) -> None:  # type: ignore[no-unt
     res = runner.invoke(app, ["query", str(cat.path), "--min-tissue-fraction", "1.5"])
     assert res.exit_code == 1 and "[0, 1]" in res.output
     # plot with the outline
-    png = tmp_path / "x1.png"
-    res = runner.invoke(app, ["plot", str(cat.path), "x1", "--out", str(png)])
-    assert res.exit_code == 0, res.output
-    assert png.stat().st_size > 10_000
+    from PIL import Image
+
+    def lime(args: list[str]) -> int:
+        png = tmp_path / "x1.png"
+        res = runner.invoke(app, ["plot", str(cat.path), "x1", "--out", str(png), *args])
+        assert res.exit_code == 0, res.output
+        a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        return int(((a[..., 1] > 200) & (a[..., 0] < 80) & (a[..., 2] < 80)).sum())
+
+    assert lime([]) > 100 and lime(["--no-tissue"]) == 0  # the outline is drawn, and only on request
 
 
 def test_catalog_without_the_column(xen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
