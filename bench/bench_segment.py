@@ -5,7 +5,8 @@
    tile by tile, with its truth tissue mask at downsample 64 (kept in ``--workdir`` and
    reused by later runs).
 2. In fresh processes (peak RSS = ``VmHWM``), each reading the slide cold from its file:
-   - ``hestkit.tissue.segment_tissue`` at its default 8 um/px, and at 32 um/px;
+   - ``hestkit.tissue.segment_tissue`` at its default 8 um/px, at 16 um/px (the ingest's)
+     and at 32 um/px;
    - the CLAM-style pipeline (``WholeSlideImage.segmentTissue`` as CLAM and TRIDENT's
      non-deep path run it, re-implemented here: one OpenSlide ``read_region`` of the whole
      level nearest downsample 64, median-blurred saturation, Otsu, closing, contours with
@@ -14,6 +15,7 @@
    calls tissue.
 
     .venv/bin/python bench/bench_segment.py --side 100000 --workdir /tmp/bench_segment
+    .venv/bin/python bench/bench_segment.py --side 50000 --pens green+blue+black
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ _GEN = (
 import json, sys, time
 from hestkit.synthetic.slides import make_slide_cohort
 t = time.perf_counter()
-df = make_slide_cohort(sys.argv[1], n_slides=1, size_px=int(sys.argv[2]), seed=int(sys.argv[3]), mpp=0.5)
+pens = tuple(sys.argv[4].split("+")) if sys.argv[4] else None
+df = make_slide_cohort(sys.argv[1], n_slides=1, size_px=int(sys.argv[2]), seed=int(sys.argv[3]), mpp=0.5, pens=pens)
 row = df.iloc[0].to_dict()
 row.update(seconds=time.perf_counter() - t, peak_rss_mib=vmhwm())
 print(json.dumps(row))
@@ -119,18 +122,19 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_segment"))
+    ap.add_argument("--pens", default="", help="ink colours on the slide, e.g. green+blue+black (default: seeded)")
     args = ap.parse_args()
     import numpy as np
     from PIL import Image
 
-    work = args.workdir / f"side{args.side}_seed{args.seed}"
+    work = args.workdir / f"side{args.side}_seed{args.seed}{'_' + args.pens if args.pens else ''}"
     meta_file = work / "generated.json"
     if meta_file.exists():
         gen = json.loads(meta_file.read_text())
         gen["reused"] = True
     else:
         work.mkdir(parents=True, exist_ok=True)
-        gen = _run(_GEN, str(work), str(args.side), str(args.seed))
+        gen = _run(_GEN, str(work), str(args.side), str(args.seed), args.pens)
         meta_file.write_text(json.dumps(gen))
     slide, tds = str(gen["path"]), float(gen["truth_downsample"])  # type: ignore[arg-type]
     truth = np.asarray(Image.open(str(gen["truth_mask"]))) > 0
@@ -138,6 +142,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for name, code, extra in [
         ("hestkit threshold, 8 um/px (default)", _OURS, ["8.0"]),
+        ("hestkit threshold, 16 um/px (what ingest uses)", _OURS, ["16.0"]),
         ("hestkit threshold, 32 um/px", _OURS, ["32.0"]),
         ("CLAM-style (OpenSlide read_region of the ds-64 level, Otsu)", _CLAM, []),
     ]:

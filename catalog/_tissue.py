@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -15,11 +15,14 @@ from hestkit.errors import HestkitError
 from hestkit.patches import PairSpec
 from hestkit.sample import SampleSource
 from hestkit.slide import Slide
-from hestkit.tissue import TissueMask, segment_tissue
 
 from ._store import Layout
 
+if TYPE_CHECKING:  # shapely and OpenCV load when a mask is made or read, not with `import catalog`
+    from hestkit.tissue import TissueMask
+
 __all__ = [
+    "INGEST_TARGET_MPP",
     "MASK_IN_TISSUE_TECHNOLOGIES",
     "TISSUE_GEOJSON",
     "SampleTissue",
@@ -37,6 +40,10 @@ TISSUE_GEOJSON = "tissue.geojson"
 #: Technologies whose pairing units are pseudo-spots with no tissue call of their own
 #: (the reader sets ``in_tissue = 1`` everywhere): their ``in_tissue`` comes from the mask.
 MASK_IN_TISSUE_TECHNOLOGIES = ("xenium", "visium-hd")
+#: Working resolution of the ingest's segmentation (um/px): coarser than ``hestkit segment``'s
+#: 8 to bound the ingest's memory (a 100k x 100k px slide at 0.5 um/px: a 3,125 px image);
+#: same IoU on the synthetic 100k slide (docs/benchmarks.md).
+INGEST_TARGET_MPP = 16.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,9 +78,11 @@ def patch_boxes(centres_px: np.ndarray, source: SampleSource, spec: PairSpec) ->
 def sample_tissue(slide: Slide, source: SampleSource, spec: PairSpec) -> SampleTissue:
     """Segment the sample's slide and derive each spot's patch tissue fraction and, for
     pseudo-spots, ``in_tissue``; :meth:`SampleTissue.write` stores the mask."""
+    from hestkit.tissue import segment_tissue
+
     n = source.n_spots
     try:
-        mask = segment_tissue(slide, pixel_size_um=float(source.pixel_size.value))
+        mask = segment_tissue(slide, target_mpp=INGEST_TARGET_MPP, pixel_size_um=float(source.pixel_size.value))
     except HestkitError as exc:
         msg = f"{source.sample_id}: no tissue mask ({exc}); tissue_fraction is NaN and in_tissue left as read"
         log.warning(msg)
@@ -143,5 +152,7 @@ def read_mask(layout: Layout, manifest: dict[str, Any]) -> TissueMask | None:
     entry = manifest.get("tissue")
     if not isinstance(entry, dict) or not entry.get("path"):
         return None
+    from hestkit.tissue import TissueMask
+
     data = layout.read_json(layout.join(entry["path"]))
     return TissueMask.from_geojson(data, width=manifest.get("image_width"), height=manifest.get("image_height"))

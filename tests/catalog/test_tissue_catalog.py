@@ -65,10 +65,16 @@ def test_mask_kept_and_used(xen, tmp_path: Path) -> None:  # type: ignore[no-unt
     res = runner.invoke(app, ["query", str(cat.path), "--min-tissue-fraction", "1.5"])
     assert res.exit_code == 1 and "[0, 1]" in res.output
     # plot with the outline
-    png = tmp_path / "x1.png"
-    res = runner.invoke(app, ["plot", str(cat.path), "x1", "--out", str(png)])
-    assert res.exit_code == 0, res.output
-    assert png.stat().st_size > 10_000
+    from PIL import Image
+
+    def lime(args: list[str]) -> int:
+        png = tmp_path / "x1.png"
+        res = runner.invoke(app, ["plot", str(cat.path), "x1", "--out", str(png), *args])
+        assert res.exit_code == 0, res.output
+        a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        return int(((a[..., 1] > 200) & (a[..., 0] < 80) & (a[..., 2] < 80)).sum())
+
+    assert lime([]) > 100 and lime(["--no-tissue"]) == 0  # the outline is drawn, and only on request
 
 
 def test_catalog_without_the_column(xen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -85,3 +91,63 @@ def test_catalog_without_the_column(xen, tmp_path: Path, monkeypatch: pytest.Mon
         cat.pairs(min_tissue_fraction=0.1)
     res = runner.invoke(app, ["query", str(tmp_path / "old"), "--min-tissue-fraction", "0.1"])
     assert res.exit_code == 1 and "re-ingest" in res.output
+
+
+@pytest.mark.parametrize("technology", ["visium-hd", "visium"])
+def test_in_tissue_source_by_technology(technology: str, tmp_path: Path) -> None:
+    """Pseudo-spots (Visium HD, Xenium) take in_tissue from the mask; Visium keeps its
+    reader's call. Spots are placed on the synthetic truth: on tissue and on glass."""
+    import pandas as pd
+    import scipy.sparse as sp
+    from PIL import Image
+
+    from catalog._tissue import sample_tissue, with_in_tissue
+    from hestkit.geometry import PixelSizeDecision
+    from hestkit.patches import PairSpec
+    from hestkit.sample import SampleSource
+    from hestkit.slide import open_slide
+    from hestkit.synthetic.slides import SLIDE_CLASS_CODES, make_slide_cohort
+
+    df = make_slide_cohort(tmp_path, n_slides=1, size_px=2048, mpp=2.0, seed=4)
+    classes = np.asarray(Image.open(df.classes_mask[0]))
+    d = int(df.truth_downsample[0])
+    # deep inside tissue / on open glass: at least 60 um from any other class
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    tissue = (classes >= SLIDE_CLASS_CODES["tissue_a"]) & (classes <= SLIDE_CLASS_CODES["tissue_c"])
+    picks = {}
+    for name, region in (("tissue", tissue), ("glass", classes == SLIDE_CLASS_CODES["glass"])):
+        ys, xs = np.nonzero(ndimage.distance_transform_edt(region) * d > 30)
+        chosen = rng.choice(len(ys), 20, replace=False)
+        picks[name] = list(zip(ys[chosen], xs[chosen], strict=True))
+    yx = np.array(picks["tissue"] + picks["glass"], dtype=float)
+    n = len(yx)
+    spots = pd.DataFrame(
+        {
+            "barcode": [f"b{i}" for i in range(n)],
+            "in_tissue": np.ones(n, np.int8),
+            "array_row": np.arange(n),
+            "array_col": np.arange(n),
+            "x_px": (yx[:, 1] + 0.5) * d,
+            "y_px": (yx[:, 0] + 0.5) * d,
+            "x_um": np.nan,
+            "y_um": np.nan,
+        }
+    )
+    src = SampleSource(
+        "s", technology, sp.csr_matrix((n, 1)), ["G"], ["G"], spots, Path(df.path[0]),
+        PixelSizeDecision(2.0, "embedded", 2.0, None), 16.0, "square", {}, [],
+    )
+    with open_slide(df.path[0]) as slide:
+        t = sample_tissue(slide, src, PairSpec(patch_size_px=8, pixel_size_um=2.0))
+    out = with_in_tissue(src, t.in_tissue).spots["in_tissue"].to_numpy()
+    assert t.manifest is not None
+    if technology == "visium-hd":
+        assert t.manifest["in_tissue_source"] == "tissue-mask"
+        np.testing.assert_array_equal(out, [1] * 20 + [0] * 20)
+        assert any("20 of 40 pseudo-spots" in w for w in t.warnings)
+    else:
+        assert t.manifest["in_tissue_source"] == "reader" and t.in_tissue is None
+        assert (out == 1).all()
+    assert (t.fraction[:20] > 0.9).all() and (t.fraction[20:] < 0.1).all()
