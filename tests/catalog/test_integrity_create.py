@@ -4,6 +4,7 @@ foreign folder."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import catalog
+from catalog import _faults
 from catalog._store import Layout
 from catalog.check import check_catalog
 from catalog.errors import NotACatalogError
@@ -164,3 +166,21 @@ def test_two_first_ingests_race_to_create_an_s3_catalog(two: list[SyntheticSampl
     cat = catalog.open(root)
     assert cat.pairs().expression().shape[0] == int(cat.manifest("b")["n_pairs"]) > 0
     assert check_catalog(root).ok
+    # a full disk (injected) in an S3 commit, after obs, var and X/counts rows and a
+    # half-written schema version landed: rolled back whole
+    before = {k: v["size"] for k, v in fs.find(f"{s3_bucket}/cat/soma", detail=True).items()}
+
+    def full(point: str) -> None:
+        if point == "rows:X/counts":
+            fs.pipe_file(f"{s3_bucket}/cat/soma/ms/RNA/X/counts/__schema/__9999999999999_9999999999999_{uuid.uuid4().hex}", b"")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    _faults.set_fault_hook(full)
+    try:
+        rep = cat.ingest([two[0].path], options=ReadOptions(sample_id="a"), workers=1)
+    finally:
+        _faults.set_fault_hook(None)
+    assert rep.failed and "no space left" in rep.failed[0].message
+    assert {k: v["size"] for k, v in fs.find(f"{s3_bucket}/cat/soma", detail=True).items()} == before
+    assert fs.ls(f"{s3_bucket}/cat/patches") == [] or all("ghost" not in k for k in fs.ls(f"{s3_bucket}/cat/patches"))
+    assert check_catalog(root).ok and [m["sample_id"] for m in cat.manifests()] == ["b"]
