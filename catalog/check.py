@@ -146,8 +146,8 @@ def _check_array(layout: Layout, uri: str, report: CheckReport, repair: bool) ->
     """Schema versions of one SOMA array: a zero-byte file (a write that hit a full disk)
     is always half-written; an unloadable newest version is found by opening the array
     without it. Returns whether the array opens."""
-    schema_dir = layout.join(uri.removeprefix(layout.uri).lstrip("/"), "__schema")
-    files = layout.list_files(schema_dir)
+    # the schema versions are the files directly in __schema/ (enumerations live below)
+    files = [f for f in layout.list_files(f"{uri}/__schema") if f[0].rsplit("/", 1)[0] == f"{uri}/__schema"]
     report.count("schema versions", len(files))
     bad = [u for u, size, _ in files if size == 0]
     for u in bad:
