@@ -43,6 +43,8 @@ def test_reader_keeps_its_view_through_an_overwrite_until_gc(tmp_path: Path) -> 
     kept = gc_catalog(cat.uri)
     assert kept.removed == [] and any(old in k for k in kept.kept)
     assert _digests(held) == before
+    dry = gc_catalog(cat.uri, older_than_s=0, dry_run=True)
+    assert [old in g for g in dry.removed] == [True] and (cat.path / old).exists()
     res = CliRunner().invoke(_app(), ["gc", cat.uri, "--older-than", "0s"])
     assert res.exit_code == 0 and old in res.output, res.output
     assert not (cat.path / old).exists() and not list((cat.path / "retired").iterdir())
