@@ -433,6 +433,18 @@ def _run_checks(
     manifests = _manifests(layout, report)
     _check_genes(layout, manifests, report)
     idx = _check_rows(layout, manifests, per_sample, report) if all(opened) and arrays else {}
+    if all(opened) and arrays:
+        from . import _soma
+
+        written = _soma.obs_row_count(layout.soma)
+        committed = sum(int(m["soma_joinid_stop"]) - int(m["soma_joinid_start"]) for m in manifests)
+        if written > committed:
+            report.add(
+                "info",
+                layout.join("soma", "obs"),
+                f"{written - committed} obs rows of attempts that never committed (killed writers or replaced "
+                "samples): invisible to readers, their joinids are never reused",
+            )
     for k, m in enumerate(manifests):
         _check_patches(layout, m, idx.get(m["sample_id"], np.zeros(0, np.int64)), report)
         if progress is not None:
