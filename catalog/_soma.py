@@ -282,10 +282,11 @@ def array_uris(uri: str | Path) -> list[str]:
     """The URIs of the experiment's SOMA arrays that commits write, in the order a
     rollback undoes them (X layers first, obs last: obs's row count allocates joinids,
     so while any X cell of a failed attempt remains, its obs rows keep their ids)."""
-    soma = _soma()
-    exp_uri, ctx = _at(uri)
-    with soma.open(_join(exp_uri, "ms", MEASUREMENT, "X"), "r", context=ctx) as x:
-        layers = _layers(x)
+    from ._store import Layout
+
+    exp_uri = str(uri).rstrip("/")
+    names = Layout(exp_uri).names_in(_join(exp_uri, "ms", MEASUREMENT, "X"))  # no TileDB open
+    layers = [X_LAYER, X_BY_GENE_LAYER] if X_BY_GENE_LAYER in names else [X_LAYER]
     return [
         *(_join(exp_uri, "ms", MEASUREMENT, "X", layer) for layer in layers),
         _join(exp_uri, "ms", MEASUREMENT, "var"),

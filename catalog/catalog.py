@@ -724,11 +724,14 @@ def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: 
     spec = spec or PairSpec()
     layout.check_access()
     if not layout.exists(layout.catalog_json):
+        from ._faults import writing
+
         _check_empty(layout)  # and again under the lock
-        layout.make_root()
-        with layout.writer_lock():  # concurrent creators: one creates, the others open it
-            if not layout.exists(layout.catalog_json):
-                _create(layout, spec)
+        with writing("creating the catalog", layout.uri):
+            layout.make_root()
+            with layout.writer_lock():  # concurrent creators: one creates, the others open it
+                if not layout.exists(layout.catalog_json):
+                    _create(layout, spec)  # a creation that died half-way is redone
         return Catalog(layout.uri)
     if not exist_ok:
         raise NotACatalogError(f"{layout.uri}: a catalog already exists here")

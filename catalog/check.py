@@ -146,8 +146,8 @@ def _check_array(layout: Layout, uri: str, report: CheckReport, repair: bool) ->
     """Schema versions of one SOMA array: a zero-byte file (a write that hit a full disk)
     is always half-written; an unloadable newest version is found by opening the array
     without it. Returns whether the array opens."""
-    schema_dir = layout.join(uri.removeprefix(layout.uri).lstrip("/"), "__schema")
-    files = layout.list_files(schema_dir)
+    # the schema versions are the files directly in __schema/ (enumerations live below)
+    files = [f for f in layout.list_files(f"{uri}/__schema") if f[0].rsplit("/", 1)[0] == f"{uri}/__schema"]
     report.count("schema versions", len(files))
     bad = [u for u, size, _ in files if size == 0]
     for u in bad:
@@ -433,6 +433,18 @@ def _run_checks(
     manifests = _manifests(layout, report)
     _check_genes(layout, manifests, report)
     idx = _check_rows(layout, manifests, per_sample, report) if all(opened) and arrays else {}
+    if all(opened) and arrays:
+        from . import _soma
+
+        written = _soma.obs_row_count(layout.soma)
+        committed = sum(int(m["soma_joinid_stop"]) - int(m["soma_joinid_start"]) for m in manifests)
+        if written > committed:
+            report.add(
+                "info",
+                layout.join("soma", "obs"),
+                f"{written - committed} obs rows of attempts that never committed (killed writers or replaced "
+                "samples): invisible to readers, their joinids are never reused",
+            )
     for k, m in enumerate(manifests):
         _check_patches(layout, m, idx.get(m["sample_id"], np.zeros(0, np.int64)), report)
         if progress is not None:

@@ -177,7 +177,7 @@ def _write_hest(cat: Catalog, sample_id: str, m: dict[str, Any], src_img: Path, 
         shutil.copyfile(src_img, stage / files[0])
         fault_point("export:hest")
         _write_hest_patches(cat, sample_id, stage / files[1], files[0].name)
-        (stage / files[2]).write_text(json.dumps(strict_json(_hest_metadata(m)), indent=1, allow_nan=False))
+        (stage / files[2]).write_text(json.dumps(strict_json(json.loads(json.dumps(_hest_metadata(m), default=str))), indent=1, allow_nan=False))
         _maybe_kill("export-hest")
         sample_anndata(cat, sample_id).write_h5ad(stage / files[3])
         fault_point("export:rename")

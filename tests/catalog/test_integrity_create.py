@@ -4,6 +4,7 @@ foreign folder."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -12,9 +13,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
+import scipy.sparse as sp
 
 import catalog
+from catalog import _faults, _soma
 from catalog._store import Layout
 from catalog.check import check_catalog
 from catalog.errors import NotACatalogError
@@ -164,3 +170,31 @@ def test_two_first_ingests_race_to_create_an_s3_catalog(two: list[SyntheticSampl
     cat = catalog.open(root)
     assert cat.pairs().expression().shape[0] == int(cat.manifest("b")["n_pairs"]) > 0
     assert check_catalog(root).ok
+    # a full disk (injected) in an S3 append, after obs, var and X/counts rows and a
+    # half-written schema version landed: rolled back whole
+    before = {k: v["size"] for k, v in fs.find(f"{s3_bucket}/cat/soma", detail=True).items()}
+
+    def full(point: str) -> None:
+        if point == "rows:X/counts":
+            fs.pipe_file(f"{s3_bucket}/cat/soma/ms/RNA/X/counts/__schema/__9999999999999_9999999999999_{uuid.uuid4().hex}", b"")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    _faults.set_fault_hook(full)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            _soma.append_rows(f"{root}/soma", _obs_rows(3), sp.csr_matrix(np.ones((3, 2), np.float32)), ["NEW1", "NEW2"], ["E1", "E2"])
+    finally:
+        _faults.set_fault_hook(None)
+    assert {k: v["size"] for k, v in fs.find(f"{s3_bucket}/cat/soma", detail=True).items()} == before
+    assert check_catalog(root).ok and [m["sample_id"] for m in cat.manifests()] == ["b"]
+    assert cat.pairs().expression().shape[0] == int(cat.manifest("b")["n_pairs"])
+
+
+def _obs_rows(n: int) -> pd.DataFrame:
+    cols: dict[str, object] = {}
+    for f in _soma.OBS_SCHEMA:
+        if pa.types.is_large_string(f.type):
+            cols[f.name] = [f"x{j}" for j in range(n)]
+        else:
+            cols[f.name] = np.zeros(n, dtype=f.type.to_pandas_dtype())
+    return pd.DataFrame(cols)

@@ -39,10 +39,14 @@ def test_reader_keeps_its_view_through_an_overwrite_until_gc(tmp_path: Path) -> 
     assert len(cat.pairs()) != len(held)  # new readers see the new sample
     rep = check_catalog(cat.uri)
     assert rep.ok and any(f.level == "info" and old in f.element and "gc" in f.message for f in rep.findings)
+    n_old = len(held)  # the replaced sample's rows: written, no longer committed
+    assert any(f.message.startswith(f"{n_old} obs rows of attempts that never committed") for f in rep.findings)
     # gc keeps a generation retired more recently than --older-than
     kept = gc_catalog(cat.uri)
     assert kept.removed == [] and any(old in k for k in kept.kept)
     assert _digests(held) == before
+    dry = gc_catalog(cat.uri, older_than_s=0, dry_run=True)
+    assert [old in g for g in dry.removed] == [True] and (cat.path / old).exists()
     res = CliRunner().invoke(_app(), ["gc", cat.uri, "--older-than", "0s"])
     assert res.exit_code == 0 and old in res.output, res.output
     assert not (cat.path / old).exists() and not list((cat.path / "retired").iterdir())
