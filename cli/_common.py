@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["configure_output", "fail", "handle_errors", "print_json", "print_table", "progress_bars", "version_option"]
+__all__ = ["configure_output", "fail", "handle_errors", "print_json", "print_table", "progress_bars", "root_callback", "version_option"]
 
 #: Set by the root ``-q/--quiet`` option: no progress bars, warnings only.
 QUIET = False
@@ -169,3 +169,18 @@ def version_option(prog: str) -> Callable[[bool], None]:
             raise typer.Exit()
 
     return show
+
+
+def root_callback(prog: str) -> Callable[..., None]:
+    """The root options every command shares: ``--version``, ``-q/--quiet``, ``-v/--verbose``."""
+
+    def root(
+        version: bool = typer.Option(
+            False, "--version", callback=version_option(prog), is_eager=True, help="Print the version and exit."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; errors only on stderr."),
+        verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-vv: debug)."),
+    ) -> None:
+        configure_output(quiet, verbose)
+
+    return root

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import _data, _maintenance, _slides, _tissue, _volumes
-from ._common import configure_output, fail, handle_errors, print_json, print_table, progress_bars, version_option
+from ._common import fail, handle_errors, print_json, print_table, progress_bars, root_callback
 
 app = typer.Typer(
     name="hestkit",
@@ -21,17 +21,7 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=version_option("hestkit"), is_eager=True, help="Print the version and exit."),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; errors only on stderr.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
-) -> None:
-    """Spatial transcriptomics + H&E: ingest cohorts into a catalog of spot-patch pairs, query and plot it."""
-    configure_output(quiet, verbose)
+app.callback()(root_callback("hestkit"))
 
 
 def _technology(value: str) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail, handle_errors, print_table, version_option
+from ._common import fail, handle_errors, print_table, root_callback
 from ._hest_bench import eval_hest
 from ._zoo import models as models_cmd
 from .seal_vortex import app as vortex_app
@@ -21,17 +21,7 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=version_option("seal"), is_eager=True, help="Print the version and exit."),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; errors only on stderr.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
-) -> None:
-    """SEAL: ST-guided LoRA finetuning of pathology encoders; HEST-Benchmark and slide-level evaluation; VORTEX."""
-
+app.callback()(root_callback("seal"))
 app.add_typer(vortex_app, name="vortex")
 app.command("models")(models_cmd)
 app.command("eval-hest")(eval_hest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,41 @@ def ingested(cohort: list[Case], tmp_path_factory: pytest.TempPathFactory) -> tu
         rep = cat.ingest([case.path], options=opts, workers=2)
         assert not rep.failed, rep.failed[0].message
     return cat, cohort
+
+
+# -- an S3 server (moto) on a free loopback port, for the object-storage tests ------------------
+_S3_SERVER = """
+import sys
+from moto.server import ThreadedMotoServer
+srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+srv.start()
+print(srv.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # until the test module closes our stdin
+srv.stop()
+"""
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 server on a free loopback port, for one test module (skipped without moto/s3fs)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'hestkit[dev]')")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'hestkit[s3]')")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _S3_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            pytest.skip("the moto S3 server did not start")
+        yield f"http://127.0.0.1:{int(line)}"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,37 +98,8 @@ def test_a_creation_that_died_is_redone_but_foreign_folders_are_refused(tmp_path
 
 
 # -- S3, through a moto server on loopback --------------------------------------------
-_SERVER = """
-import sys
-from moto.server import ThreadedMotoServer
-srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-srv.start()
-print(srv.get_host_and_port()[1], flush=True)
-sys.stdin.read()
-srv.stop()
-"""
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'hestkit[dev]')")
-    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'hestkit[s3]')")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            pytest.skip("the moto S3 server did not start")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,38 +29,10 @@ from hestkit.synthetic import SyntheticSample, make_visium
 pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'hestkit[dev]')")
 pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'hestkit[s3]')")
 
-_SERVER = """
-import sys
-from moto.server import ThreadedMotoServer
-srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-srv.start()
-print(srv.get_host_and_port()[1], flush=True)
-sys.stdin.read()  # until the test session closes our stdin
-srv.stop()
-"""
 
 _KEY, _SECRET = "hestkit-test-key", "hestkit-test-secret"
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """An S3 server on a free loopback port, for this module."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            pytest.skip("the moto S3 server did not start")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
