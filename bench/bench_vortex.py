@@ -81,7 +81,14 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             )
             cat.link_section(s.sample_id, v.volume_id, s.z_um, affine=s.affine_path)
     t_data = time.perf_counter() - t0
-    mcfg = ModelConfig(backbone="test_vit", create_kwargs={"img_size": 48}, tuning="full", n_slices=9, depth_um=36.0)
+    enc = args.encoder3d
+    mcfg = (
+        ModelConfig(backbone=None, encoder3d="cnn3d", size_px=48, tuning="full", n_slices=9, depth_um=36.0)
+        if enc == "cnn3d"
+        else ModelConfig(
+            backbone="test_vit", create_kwargs={"img_size": 48}, tuning="full", n_slices=9, depth_um=36.0, encoder3d=enc, tubelet=3
+        )
+    )
     tcfg = TrainConfig(
         epochs=args.pretrain_epochs,
         batch_size=16,
@@ -100,7 +107,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs)
     t0 = time.perf_counter()
     res = serial_section_eval(
-        out / "cat", out / "pretrained", targets, out / "eval", SerialSectionConfig(train=ft, device="cpu"), progress=False
+        out / "cat",
+        out / "pretrained",
+        targets,
+        out / "eval",
+        SerialSectionConfig(train=ft, device="cpu", encoder_2d="timm:test_vit" if enc == "cnn3d" else None),
+        progress=False,
     )
     t_eval = time.perf_counter() - t0
     truth_rows = []
@@ -261,6 +273,7 @@ def main() -> None:
     e.add_argument("--pretrain", type=int, default=2)
     e.add_argument("--pretrain-epochs", type=int, default=15)
     e.add_argument("--finetune-epochs", type=int, default=12)
+    e.add_argument("--encoder3d", choices=["slice", "vit3d", "cnn3d"], default="slice")
     t = sub.add_parser("throughput")
     t.add_argument("--out", required=True)
     t.add_argument("--shapes", nargs="+", default=["100x1000x1000", "200x2000x2000"])
