@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from . import _seal_slides
 from ._common import fail, handle_errors, print_table
 from .seal_vortex import app as vortex_app
 
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 
 app.add_typer(vortex_app, name="vortex")
+_seal_slides.register(app)
 
 Filter = Annotated[list[str] | None, typer.Option(show_default=False)]
 
