@@ -139,7 +139,13 @@ def slide_tissue_mask(cat: Any, manifest: dict[str, Any]) -> Any:
     p = d / f"{manifest['slide_id']}--{manifest['fingerprint']}.geojson"
     if p.exists():
         return TissueMask.from_geojson(p)
-    mask = segment_tissue(manifest["path"], pixel_size_um=float(manifest["mpp"]))
+    mpp = float(manifest["mpp"])
+    area_um2 = float(manifest["width"]) * float(manifest["height"]) * mpp * mpp
+    # the segmenter's defaults (20,000 um2 pieces, 4,000 um2 holes) suit whole slides; on
+    # small images (crops, TMA cores) they would drop every piece, so they scale down
+    mask = segment_tissue(
+        manifest["path"], pixel_size_um=mpp, min_area_um2=min(20_000.0, 0.002 * area_um2), min_hole_um2=min(4_000.0, 0.0004 * area_um2)
+    )
     d.mkdir(parents=True, exist_ok=True)
     mask.write_geojson(p)
     return mask
