@@ -77,6 +77,7 @@ def slide_eval(
     seed: Annotated[int, typer.Option(help="Seed of folds and training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ... (bf16 on CUDA)")] = "auto",
     heatmaps: Annotated[int, typer.Option(help="Attention heatmaps per encoder.")] = 4,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (1 suits small bags on shared machines).")] = None,
 ) -> None:
     """ABMIL and mean-pool probes on slide features: patient-level folds, one table comparing encoders."""
     with handle_errors():
@@ -88,7 +89,7 @@ def slide_eval(
         if splits is not None and not splits.is_dir():
             fail(f"--splits {splits}: not a folder of splits_{{k}}.csv files")
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        cfg = MilConfig(lr=lr, max_epochs=max_epochs, patience=patience, seed=seed, device=dev)
+        cfg = MilConfig(lr=lr, max_epochs=max_epochs, patience=patience, seed=seed, device=dev, threads=threads)
         models = ("abmil", "mean") if model == MilModel.both else (model.value,)
         res, paths = run_slide_eval(
             catalog_dir, task, encoder, out, models=models, folds=folds, splits=splits, task_type=task_type.value,

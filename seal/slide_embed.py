@@ -190,7 +190,7 @@ def _tile_blocks(client: Any, path: str, plan: Any, centres: NDArray[np.float64]
 
     n = len(plan.blocks)
     nxt = 0
-    futs = []
+    futs: list[Any] = []
     while nxt < n and len(futs) < in_flight:
         futs.append(client.submit(_read_block, path, plan, nxt, centres, spec, pure=False))
         nxt += 1

@@ -102,19 +102,39 @@ def test_trident_export_import_round_trip(embedded: tuple[Path, pd.DataFrame], t
     assert not (cat_dir / "slide-features" / "bad-set").exists()
 
 
-def test_slide_eval_report(embedded: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+def _model_dir(path: Path) -> Path:
+    """A model directory as `seal fit` writes its merged encoder (here: test_resnet, another seed)."""
+    from safetensors.torch import save_file
+
+    from seal.models import create_backbone, data_config
+
+    model = create_backbone("test_resnet", seed=5)
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "encoder.safetensors"))
+    info = {"backbone": "test_resnet", "create_kwargs": {}, "data_config": data_config(model), "dim": model.num_features}
+    (path / "encoder.json").write_text(json.dumps(info))
+    return path
+
+
+def test_slide_eval_compares_a_frozen_and_a_tuned_encoder(embedded: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     cat_dir, df = embedded
     out = tmp_path / "eval"
     runner = CliRunner()
-    args = ["slide-eval", str(cat_dir), "--task", "label", "--encoder", ENC, *TILING, "--folds", "3", "--max-epochs", "3",
-            "--patience", "2", "--device", "cpu", "--heatmaps", "2", "--out", str(out)]
+    tuned = _model_dir(tmp_path / "seal-model")
+    r = runner.invoke(seal_app, ["slide-embed", str(cat_dir), "--encoder", str(tuned), *TILING, "--device", "cpu", "--workers", "1"])
+    assert r.exit_code == 0, r.output  # reads the kept tiles
+    args = ["slide-eval", str(cat_dir), "--task", "label", "--encoder", ENC, "--encoder", str(tuned), *TILING, "--folds", "3", "--max-epochs", "3",
+            "--patience", "2", "--device", "cpu", "--threads", "1", "--heatmaps", "2", "--out", str(out)]
     r = runner.invoke(seal_app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert res["task"]["kind"] == "classification" and res["task"]["n_slides"] == len(df)
-    assert {row["model"] for row in res["summary"]} == {"abmil", "mean"}
+    assert {(row["encoder"], row["model"]) for row in res["summary"]} == {
+        (e, m) for e in ("test_resnet", "seal:seal-model") for m in ("abmil", "mean")
+    }
+    assert "seal:seal-model" in r.output and "test_resnet" in r.output
     assert set(res["out_of_fold"][feature_set_name(parse_encoder(ENC), 1.0, 32)]["abmil"]) == set(df["slide_id"])
     assert "| encoder | model | auc | balanced_accuracy |" in (out / "results.md").read_text()
-    assert (out / "results.png").stat().st_size > 0 and len(list((out / "heatmaps").glob("*.png"))) == 2
+    assert (out / "results.png").stat().st_size > 0 and len(list((out / "heatmaps").glob("*.png"))) == 4
     r = runner.invoke(seal_app, [*args[:3], "nope", *args[4:]])
     assert r.exit_code == 1 and "no label column 'nope'" in r.output
