@@ -79,6 +79,53 @@ def _trident_loop(cat_dir: Path, name: str, encoder: str, mpp: float, tile_px: i
     return n, time.perf_counter() - t0
 
 
+def _read_only(cat_dir: Path, name: str, mpp: float, tile_px: int, workers: int) -> tuple[float, float, int]:
+    """Tiles/s of reading + resampling alone (no model): the block path through dask, and
+    one read_region per tile, over the same tiles."""
+    import cv2
+    import openslide
+
+    import catalog
+    from catalog.slide_features import SlideFeatureStore
+    from hestkit.patches import PairSpec, plan_patches
+    from hestkit.slide import open_slide
+    from seal.slide_embed import _client, _tile_blocks
+
+    cat = catalog.open(cat_dir)
+    store = SlideFeatureStore(cat, name)
+    jobs = []
+    for sid in store.slides():
+        m = cat.slide_manifest(sid)
+        side = tile_px * mpp / float(m["mpp"])
+        jobs.append((m, store.get(sid).coords.astype(float), side))
+    client, cluster = _client(workers, None)
+    n = 0
+    t0 = time.perf_counter()
+    for m, tl, side in jobs:
+        spec = PairSpec(tile_px, mpp)
+        centres = tl + side / 2
+        with open_slide(m["path"]) as slide:
+            plan = plan_patches(slide, centres, float(m["mpp"]), spec, block_px=2048, slot_align=1)
+        for _, tiles in _tile_blocks(client, m["path"], plan, centres, spec, 2 * workers):
+            n += len(tiles)
+    ours = n / (time.perf_counter() - t0)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+    n2 = 0
+    t0 = time.perf_counter()
+    for m, tl, side in jobs:
+        osl = openslide.OpenSlide(m["path"])
+        level = osl.get_best_level_for_downsample(side / tile_px + 1e-6)
+        size = round(side / osl.level_downsamples[level])
+        for x, y in tl:
+            rgb = np.asarray(osl.read_region((int(x), int(y)), level, (size, size)).convert("RGB"))
+            cv2.resize(rgb, (tile_px, tile_px), interpolation=cv2.INTER_AREA)
+            n2 += 1
+        osl.close()
+    return ours, n2 / (time.perf_counter() - t0), n
+
+
 def speed(args: argparse.Namespace) -> dict[str, object]:
     import catalog
     from catalog.slides import slide_manifests
@@ -96,6 +143,11 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     rep = embed_slides(cat_dir, args.encoder, cfg, slides=ids)
     ours_s = time.perf_counter() - t
     n_ours = sum(rep.n_tiles.values())
+    read_ours, read_tr, _ = _read_only(cat_dir, rep.feature_set, args.mpp, args.tile_px, args.workers)
+    if args.read_only:
+        out = {"tiles": n_ours, "read_hestkit_tiles_per_s": read_ours, "read_trident_tiles_per_s": read_tr, "read_ratio": read_ours / read_tr}
+        print(json.dumps(out, indent=1))
+        return out
     n_tr, tr_s = _trident_loop(cat_dir, rep.feature_set, args.encoder, args.mpp, args.tile_px, args.batch)
     out = {
         "slides": len(rep.embedded),
@@ -104,6 +156,9 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         "hestkit_tiles_per_s": n_ours / ours_s,
         "trident_loop_tiles_per_s": n_tr / tr_s,
         "ratio": (n_ours / ours_s) / (n_tr / tr_s),
+        "read_hestkit_tiles_per_s": read_ours,
+        "read_trident_tiles_per_s": read_tr,
+        "read_ratio": read_ours / read_tr,
         "encoder": args.encoder,
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
     }
@@ -138,6 +193,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="speed: embed only the first N slides")
+    p.add_argument("--read-only", action="store_true", help="speed: after embedding, time reading alone (no model) both ways")
     args = p.parse_args()
     if args.what == "speed":
         speed(args)
