@@ -76,8 +76,28 @@ OBS_SCHEMA = pa.schema(
         ("pixel_size_um", pa.float64()),
         ("spot_size_um", pa.float64()),
         ("patch_index", pa.int64()),
+        ("tissue_fraction", pa.float32()),
     ]
 )
+#: obs columns added after catalog 1.0: absent from the obs array of older catalogs;
+#: readers return them as this fill value, writers skip them there.
+OPTIONAL_OBS_COLUMNS: dict[str, float] = {"tissue_fraction": float("nan")}
+
+
+def _missing_optional(obs_array: Any) -> list[str]:
+    """Optional obs columns the (open) obs array of this catalog lacks."""
+    names = set(obs_array.schema.names)
+    return [c for c in OPTIONAL_OBS_COLUMNS if c not in names]
+
+
+def _fill_optional(tbl: pa.Table, missing: Sequence[str]) -> pa.Table:
+    for c in missing:
+        if c not in tbl.column_names:
+            f = OBS_SCHEMA.field(c)
+            tbl = tbl.append_column(f, pa.array(np.full(len(tbl), OPTIONAL_OBS_COLUMNS[c]), f.type))
+    return tbl
+
+
 VAR_SCHEMA = pa.schema([("var_id", pa.large_string()), ("gene_id", pa.large_string())])
 
 
@@ -190,9 +210,21 @@ def append_rows(
             )
         if n:
             cols: dict[str, object] = {"soma_joinid": np.arange(start, start + n, dtype=np.int64)}
-            for f in OBS_SCHEMA:
-                cols[f.name] = obs[f.name].to_numpy()
-            exp.obs.write(pa.Table.from_pydict(cols, schema=pa.schema([("soma_joinid", pa.int64()), *OBS_SCHEMA])))
+            skip = set(_missing_optional(exp.obs))  # an older catalog: its obs has no such column
+            for c in sorted(skip):
+                if c in obs.columns and not pd.isna(obs[c]).all():
+                    warnings.warn(
+                        f"{uri}: obs of this catalog predates the {c!r} column; the values of this ingest are not "
+                        "stored (read back as NaN); re-ingest into a new catalog to keep them",
+                        stacklevel=2,
+                    )
+            fields = [f for f in OBS_SCHEMA if f.name not in skip]
+            for f in fields:
+                if f.name in OPTIONAL_OBS_COLUMNS and f.name not in obs.columns:
+                    cols[f.name] = np.full(n, OPTIONAL_OBS_COLUMNS[f.name])  # a caller without it
+                else:
+                    cols[f.name] = obs[f.name].to_numpy()
+            exp.obs.write(pa.Table.from_pydict(cols, schema=pa.schema([("soma_joinid", pa.int64()), *fields])))
         coo = counts.tocoo()
         if coo.nnz:
             col_map = np.array([gene_map[g] for g in genes], dtype=np.int64)
@@ -276,7 +308,7 @@ def read_obs(uri: str | Path, ingest_ids: Sequence[str], value_filter: str | Non
         filt = f"({filt}) and ({value_filter})"
     u, ctx = _at(uri, "obs")
     with soma.open(u, "r", context=ctx) as obs:
-        tbl = obs.read(value_filter=filt).concat()
+        tbl = _fill_optional(obs.read(value_filter=filt).concat(), _missing_optional(obs))
     return _obs_frame(_sorted_by_joinid(tbl))
 
 
@@ -300,6 +332,7 @@ PER_ROW_COLUMNS = (
     "x_um",
     "y_um",
     "patch_index",
+    "tissue_fraction",
 )
 
 
@@ -332,11 +365,13 @@ def read_obs_ranges(
     consts = _constants_table([constants[r[3]] for r in keyed], [r[2] for r in keyed]) if constants is not None else None
     u, ctx = _at(uri, "obs")
     with soma.open(u, "r", context=ctx) as obs:
+        missing = _missing_optional(obs)
         if consts is not None:
-            tbl = _sorted_by_joinid(obs.read(coords=(coords,), column_names=list(PER_ROW_COLUMNS)).concat())
+            names = [c for c in PER_ROW_COLUMNS if c not in missing]
+            tbl = _sorted_by_joinid(obs.read(coords=(coords,), column_names=names).concat())
             if len(tbl) == int(lens.sum()):
-                return _with_constants(tbl, consts, lens)
-        tbl = _sorted_by_joinid(obs.read(coords=(coords,)).concat())
+                return _with_constants(_fill_optional(tbl, missing), consts, lens)
+        tbl = _fill_optional(_sorted_by_joinid(obs.read(coords=(coords,)).concat()), missing)
     j = tbl["soma_joinid"].to_numpy()
     k = np.searchsorted(starts, j, side="right") - 1
     expected = pa.DictionaryArray.from_arrays(pa.array(k, pa.int32()), pa.array([r[2] for r in keyed], pa.large_string()))

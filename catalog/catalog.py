@@ -338,9 +338,13 @@ class Catalog:
         sample_ids: Sequence[str] | None = None,
         patients: Sequence[str] | None = None,
         genes: Sequence[str] | None = None,
+        min_tissue_fraction: float | None = None,
     ) -> PairView:
         """Select pairs by sample attributes (each a value or a list of values, matched
-        case-insensitively) and restrict the genes. Reads obs only, never pixels."""
+        case-insensitively) and restrict the genes. Reads obs only, never pixels.
+
+        ``min_tissue_fraction`` keeps the pairs whose patch is at least that share on the
+        sample's tissue mask (obs ``tissue_fraction``); samples without one raise."""
         manifests = self.manifests()
 
         def norm(v: str | Sequence[str] | None) -> set[str] | None:
@@ -388,7 +392,12 @@ class Catalog:
             [_obs_constants(m) for m in chosen],
         )
         patches = {m["sample_id"]: self.layout.join(m["patches_path"], "patches") for m in chosen}
-        return PairView(self.uri, obs, gene_list, var_j, patches, self.spec)
+        view = PairView(self.uri, obs, gene_list, var_j, patches, self.spec)
+        if min_tissue_fraction is not None:
+            from ._tissue import tissue_rows
+
+            view = view.subset(tissue_rows(obs, min_tissue_fraction, self.uri))
+        return view
 
     def sample_thumbnail(self, sample_id: str) -> tuple[np.ndarray, float]:
         """The stored thumbnail of a sample and its downsample from level 0."""

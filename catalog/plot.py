@@ -12,9 +12,12 @@ from .errors import QueryError
 __all__ = ["plot_sample"]
 
 
-def plot_sample(cat: Catalog, sample_id: str, out: str | Path, *, gene: str | None = None, dpi: int = 150) -> Path:
+def plot_sample(
+    cat: Catalog, sample_id: str, out: str | Path, *, gene: str | None = None, dpi: int = 150, tissue: bool = True
+) -> Path:
     """Draw the pairs of ``sample_id`` over its thumbnail, coloured by ``gene`` (log1p
-    counts) or by total counts, each spot drawn at its true diameter. Writes a PNG."""
+    counts) or by total counts, each spot drawn at its true diameter, and (``tissue``)
+    the outline of the sample's tissue mask when it has one. Writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +60,14 @@ def plot_sample(cat: Catalog, sample_id: str, out: str | Path, *, gene: str | No
     coll.set_array(values)
     ax.add_collection(coll)
     fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label=label)
+    if tissue:
+        from ._tissue import read_mask
+
+        mask = read_mask(cat.layout, m)
+        for poly in mask.geometry.geoms if mask is not None else ():
+            for ring in (poly.exterior, *poly.interiors):
+                rx, ry = ring.xy
+                ax.plot(rx, ry, color="lime", linewidth=1.0, label="_tissue")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_title(

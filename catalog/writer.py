@@ -45,6 +45,7 @@ from ._store import (
     new_ingest_id,
     zarr_open_group,
 )
+from ._tissue import MASK_IN_TISSUE_TECHNOLOGIES, SampleTissue, sample_tissue, with_in_tissue
 from .errors import CatalogError, SampleExistsError
 
 __all__ = [
@@ -122,6 +123,7 @@ class _Prepared:
     group_path: str
     image_size: tuple[int, int]
     seconds: float
+    tissue: SampleTissue | None = None
 
 
 def fingerprint(ref: SampleRef) -> str:
@@ -156,12 +158,16 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     source = get_reader(ref.reader).load(ref)
     n_total = source.n_spots
     keep = source.spots["in_tissue"].to_numpy() > 0
+    if source.technology in MASK_IN_TISSUE_TECHNOLOGIES:
+        keep[:] = True  # pseudo-spots: no vendor tissue call; in_tissue comes from the mask below
     spots = source.spots[keep].reset_index(drop=True)
     counts = source.counts[np.flatnonzero(keep)]
     source = SampleSource(**{**source.__dict__, "spots": spots, "counts": counts})
     with open_slide(source.image_path) as slide:
         plan = plan_patches(slide, source.centres_px(), source.pixel_size.value, spec, slot_align=SHARD_PATCHES)
         thumb, thumb_ds = slide.thumbnail(1024)
+        tissue = sample_tissue(slide, source, spec)
+        source = with_in_tissue(source, tissue.in_tissue)
         size = (slide.width, slide.height)
         level_ds = slide.levels[plan.level].downsample
     gpath = layout.patches(source.sample_id, ingest_id)
@@ -203,8 +209,10 @@ def _prepare(root: str, ref: SampleRef, spec: PairSpec, ingest_id: str) -> _Prep
     )
     tarr[:] = thumb
     tarr.attrs["downsample"] = thumb_ds
+    tissue.write(layout, gpath)
     job = _PatchJob(source.image_path, source.centres_px(), plan, spec, f"{gpath}/patches")
-    return _Prepared(ref, source, ingest_id, job, n_total, int(keep.sum()), gpath, size, time.perf_counter() - t0)
+    n_in = int(keep.sum()) if tissue.in_tissue is None else int(tissue.in_tissue.sum())
+    return _Prepared(ref, source, ingest_id, job, n_total, n_in, gpath, size, time.perf_counter() - t0, tissue)
 
 
 def _cut(job: _PatchJob, block_index: int) -> int:
@@ -249,8 +257,14 @@ def _obs_frame(prep: _Prepared, ingest_id: str) -> pd.DataFrame:
             "pixel_size_um": np.full(n, s.pixel_size.value),
             "spot_size_um": np.full(n, s.spot_diameter_um),
             "patch_index": prep.job.plan.slots.astype(np.int64),
+            "tissue_fraction": _tissue_fraction(prep)[kept].astype(np.float32),
         }
     )
+
+
+def _tissue_fraction(prep: _Prepared) -> np.ndarray:
+    """Share of each spot's patch on the tissue mask (NaN without a mask)."""
+    return prep.tissue.fraction if prep.tissue is not None else np.full(prep.source.n_spots, np.nan)
 
 
 def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool, version: str) -> SampleResult:
@@ -320,7 +334,8 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
             "source_fingerprint": fingerprint(prep.ref),
             "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "hestkit_version": version,
-            "warnings": s.warnings,
+            "warnings": s.warnings + (prep.tissue.warnings if prep.tissue is not None else []),
+            "tissue": prep.tissue.manifest if prep.tissue is not None else None,
             "metadata": {k: v for k, v in md.items() if k not in ("organ", "species", "patient")},
         }
         _check(lock)

@@ -24,18 +24,34 @@ def segment(
         float | None, typer.Option("--pixel-size-um", help="Level-0 um/px, when the slide embeds none (or a wrong one).")
     ] = None,
     preview: Annotated[Path | None, typer.Option("--preview", help="Also write a PNG thumbnail with the outline.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Local DeepLabV3-ResNet50 tissue weights (e.g. HEST's deeplabv3_seg_v4.ckpt) instead of thresholds."),
+    ] = None,
+    model_mpp: Annotated[float, typer.Option("--model-mpp", help="With --weights: um/px the network was trained at.")] = 1.0,
+    device: Annotated[str, typer.Option(help="With --weights: torch device.")] = "cpu",
 ) -> None:
-    """Segment the tissue of a slide (no weights: colour thresholds, ink and shadow removal)."""
+    """Segment the tissue of a slide (default: no weights; colour thresholds, ink and shadow removal)."""
     with handle_errors():
         import time
 
         from hestkit.slide import open_slide
-        from hestkit.tissue import segment_tissue
+        from hestkit.tissue import TissueSegmenter, segment_tissue
 
+        method: str | TissueSegmenter = "threshold"
+        if weights is not None:
+            from seal.tissue import DeepLabTissueSegmenter
+
+            method = DeepLabTissueSegmenter(weights, model_mpp=model_mpp, device=device)
         t0 = time.perf_counter()
         with open_slide(slide) as s:
             mask = segment_tissue(
-                s, target_mpp=target_mpp, min_area_um2=min_area_um2, min_hole_um2=min_hole_um2, pixel_size_um=pixel_size_um
+                s,
+                target_mpp=target_mpp,
+                method=method,
+                min_area_um2=min_area_um2,
+                min_hole_um2=min_hole_um2,
+                pixel_size_um=pixel_size_um,
             )
             dt = time.perf_counter() - t0
             if preview is not None:

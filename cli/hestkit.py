@@ -222,13 +222,24 @@ def query(
     patient: Annotated[list[str] | None, typer.Option(help="Patient(s) to keep.")] = None,
     gene: Annotated[list[str] | None, typer.Option(help="Gene(s) to keep in the export (default all).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection (expression + obs) as .h5ad.")] = None,
+    min_tissue_fraction: Annotated[
+        float | None, typer.Option("--min-tissue-fraction", help="Keep pairs whose patch is at least this share on tissue.")
+    ] = None,
 ) -> None:
     """Count the pairs a selection holds, by sample, organ and technology."""
     with handle_errors():
         import catalog
 
         cat = catalog.open(catalog_dir)
-        view = cat.pairs(organ=organ, technology=technology, species=species, sample_ids=sample, patients=patient, genes=gene)
+        view = cat.pairs(
+            organ=organ,
+            technology=technology,
+            species=species,
+            sample_ids=sample,
+            patients=patient,
+            genes=gene,
+            min_tissue_fraction=min_tissue_fraction,
+        )
         if len(view) == 0:
             typer.echo("no pairs match this selection")
         else:
@@ -250,13 +261,14 @@ def plot(
     sample_id: Annotated[str, typer.Argument(help="Sample id (see hestkit ls).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     gene: Annotated[str | None, typer.Option(help="Colour by this gene (default: total counts).")] = None,
+    tissue: Annotated[bool, typer.Option("--tissue/--no-tissue", help="Draw the tissue mask's outline.")] = True,
 ) -> None:
-    """Plot a sample's spots over its slide thumbnail."""
+    """Plot a sample's spots over its slide thumbnail (and its tissue outline)."""
     with handle_errors():
         import catalog
         from catalog.plot import plot_sample
 
-        path = plot_sample(catalog.open(catalog_dir), sample_id, out, gene=gene)
+        path = plot_sample(catalog.open(catalog_dir), sample_id, out, gene=gene, tissue=tissue)
         typer.echo(f"wrote {path}")
 
 

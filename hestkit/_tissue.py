@@ -24,7 +24,7 @@ __all__ = [
 #: Blocks of the low-resolution read: output pixels per block side.
 _BLOCK_OUT = 1024
 #: Level pixels per block side at most (bounds the memory of one block read).
-_BLOCK_MAX_IN = 8192
+_BLOCK_MAX_IN = 4096
 
 
 def low_res(slide: Slide, downsample: float) -> NDArray[np.uint8]:
@@ -90,23 +90,26 @@ def threshold_tissue(
 
     Returns the mask (before area filtering and hole filling) and the thresholds used.
     """
-    blurred = cv2.medianBlur(rgb, 3)
-    hsv = np.asarray(cv2.cvtColor(blurred, cv2.COLOR_RGB2HSV_FULL), dtype=np.uint8)  # H in 0..255 for 0..360 deg
-    hue = hsv[..., 0].astype(np.float32) * (360.0 / 256.0)
+    # uint8 throughout (a 100k x 100k px slide at 8 um/px is a 6,250 x 6,250 px image)
+    hsv = np.asarray(cv2.cvtColor(cv2.medianBlur(rgb, 3), cv2.COLOR_RGB2HSV_FULL), dtype=np.uint8)
+    hue = hsv[..., 0]  # 0..255 for 0..360 deg
     sat = hsv[..., 1]
     val = hsv[..., 2]
     dark = val < dark_value
     if saturation is None:
         candidates = sat[~dark & (val < 250)]
         s_thr = _otsu(candidates) / 255.0
+        del candidates
         s_thr = float(np.clip(s_thr, *saturation_bounds))
     else:
         s_thr = float(saturation)
     saturated = sat > s_thr * 255.0
-    lo, hi = tissue_hue_deg
+    lo, hi = (min(255, math.ceil(d * 256.0 / 360.0)) for d in tissue_hue_deg)
     on_hue = (hue >= lo) | (hue <= hi) if lo > hi else (hue >= lo) & (hue <= hi)
+    del hsv, hue, sat, val  # the working image's channels are no longer needed
     ink = (saturated & ~on_hue) | dark
     tissue = saturated & on_hue & ~dark
+    del saturated, on_hue, dark
     margin = max(0, round(pen_margin_um / px_um))
     if margin and ink.any():
         ink = cv2.dilate(ink.astype(np.uint8), _disk(margin)) > 0
@@ -132,7 +135,7 @@ def clean_mask(mask: NDArray[np.bool_], *, min_area_px: float, min_hole_px: floa
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     fill = stats[:, cv2.CC_STAT_AREA] < min_hole_px
     fill[border] = False
-    fill[0] = fill[0] and not inv[labels == 0].any()
+    fill[0] = False  # label 0 of the inverse is the tissue itself
     m[fill[labels] & (inv > 0)] = 1
     out: NDArray[np.bool_] = m > 0
     return out

@@ -387,6 +387,7 @@ def _segment(
         name = method.name
     else:
         raise TissueError(f"method must be 'threshold' or a TissueSegmenter, got {type(method).__name__}")
+    del rgb  # the segmenters are done with the working image: free it before the cleaning
     area_px = work_um * work_um
     mask = _tissue.clean_mask(raw, min_area_px=min_area_um2 / area_px, min_hole_px=min_hole_um2 / area_px)
     geom = _tissue.mask_to_polygons(mask, ds)

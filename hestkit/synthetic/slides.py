@@ -207,6 +207,7 @@ def make_slide_cohort(
     truth_downsample: int | None = None,
     tile: int = 256,
     jpeg_quality: int = 85,
+    pens: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """Write a seeded cohort of synthetic slides and their truth; return one row per slide.
 
@@ -224,6 +225,8 @@ def make_slide_cohort(
         truth_downsample: downsample of the truth PNGs (power of two); default keeps
             their long side at most 2048 px.
         tile, jpeg_quality: TIFF tile edge and JPEG quality.
+        pens: ink colours drawn on every slide (``green``, ``blue``, ``black``); default
+            1 to 3 seeded colours per slide.
 
     Returns:
         DataFrame with ``slide_id, path, patient, label, score`` (also in ``slides.csv``)
@@ -255,7 +258,7 @@ def make_slide_cohort(
         b_target = float(rng.uniform(*score_range))
         c_target = float(rng.uniform(*region_share))
         slide_seed = int(rng.integers(2**31))
-        scene, c_achieved = make_slide_scene(height, width, seed=slide_seed, positive=bool(positive[i]), b_share=b_target, c_share=c_target)
+        scene, c_achieved = make_slide_scene(height, width, seed=slide_seed, positive=bool(positive[i]), b_share=b_target, c_share=c_target, pens=pens)
         path = out / f"{slide_id}.tif"
         write_pyramidal_tiff(
             path,
