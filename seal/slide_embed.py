@@ -208,9 +208,28 @@ def _tiles_store_path(cat: Any, cfg: SlideEmbedConfig, manifest: dict[str, Any])
     return cat.path / "slide-tiles" / tiling_name(cfg.mpp, cfg.tile_px) / f"{manifest['slide_id']}--{manifest['fingerprint']}.zarr"
 
 
-def _open_tile_array(path: Path, n_slots: int, cfg: SlideEmbedConfig, slots: NDArray[np.int64], attrs: dict[str, Any]) -> None:
+def _kept_slots(path: Path, coords: NDArray[np.int64]) -> NDArray[np.int64] | None:
+    """The patch row of each tile (top-left ``coords``) in kept tiles at ``path``, or None
+    when there are none or they miss some of these tiles."""
+    if not (path / "coords").exists():
+        return None
+    from catalog._store import zarr_open_array
+
+    kept = np.asarray(zarr_open_array(str(path / "coords"))[:], dtype=np.int64)
+    slots = np.asarray(zarr_open_array(str(path / "slot"))[:], dtype=np.int64)
+    where = {(int(x), int(y)): int(s) for (x, y), s in zip(kept, slots, strict=True)}
+    got = [where.get((int(x), int(y))) for x, y in coords]
+    if any(g is None for g in got):
+        return None
+    return np.asarray(got, dtype=np.int64)
+
+
+def _open_tile_array(
+    path: Path, n_slots: int, cfg: SlideEmbedConfig, slots: NDArray[np.int64], coords: NDArray[np.int64], attrs: dict[str, Any]
+) -> None:
     """Create the kept-tiles group: ``patches`` as the catalog's patch arrays (JPEG chunks,
-    shards of 64) and ``slot`` (tile row -> patch row)."""
+    shards of 64), ``coords`` (top-left level-0 px of each tile) and ``slot`` (tile ->
+    patch row)."""
     import catalog._jpeg  # noqa: F401 - registers the codec
     from catalog._jpeg import JpegCodec
     from catalog._store import PATCHES_ENCODING, PATCHES_VERSION, zarr_open_group
@@ -231,6 +250,8 @@ def _open_tile_array(path: Path, n_slots: int, cfg: SlideEmbedConfig, slots: NDA
     )
     sa = g.create_array("slot", shape=(len(slots),), chunks=(max(len(slots), 1),), dtype="int64", dimension_names=["tile"])
     sa[:] = np.asarray(slots, dtype=np.int64)
+    ca = g.create_array("coords", shape=(len(coords), 2), chunks=(max(len(coords), 1), 2), dtype="int64", dimension_names=["tile", "xy"])
+    ca[:] = np.asarray(coords, dtype=np.int64)
 
 
 def _embed_one(
@@ -259,7 +280,7 @@ def _embed_one(
     n = len(tl)
     feats: NDArray[np.float32] | None = None
     tiles_path = _tiles_store_path(cat, cfg, manifest)
-    from_store = tiles_path.exists() and (tiles_path / "patches").exists() and n > 0
+    slot_of = _kept_slots(tiles_path, np.round(tl).astype(np.int64)) if n > 0 else None
 
     def run_batch(rows: NDArray[np.int64], tiles: NDArray[np.uint8]) -> None:
         nonlocal feats
@@ -271,19 +292,17 @@ def _embed_one(
                 feats = np.zeros((n, out.shape[1]), np.float32)
             feats[rows[s : s + cfg.batch_size]] = out
 
-    if from_store:
+    if slot_of is not None:
         from catalog._shards import PatchReader
-        from catalog._store import zarr_open_array
 
-        slot_of = np.asarray(zarr_open_array(str(tiles_path / "slot"))[:], dtype=np.int64)
-        if len(slot_of) != n:
-            raise SealError(f"{tiles_path}: holds {len(slot_of)} tiles, the grid has {n}; delete this folder to cut the tiles again")
         reader = PatchReader(str(tiles_path / "patches"))
         for s in range(0, n, cfg.batch_size):
             rows = np.arange(s, min(n, s + cfg.batch_size))
             run_batch(rows, np.stack([reader[int(slot_of[r])] for r in rows]))
         report.tiles_from_store.append(sid)
     elif n > 0:
+        if tiles_path.exists():
+            log.info("%s: kept tiles of another grid (other --min-tissue); decoding the slide", sid)
         with open_slide(manifest["path"]) as slide:
             plan = plan_patches(slide, centres, slide_mpp, spec, block_px=cfg.block_px, slot_align=_SHARD if cfg.keep_tiles else 1)
         if len(plan.kept) != n:
@@ -299,12 +318,13 @@ def _embed_one(
                 plan.n_slots,
                 cfg,
                 plan.slots,
+                np.round(tl).astype(np.int64),
                 {
                     "slide_id": sid,
                     "slide_fingerprint": manifest["fingerprint"],
                     "patch_size_px": cfg.tile_px,
                     "pixel_size_um": cfg.mpp,
-                    "order": "tile i of the slide's features (coords[i]) is patches[slot[i]]",
+                    "order": "the tile with top-left coords[i] (level-0 px) is patches[slot[i]]",
                 },
             )
         in_flight = 2 * max(cfg.workers or 2, 1)
@@ -318,7 +338,10 @@ def _embed_one(
             run_batch(rows, tiles)
         if tmp_tiles is not None:
             import os
+            import shutil
 
+            if tiles_path.exists():  # kept tiles of another grid: replaced by this one
+                shutil.rmtree(tiles_path)
             os.replace(tmp_tiles, tiles_path)
     if feats is None:
         feats = np.zeros((0, 0), np.float32)
@@ -393,7 +416,7 @@ def embed_slides(
         },
     )
     report = SlideEmbedReport(name)
-    todo = [s for s in want if not store.has(s, manifests[s]["fingerprint"])]
+    todo = [s for s in want if not store.has(s, manifests[s]["fingerprint"], min_tissue=cfg.min_tissue)]
     report.skipped = [s for s in want if s not in todo]
     if not todo:
         return report

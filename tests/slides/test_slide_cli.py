@@ -73,6 +73,15 @@ def test_resume_and_reuse_of_kept_tiles(embedded: tuple[Path, pd.DataFrame]) -> 
     a = SlideFeatureStore(cat, feature_set_name(parse_encoder(ENC), 1.0, 32)).get(sid)
     b = SlideFeatureStore(cat, rep.feature_set).get(sid)
     assert np.array_equal(a.coords, b.coords) and b.features.shape[0] == a.features.shape[0]
+    # another --min-tissue: not "already stored"; a subset of the grid, still from the kept tiles
+    rep = embed_slides(cat_dir, ENC, SlideEmbedConfig(mpp=1.0, tile_px=32, min_tissue=0.9, device="cpu", workers=1), slides=[sid])
+    assert rep.embedded == [sid] and rep.tiles_from_store == [sid]
+    c = SlideFeatureStore(cat, rep.feature_set).get(sid)
+    assert 0 < len(c.coords) < len(a.coords) and (c.tissue_fraction >= 0.9).all()
+    keep = {tuple(xy) for xy in c.coords.tolist()}
+    rows = [i for i, xy in enumerate(a.coords.tolist()) if tuple(xy) in keep]
+    # same tiles (here decoded from the kept JPEG tiles, first from the slide): nearly the same features
+    assert np.corrcoef(c.features.ravel(), a.features[rows].ravel())[0, 1] > 0.98
 
 
 def test_trident_export_import_round_trip(embedded: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
