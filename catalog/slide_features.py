@@ -136,17 +136,21 @@ class SlideFeatureStore:
     def path(self, slide_id: str) -> Path:
         return self.dir / f"{slide_id}.h5"
 
-    def has(self, slide_id: str, fingerprint: str | None = None) -> bool:
-        """True when the slide's features are stored (and, given ``fingerprint``, current)."""
+    def has(self, slide_id: str, fingerprint: str | None = None, **attrs: Any) -> bool:
+        """True when the slide's features are stored (and, given ``fingerprint`` and other
+        root attributes such as ``min_tissue``, made from that slide file with those values)."""
         import h5py
 
         p = self.path(slide_id)
         if not p.exists():
             return False
-        if fingerprint is None:
+        want = dict(attrs)
+        if fingerprint is not None:
+            want["slide_fingerprint"] = fingerprint
+        if not want:
             return True
         with h5py.File(p, "r") as f:
-            return bool(_attr(f.attrs.get("slide_fingerprint", "")) == fingerprint)
+            return all(_attr(f.attrs.get(k)) == v for k, v in want.items())
 
     def slides(self) -> list[str]:
         if not self.dir.exists():

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from . import _seal_slides
 from ._common import fail, handle_errors, print_table, root_callback
 from ._hest_bench import eval_hest
 from ._zoo import models as models_cmd
@@ -25,6 +26,7 @@ app.callback()(root_callback("seal"))
 app.add_typer(vortex_app, name="vortex")
 app.command("models")(models_cmd)
 app.command("eval-hest")(eval_hest)
+_seal_slides.register(app)
 
 Filter = Annotated[list[str] | None, typer.Option(show_default=False)]
 

@@ -18,7 +18,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ __all__ = [
     "predict_mil",
     "train_mil",
 ]
+
+
+#: Indices of bags: a sequence or an integer array.
+Items: TypeAlias = "Sequence[int] | NDArray[np.int64]"
 
 
 class BagSource(Protocol):
@@ -112,7 +116,7 @@ class Standardizer:
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
 
     @classmethod
-    def fit(cls, source: BagSource, items: Sequence[int]) -> Standardizer:
+    def fit(cls, source: BagSource, items: Items) -> Standardizer:
         n = 0
         s: NDArray[np.float64] | None = None
         ss: NDArray[np.float64] | None = None
@@ -147,7 +151,7 @@ def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 def predict_mil(
     model: nn.Module,
     source: BagSource,
-    items: Sequence[int],
+    items: Items,
     norm: Standardizer,
     device: torch.device,
     *,
@@ -169,8 +173,8 @@ def predict_mil(
 def train_mil(
     kind: str,
     source: BagSource,
-    train_items: Sequence[int],
-    val_items: Sequence[int],
+    train_items: Items,
+    val_items: Items,
     targets: NDArray[np.float64],
     task: str,
     n_out: int,
@@ -194,8 +198,8 @@ def train_mil(
 def _train(
     kind: str,
     source: BagSource,
-    train_items: Sequence[int],
-    val_items: Sequence[int],
+    train_items: Items,
+    val_items: Items,
     targets: NDArray[np.float64],
     task: str,
     n_out: int,

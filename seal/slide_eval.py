@@ -305,3 +305,63 @@ def evaluate_feature_sets(
                 if progress is not None:
                     progress(fs, model_kind, k, metrics)
     return res
+
+
+def run_slide_eval(
+    catalog: str | Path,
+    column: str,
+    encoders: Sequence[str],
+    out: str | Path,
+    *,
+    models: Sequence[str] = ("abmil", "mean"),
+    folds: int = 5,
+    splits: str | Path | None = None,
+    task_type: str = "auto",
+    mpp: float = 0.5,
+    tile_px: int = 224,
+    cfg: MilConfig | None = None,
+    n_heatmaps: int = 4,
+    progress: Any = None,
+) -> tuple[SlideEvalResult, dict[str, Path]]:
+    """``seal slide-eval``: evaluate each encoder's slide features (a stored feature set name,
+    or an encoder spec embedded at ``mpp``/``tile_px``) on label ``column``; writes the report."""
+    import catalog as catalog_pkg
+    from catalog.slide_features import SlideFeatureStore
+
+    from ._slide_report import write_slide_report
+    from .slide_embed import resolve_feature_set
+
+    cat = catalog_pkg.open(catalog)
+    slides = cat.slides()
+    if slides.empty:
+        raise EvalError(f"{cat.uri}: the slide table is empty; add slides with `hestkit add-slides SLIDES.csv --catalog {cat.uri}`")
+    task = slide_task(slides, column, task_type)
+    if not encoders:
+        raise EvalError("give at least one --encoder")
+    stores: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for e in encoders:
+        name, label = resolve_feature_set(cat, e, mpp, tile_px)
+        stores[name] = SlideFeatureStore(cat, name)
+        labels[name] = label
+    sp = read_splits(splits, task) if splits is not None else patient_stratified_folds(task, folds, (cfg or MilConfig()).seed)
+    bad = [m for m in models if m not in ("abmil", "mean")]
+    if bad:
+        raise EvalError(f"--model {bad[0]!r}: expected abmil, mean or both")
+    res = evaluate_feature_sets(stores, task, sp, models=models, cfg=cfg, labels=labels, progress=progress)
+    paths = dict(zip(slides["slide_id"].astype(str), slides["path"].astype(str), strict=True))
+    written = write_slide_report(
+        res,
+        out,
+        stores=stores,
+        slide_paths=paths,
+        n_heatmaps=n_heatmaps,
+        meta={
+            "catalog": cat.uri,
+            "encoders": labels,
+            "models": list(models),
+            "splits": str(splits) if splits is not None else f"{len(sp)} patient-level stratified folds",
+            "mil_config": dict((cfg or MilConfig()).__dict__),
+        },
+    )
+    return res, written

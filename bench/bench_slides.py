@@ -1,0 +1,205 @@
+"""Slide-level path on a synthetic cohort, in one run.
+
+``speed``: tiles/s of ``seal slide-embed`` (blocks of the best pyramid level decoded once
+through dask threads, tiles resampled from them, the encoder in batches) against a
+TRIDENT-style loop over the same tiles (one OpenSlide ``read_region`` per tile at the best
+level, a resize to the tile size, then the same encoder in the same batches). Tissue masks
+are computed before both timings (the same cached mask serves both), so only reading,
+resampling and the model are timed. Prints both rates and their ratio.
+
+``eval``: ``seal slide-eval`` (ABMIL and mean pooling, 5 patient-level folds) on the small
+-region label ``label`` and the continuous score ``score``.
+
+    .venv/bin/python bench/bench_slides.py speed --cohort /tmp/cohort --n-slides 8 --size 4096
+    .venv/bin/python bench/bench_slides.py eval --cohort /tmp/cohort --n-slides 40 --size 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _cohort(root: Path, n: int, size: int) -> Path:
+    from catalog.slides import add_slides
+    from hestkit.synthetic.slides import make_slide_cohort
+
+    cat = root / "cat"
+    if not (root / "raw" / "slides.csv").exists():
+        t = time.perf_counter()
+        make_slide_cohort(root / "raw", n_slides=n, size_px=size, seed=0)
+        print(f"cohort: {n} slides of {size} px in {time.perf_counter() - t:.0f} s")
+    add_slides(cat, root / "raw" / "slides.csv")
+    return cat
+
+
+def _trident_loop(cat_dir: Path, name: str, encoder: str, mpp: float, tile_px: int, batch: int) -> tuple[int, float]:
+    import cv2
+    import openslide
+    import torch
+
+    import catalog
+    from catalog.slide_features import SlideFeatureStore
+    from seal.data import PatchTransform
+    from seal.encoders import parse_encoder
+
+    cat = catalog.open(cat_dir)
+    store = SlideFeatureStore(cat, name)
+    model, dcfg = parse_encoder(encoder).load(torch.device("cpu"))
+    tf = PatchTransform(dcfg["input_size"], dcfg["mean"], dcfg["std"])
+    n = 0
+    t0 = time.perf_counter()
+    for sid in store.slides():
+        m = cat.slide_manifest(sid)
+        coords = store.get(sid).coords
+        side = tile_px * mpp / float(m["mpp"])
+        osl = openslide.OpenSlide(m["path"])
+        level = osl.get_best_level_for_downsample(side / tile_px + 1e-6)
+        ds = osl.level_downsamples[level]
+        size = round(side / ds)
+        imgs = []
+        for x, y in coords:
+            rgb = np.asarray(osl.read_region((int(x), int(y)), level, (size, size)).convert("RGB"))
+            imgs.append(cv2.resize(rgb, (tile_px, tile_px), interpolation=cv2.INTER_AREA))
+            if len(imgs) == batch:
+                with torch.no_grad():
+                    model(torch.stack([tf(i) for i in imgs]))
+                n += len(imgs)
+                imgs = []
+        if imgs:
+            with torch.no_grad():
+                model(torch.stack([tf(i) for i in imgs]))
+            n += len(imgs)
+        osl.close()
+    return n, time.perf_counter() - t0
+
+
+def _read_only(cat_dir: Path, name: str, mpp: float, tile_px: int, workers: int) -> tuple[float, float, int]:
+    """Tiles/s of reading + resampling alone (no model): the block path through dask, and
+    one read_region per tile, over the same tiles."""
+    import cv2
+    import openslide
+
+    import catalog
+    from catalog.slide_features import SlideFeatureStore
+    from hestkit.patches import PairSpec, plan_patches
+    from hestkit.slide import open_slide
+    from seal.slide_embed import _client, _tile_blocks
+
+    cat = catalog.open(cat_dir)
+    store = SlideFeatureStore(cat, name)
+    jobs = []
+    for sid in store.slides():
+        m = cat.slide_manifest(sid)
+        side = tile_px * mpp / float(m["mpp"])
+        jobs.append((m, store.get(sid).coords.astype(float), side))
+    client, cluster = _client(workers, None)
+    n = 0
+    t0 = time.perf_counter()
+    for m, tl, side in jobs:
+        spec = PairSpec(tile_px, mpp)
+        centres = tl + side / 2
+        with open_slide(m["path"]) as slide:
+            plan = plan_patches(slide, centres, float(m["mpp"]), spec, block_px=2048, slot_align=1)
+        for _, tiles in _tile_blocks(client, m["path"], plan, centres, spec, 2 * workers):
+            n += len(tiles)
+    ours = n / (time.perf_counter() - t0)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+    n2 = 0
+    t0 = time.perf_counter()
+    for m, tl, side in jobs:
+        osl = openslide.OpenSlide(m["path"])
+        level = osl.get_best_level_for_downsample(side / tile_px + 1e-6)
+        size = round(side / osl.level_downsamples[level])
+        for x, y in tl:
+            rgb = np.asarray(osl.read_region((int(x), int(y)), level, (size, size)).convert("RGB"))
+            cv2.resize(rgb, (tile_px, tile_px), interpolation=cv2.INTER_AREA)
+            n2 += 1
+        osl.close()
+    return ours, n2 / (time.perf_counter() - t0), n
+
+
+def speed(args: argparse.Namespace) -> dict[str, object]:
+    import catalog
+    from catalog.slides import slide_manifests
+    from seal.slide_embed import SlideEmbedConfig, embed_slides, slide_tissue_mask
+
+    cat_dir = _cohort(Path(args.cohort), args.n_slides, args.size)
+    cat = catalog.open(cat_dir)
+    t = time.perf_counter()
+    for m in slide_manifests(cat.layout)[: args.limit or None]:
+        slide_tissue_mask(cat, m)
+    seg = time.perf_counter() - t
+    cfg = SlideEmbedConfig(mpp=args.mpp, tile_px=args.tile_px, workers=args.workers, device="cpu", batch_size=args.batch)
+    t = time.perf_counter()
+    ids = [m["slide_id"] for m in slide_manifests(cat.layout)][: args.limit or None]
+    rep = embed_slides(cat_dir, args.encoder, cfg, slides=ids)
+    ours_s = time.perf_counter() - t
+    n_ours = sum(rep.n_tiles.values())
+    read_ours, read_tr, _ = _read_only(cat_dir, rep.feature_set, args.mpp, args.tile_px, args.workers)
+    if args.read_only:
+        out = {"tiles": n_ours, "read_hestkit_tiles_per_s": read_ours, "read_trident_tiles_per_s": read_tr, "read_ratio": read_ours / read_tr}
+        print(json.dumps(out, indent=1))
+        return out
+    n_tr, tr_s = _trident_loop(cat_dir, rep.feature_set, args.encoder, args.mpp, args.tile_px, args.batch)
+    out = {
+        "slides": len(rep.embedded),
+        "tiles": n_ours,
+        "segmentation_s": seg,
+        "hestkit_tiles_per_s": n_ours / ours_s,
+        "trident_loop_tiles_per_s": n_tr / tr_s,
+        "ratio": (n_ours / ours_s) / (n_tr / tr_s),
+        "read_hestkit_tiles_per_s": read_ours,
+        "read_trident_tiles_per_s": read_tr,
+        "read_ratio": read_ours / read_tr,
+        "encoder": args.encoder,
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+    }
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from seal.mil import MilConfig
+    from seal.slide_embed import SlideEmbedConfig, embed_slides
+    from seal.slide_eval import run_slide_eval
+
+    cat_dir = _cohort(Path(args.cohort), args.n_slides, args.size)
+    embed_slides(cat_dir, args.encoder, SlideEmbedConfig(mpp=args.mpp, tile_px=args.tile_px, workers=args.workers, device="cpu"))
+    for task in ("label", "score"):
+        res, _ = run_slide_eval(
+            cat_dir, task, [args.encoder], Path(args.cohort) / f"eval_{task}", folds=5, mpp=args.mpp, tile_px=args.tile_px,
+            cfg=MilConfig(lr=1e-3, max_epochs=30, patience=8, threads=1),
+        )
+        print(res.summary().to_string())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("what", choices=["speed", "eval"])
+    p.add_argument("--cohort", default="/tmp/hestkit_slide_cohort")
+    p.add_argument("--n-slides", type=int, default=8)
+    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--encoder", default="timm:test_resnet")
+    p.add_argument("--mpp", type=float, default=0.5)
+    p.add_argument("--tile-px", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=0, help="speed: embed only the first N slides")
+    p.add_argument("--read-only", action="store_true", help="speed: after embedding, time reading alone (no model) both ways")
+    args = p.parse_args()
+    if args.what == "speed":
+        speed(args)
+    else:
+        evaluate(args)
+
+
+if __name__ == "__main__":
+    main()
