@@ -199,6 +199,8 @@ def build_backbone(
     name, w = _split(backbone[5:] if backbone.startswith("timm:") else backbone)
     wpath = Path(weights).expanduser() if weights else w
     if not backbone.startswith("timm:") and (backbone.startswith("seal-release:") or name in zoo.PRESETS or is_model_dir(backbone)):
+        if global_pool is not None:
+            raise BackboneError(f"global_pool={global_pool!r} applies to timm backbones; {backbone} has its own output rule (see `seal models`)")
         spec = parse_encoder(backbone if weights is None or w is not None else f"{backbone}@{weights}")
         if spec.model_dir is not None:
             info = read_encoder_info(spec.model_dir)
