@@ -12,6 +12,7 @@ accelerator busy when its pairs/s is above the model's.
 On a GPU (bf16 autocast, as `seal fit` uses there):
     .venv/bin/python bench/bench_seal_throughput.py --backbone vit_base_patch16_224 \
         --backbone vit_large_patch16_224 --batch-size 256 --catalog demo/catalog --workers 16
+Zoo presets work too (random weights), e.g. LoRA on UNI: --backbone uni --batch-size 128.
 A quick check of the script on the CPU:
     .venv/bin/python bench/bench_seal_throughput.py --backbone test_vit --batch-size 8 --steps 3
 """
@@ -27,7 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from seal.models import LoraSpec, SealModel, create_backbone, data_config, wrap_lora
+from seal.encoders import build_backbone
+from seal.models import LoraSpec, SealModel, data_config, wrap_lora
 from seal.train import FitConfig, _amp, _Objective, resolve_device
 
 
@@ -47,9 +49,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def bench_model(name: str, args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
-    backbone = create_backbone(name)
-    dim = int(backbone.num_features)  # type: ignore[arg-type]
-    size = data_config(backbone)["input_size"]
+    backbone, dcfg, dim, _ = build_backbone(name)  # a timm name or a zoo preset (e.g. uni), random init
+    size = dcfg["input_size"]
     torch.manual_seed(0)
     model = SealModel(wrap_lora(backbone, LoraSpec(blocks=args.lora_blocks)), args.n_genes, dim).to(dev)
     cfg = FitConfig(backbone=name)

@@ -39,8 +39,9 @@ def models(
 
 
 def write_npz(path: Path, emb: Any, view: Any) -> None:
-    """``embeddings`` (n x d float32), ``sample_id`` and ``barcode`` in the view's order,
-    written atomically (a temporary file renamed into place)."""
+    """``embeddings`` (n x d float32), ``sample_id`` and ``barcode`` (unicode arrays: no
+    pickle needed to read them) in the view's order, written atomically (a temporary file
+    renamed into place)."""
     import os
 
     import numpy as np
@@ -51,7 +52,7 @@ def write_npz(path: Path, emb: Any, view: Any) -> None:
     np.savez(
         tmp,
         embeddings=np.asarray(emb, dtype=np.float32),
-        sample_id=obs["sample_id"].astype(str).to_numpy(),
-        barcode=obs["barcode"].astype(str).to_numpy(),
+        sample_id=np.asarray(obs["sample_id"].astype(str).tolist(), dtype=str),
+        barcode=np.asarray(obs["barcode"].astype(str).tolist(), dtype=str),
     )
     os.replace(tmp, path)

@@ -199,6 +199,8 @@ def build_backbone(
     name, w = _split(backbone[5:] if backbone.startswith("timm:") else backbone)
     wpath = Path(weights).expanduser() if weights else w
     if not backbone.startswith("timm:") and (backbone.startswith("seal-release:") or name in zoo.PRESETS or is_model_dir(backbone)):
+        if global_pool is not None:
+            raise BackboneError(f"global_pool={global_pool!r} applies to timm backbones; {backbone} has its own output rule (see `seal models`)")
         spec = parse_encoder(backbone if weights is None or w is not None else f"{backbone}@{weights}")
         if spec.model_dir is not None:
             info = read_encoder_info(spec.model_dir)
@@ -221,12 +223,16 @@ def build_backbone(
 def _compute(
     model: nn.Module, view: Any, dcfg: dict[str, Any], device: torch.device, batch_size: int, num_workers: int
 ) -> np.ndarray:
+    """Embeddings of every pair of ``view``: patches decoded and normalised by ``num_workers``
+    DataLoader processes while the model runs on the previous batch."""
     ds = SealDataset(view, np.zeros((len(view), 1), np.float32), PatchTransform(dcfg["input_size"], dcfg["mean"], dcfg["std"]))
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, shuffle=False, pin_memory=device.type == "cuda"
+    )
     out = []
     for img, _ in loader:
         with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False):
-            out.append(model(img.to(device)).float().cpu().numpy())
+            out.append(model(img.to(device, non_blocking=True)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -240,8 +246,9 @@ def embed_view(
     num_workers: int = 0,
     cache: bool = True,
 ) -> np.ndarray:
-    """Image embeddings of every pair of ``view`` (rows in view order), computed per sample
-    and cached in the catalog under the encoder's key."""
+    """Image embeddings of every pair of ``view`` (rows in view order), cached per sample in
+    the catalog under the encoder's key. The samples not cached yet are embedded in one
+    pass (one DataLoader, so worker start-up is paid once)."""
     from catalog.embeddings import EmbeddingStore
 
     if cache and getattr(cat, "remote", False):
@@ -260,28 +267,36 @@ def embed_view(
         if cache
         else None
     )
-    model: nn.Module | None = None
-    dcfg: dict[str, Any] = {}
+    sids = view.obs["sample_id"].astype(str)
     joinids = view.obs["soma_joinid"].to_numpy()
-    result: np.ndarray | None = None
-    for sid in view.obs["sample_id"].unique():
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    missing: list[str] = []
+    for sid in sids.unique():
         got = store.get(sid) if store is not None else None
         if got is None:
-            if model is None:
-                model, dcfg = spec.load(device)
-            sview = (
-                cat.pairs(sample_ids=[sid])
-                if store is not None
-                else view.subset(np.flatnonzero((view.obs["sample_id"] == sid).to_numpy()))
-            )
-            emb = _compute(model, sview, dcfg, device, batch_size, num_workers)
-            got = (sview.obs["soma_joinid"].to_numpy(), emb)
+            missing.append(str(sid))
+        else:
+            found[str(sid)] = got
+    if missing:
+        model, dcfg = spec.load(device)
+        mview = (
+            cat.pairs(sample_ids=missing)  # whole samples, so that the cache is complete
+            if store is not None
+            else view.subset(np.flatnonzero(sids.isin(missing).to_numpy()))
+        )
+        emb = _compute(model, mview, dcfg, device, batch_size, num_workers)
+        msids = mview.obs["sample_id"].astype(str).to_numpy()
+        mjoin = mview.obs["soma_joinid"].to_numpy()
+        for sid in missing:
+            rows = np.flatnonzero(msids == sid)
+            found[sid] = (mjoin[rows], emb[rows])
             if store is not None:
-                store.put(sid, *got)
-        j, e = got
+                store.put(sid, *found[sid])
+    result: np.ndarray | None = None
+    for sid, (j, e) in found.items():
         if result is None:
             result = np.zeros((len(view), e.shape[1]), np.float32)
-        rows = np.flatnonzero((view.obs["sample_id"] == sid).to_numpy())
+        rows = np.flatnonzero((sids == sid).to_numpy())
         pos = {int(x): k for k, x in enumerate(j)}
         result[rows] = e[[pos[int(x)] for x in joinids[rows]]]
     return result if result is not None else np.zeros((0, 0), np.float32)

@@ -613,8 +613,9 @@ def build_from_recipe(rec: Mapping[str, Any], *, seed: int = 0, skip_init: bool 
     kwargs.update(pretrained=False, num_classes=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        extra: dict[str, Any] = {"weight_init": "skip"} if skip_init else {}
         try:
-            trunk = timm.create_model(str(rec["timm_name"]), **kwargs, **({"weight_init": "skip"} if skip_init else {}))
+            trunk = timm.create_model(str(rec["timm_name"]), **kwargs, **extra)
         except TypeError:
             trunk = timm.create_model(str(rec["timm_name"]), **kwargs)
         for name in rec.get("truncate", []):

@@ -48,7 +48,13 @@ def build_backbone(cfg: ModelConfig, *, load: bool = True, seed: int = 0) -> tup
         weights = weights or (str(w) if w else None)
     elif _split(name)[0] in PRESETS or name.startswith("seal-release:"):
         from ..encoders import build_backbone as build_spec
+        from ..errors import BackboneError
 
+        if kwargs:
+            raise BackboneError(
+                f"{name}: a model-zoo preset is built with its published architecture; "
+                f"create kwargs {sorted(kwargs)} (e.g. --img-size) apply to timm backbones only"
+            )
         spec = name
         if not load:
             from .._zoo_layouts import SEAL_BACKBONES
