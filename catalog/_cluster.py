@@ -29,8 +29,6 @@ def local_client(workers: int | None, dashboard: str | None = None) -> tuple[Any
     listens on 127.0.0.1 only, at a free port."""
     from distributed import Client, LocalCluster
 
-    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     n = workers or min(os.cpu_count() or 1, 8)
     cluster = LocalCluster(
         n_workers=0,  # the worker is added below, once its HTTP server is off the dashboard

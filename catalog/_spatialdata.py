@@ -39,6 +39,7 @@ def write_spatialdata(cat: Catalog, sample_id: str, out: Path) -> Path:
     """The sample's slide (multiscale, streamed block by block), its spots as shapes of
     their true size (circles, or axis-aligned squares) and its table, in the coordinate
     systems ``global`` (level-0 px) and ``micrometres``."""
+    import anndata
     import dask.array as da
     import geopandas as gpd
     from shapely.geometry import Point, box
@@ -89,6 +90,10 @@ def write_spatialdata(cat: Catalog, sample_id: str, out: Path) -> Path:
     adata.uns["hestkit"] = {k: ("" if v is None else v) for k, v in hk.items()}
     table = TableModel.parse(adata, region="spots", region_key="region", instance_key="instance_id")
     sdata = sd.SpatialData(images={"he": image}, shapes={"spots": shapes}, tables={"table": table})
-    sdata.write(str(out), overwrite=True)
+    # anndata warns (once per array of the table) that zarr v3 autosharding will become its
+    # default unless the writer says which it wants: say so, for this write only (unsharded,
+    # today's layout; the image and shapes are written by ome-zarr and parquet, unaffected)
+    with anndata.settings.override(auto_shard_zarr_v3=False):
+        sdata.write(str(out), overwrite=True)
     slide.close()
     return out

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from . import _scanpy
 from ._faults import fault_point, writing
 from ._store import strict_json
 from .catalog import Catalog
@@ -28,47 +29,25 @@ HEST_TECHNOLOGY_NAMES = {"visium": "Visium", "visium-hd": "Visium HD", "xenium":
 
 
 def sample_anndata(cat: Catalog, sample_id: str) -> Any:
-    """One sample as AnnData: raw counts, ``obsm['spatial']`` = spot centres (x, y) in
-    level-0 px, and ``uns['spatial'][sample_id]`` in the scanpy convention (the stored
-    thumbnail as the ``hires`` image with its scale factor)."""
+    """One sample as AnnData: raw counts, obs named by barcode, and the scanpy / squidpy
+    conventions of :mod:`catalog._scanpy` (``obsm['spatial']`` = spot centres (x, y) in
+    level-0 px, ``obs['library_id']``, ``var['gene_ids']``, ``uns['spatial'][sample_id]``
+    with the stored thumbnail as the ``hires`` image and its scale factors)."""
     import anndata as ad
 
-    m = cat.manifest(sample_id)
     view = cat.pairs(sample_ids=[sample_id])
-    own = set(cat.sample_genes(m))
+    own = set(cat.sample_genes(cat.manifest(sample_id)))
     genes = [g for g in view.genes if g in own]
     view = view.with_genes(genes)
     obs = object_strings(view.obs.drop(columns=["soma_joinid", "obs_id", "ingest_id", "patch_index"]))
     obs.index = pd.Index(obs["barcode"].astype(str).to_numpy(), name=None)
-    obs["pxl_col_in_fullres"] = obs["x_px"]
-    obs["pxl_row_in_fullres"] = obs["y_px"]
-    gene_ids = dict(zip(*_var_ids(cat), strict=True))
-    var = pd.DataFrame({"gene_ids": [gene_ids.get(g, g) for g in genes]}, index=pd.Index(genes, name=None))
+    _scanpy.add_fullres_columns(obs)
+    obs["library_id"] = _scanpy.library_ids(obs["sample_id"])
+    var = pd.DataFrame({"gene_ids": _scanpy.gene_ids(cat, genes)}, index=pd.Index(genes, name=None))
     a = ad.AnnData(X=view.expression(), obs=obs, var=var)
     a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)
-    thumb, ds = cat.sample_thumbnail(sample_id)
-    a.uns["spatial"] = {
-        sample_id: {
-            "images": {"hires": thumb},
-            "scalefactors": {
-                "tissue_hires_scalef": 1.0 / ds,
-                "spot_diameter_fullres": float(m["spot_diameter_um"]) / float(m["pixel_size_um"]),
-            },
-            "metadata": {
-                "source_image_path": m["image_path"],
-                "pixel_size_um": m["pixel_size_um"],
-                "technology": m["technology"],
-            },
-        }
-    }
+    a.uns["spatial"] = {sample_id: _scanpy.spatial_library(cat, sample_id)}
     return a
-
-
-def _var_ids(cat: Catalog) -> tuple[list[str], list[str]]:
-    from . import _soma
-
-    var = _soma.read_var(cat.layout.soma)
-    return [str(v) for v in var["var_id"]], [str(v) for v in var["gene_id"]]
 
 
 def _hest_metadata(m: dict[str, Any]) -> dict[str, Any]:

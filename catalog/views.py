@@ -228,20 +228,36 @@ class PairView:
         return PairDataset(self, **kwargs)
 
     def to_anndata(self) -> Any:
-        """Expression with obs as an AnnData (``obsm['spatial']`` = centres, level-0 px)."""
+        """Expression with obs as an AnnData, in the scanpy / squidpy conventions of the
+        AnnData export (:mod:`catalog._scanpy`): obs named ``{sample_id}_{barcode}`` (stable
+        across re-ingests), ``obs['library_id']`` = sample id (squidpy's ``library_key``),
+        ``obsm['spatial']`` = centres in level-0 px of each sample's WSI, ``var['gene_ids']``,
+        and ``uns['spatial'][sample_id]`` (thumbnail as ``hires``, its scale factors) for
+        every sample of the view."""
         import anndata as ad
 
+        from . import _scanpy
+        from .catalog import Catalog
+
+        cat = Catalog(self.root)
         obs = object_strings(self.obs)
-        obs.index = obs["obs_id"].astype(str).to_numpy() if "obs_id" in obs else obs.index.astype(str)
+        obs.index = pd.Index((obs["sample_id"].astype(str) + "_" + obs["barcode"].astype(str)).to_numpy(), name=None)
+        _scanpy.add_fullres_columns(obs)
+        obs["library_id"] = _scanpy.library_ids(obs["sample_id"])
         measured = self.measured
         var = pd.DataFrame(
-            {"n_samples_measured": measured.sum(axis=0).to_numpy(dtype=np.int64)}, index=pd.Index(self.genes, name="gene")
+            {
+                "gene_ids": _scanpy.gene_ids(cat, self.genes),
+                "n_samples_measured": measured.sum(axis=0).to_numpy(dtype=np.int64),
+            },
+            index=pd.Index(self.genes, name=None),
         )
         with warnings.catch_warnings():  # recorded below instead: uns['hestkit']['measured']
             warnings.simplefilter("ignore", UnmeasuredGeneWarning)
             X = self.expression()
         a = ad.AnnData(X=X, obs=obs, var=var)
         a.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=float)
+        a.uns["spatial"] = {sid: _scanpy.spatial_library(cat, sid) for sid in self._sample_names}
         a.uns["hestkit"] = {
             "patch_size_px": self.spec.patch_size_px,
             "pixel_size_um": self.spec.pixel_size_um,
