@@ -41,6 +41,7 @@ def test_fit_writes_a_model_directory(small_catalog: Path, tmp_path: Path) -> No
         "train_log.jsonl",
         "loss_curve.png",
         "checkpoint.pt",
+        "summary.json",
         "adapter/adapter_model.safetensors",
     ):
         assert (out / name).exists(), name
@@ -110,7 +111,7 @@ def test_without_patients_splits_by_sample(tmp_path: Path) -> None:
         make_visium(tmp_path / f"s{i}", n_rows=6, n_cols=6, pixel_size_um=1.0, seed=300 + i)
         cat.ingest([tmp_path / f"s{i}"], options=ReadOptions(sample_id=f"s{i}"), workers=1)
     with pytest.warns(UserWarning, match="splitting by sample"):
-        out = fit(cat.path, _cfg(epochs=1, val_fraction=0.34), tmp_path / "m", progress=False)
+        out = fit(cat.path, _cfg(epochs=1, val_fraction=0.34, probe="patients"), tmp_path / "m", progress=False)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["split"] == "sample"
     assert np.isfinite(log[-1]["val_loss"])
