@@ -80,8 +80,9 @@ def relocate(
     new: Annotated[str, typer.Option("--to", help="Their new location.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; write nothing.")] = False,
 ) -> None:
-    """Rewrite the slide and source paths the catalog records after the input data moved
-    (each manifest atomically, under the writers' lock)."""
+    """Rewrite the slide and source paths the catalog records after the input data moved.
+
+    Each manifest is rewritten atomically, under the writers' lock."""
     with handle_errors():
         import catalog
         from catalog.relocate import relocate as _relocate

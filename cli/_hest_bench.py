@@ -30,7 +30,9 @@ def eval_hest(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store embeddings under OUT/embeddings.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """HEST-Benchmark exactly as HEST runs it (PCA-256 + ridge by default): one row per encoder, one column per task."""
+    """HEST-Benchmark exactly as HEST runs it (PCA-256 + ridge by default).
+
+    One row per encoder, one column per task."""
     with handle_errors():
         import pandas as pd
 

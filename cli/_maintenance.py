@@ -28,9 +28,10 @@ def check(
         str, typer.Option("--older-than", help="Unreferenced patch folders younger than this are in-flight ingests.")
     ] = "1h",
 ) -> None:
-    """Verify every element of a catalog: manifests, gene lists, SOMA arrays and their
-    schemas, patch arrays; reads a sample of rows, counts and patches. Exit 0 when no
-    damage is found, 1 otherwise."""
+    """Verify every element of a catalog; exit 0 when no damage is found, 1 otherwise.
+
+    Checks manifests, gene lists, SOMA arrays and their schemas, patch arrays; reads a
+    sample of rows, counts and patches."""
     with handle_errors():
         import json
 
@@ -56,8 +57,10 @@ def gc(
     ] = "1h",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed.")] = False,
 ) -> None:
-    """Remove patch generations replaced by --overwrite (kept meanwhile for readers that
-    hold them) and staging left by dead ingests, once older than --older-than."""
+    """Remove replaced patch generations and dead ingests' staging, once old enough.
+
+    Patch generations replaced by --overwrite are kept meanwhile for readers that hold
+    them; both are removed once older than --older-than."""
     with handle_errors():
         from catalog.check import gc_catalog, parse_duration
 

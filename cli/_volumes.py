@@ -77,8 +77,9 @@ def ingest_volume(
     overwrite: Annotated[bool, typer.Option(help="Replace a volume with this id.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Store a 3D volume in the catalog as a chunked OME-Zarr multiscale image, written block
-    by block; it lands whole or not at all."""
+    """Store a 3D volume in the catalog as a chunked OME-Zarr multiscale image.
+
+    Written block by block; it lands whole or not at all."""
     with handle_errors():
         import catalog
 

@@ -15,8 +15,9 @@ __all__ = ["models", "write_npz"]
 def models(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show the timm name, checkpoint files and layout.")] = False,
 ) -> None:
-    """List the model-zoo presets (embedding size, input size, parameters); use them as
-    PRESET@WEIGHTS in --backbone / --encoder. Facts and sources: docs/models.md."""
+    """List the model-zoo presets: embedding size, input size, parameters.
+
+    Use them as PRESET@WEIGHTS in --backbone / --encoder. Facts and sources: docs/models.md."""
     with handle_errors():
         import pandas as pd
 

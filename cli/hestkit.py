@@ -14,6 +14,7 @@ from ._common import fail, handle_errors, print_json, print_table, progress_bars
 
 app = typer.Typer(
     name="hestkit",
+    rich_markup_mode="markdown",  # paragraphs reflow to the terminal; [..] is shown, not eaten as style
     help="Spatial transcriptomics + H&E: ingest cohorts into a catalog of spot-patch pairs, query and plot it.",
     no_args_is_help=True,
     add_completion=True,
@@ -100,7 +101,9 @@ def ingest(
     spot_size_um: Annotated[
         str | None,
         typer.Option(
-            "--spot-size-um", help="Xenium/Visium HD: side of the square pseudo-spots in um; Xenium: 'cell' = one pair per cell."
+            "--spot-size-um",
+            help="Xenium/Visium HD: side of the square pseudo-spots in um (default: 55 for Xenium, 56 for Visium HD); "
+            "Xenium: 'cell' = one pair per cell.",
         ),
     ] = None,
     pixel_size_um: Annotated[
@@ -244,9 +247,10 @@ def ls(
 def reindex(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
 ) -> None:
-    """Write the gene-list indexes that queries use to find each sample's genes without
-    reading gene names (catalogs from hestkit versions before they existed lack them).
-    Safe while others read or ingest."""
+    """Write the gene-list indexes that queries use to find each sample's genes.
+
+    Catalogs from hestkit versions before these indexes existed lack them; queries then
+    read gene names. Safe while others read or ingest."""
     with handle_errors():
         import catalog
 
@@ -260,8 +264,10 @@ def reindex(
 def compact(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3://bucket/prefix.")],
 ) -> None:
-    """Merge the catalog's TileDB fragments (one per commit) into one per array, for faster
-    queries after a large ingest. Run it when no job reads the catalog; ingests wait."""
+    """Merge the catalog's TileDB fragments into one per array, for faster queries.
+
+    A commit writes one fragment per array; compact after a large ingest. Run it when no
+    job reads the catalog; ingests wait."""
     with handle_errors():
         import time
 
@@ -366,8 +372,10 @@ def export(
         Path, typer.Option("--out", "-o", help="The .h5ad file (anndata), a folder (hest) or a .zarr store (spatialdata).")
     ],
 ) -> None:
-    """Export one sample: AnnData (obsm['spatial'] centres, uns['spatial'] scanpy-style), the
-    HEST-1k layout (wsis/, st/, metadata/, patches/{id}.h5 with top-left coords), or SpatialData."""
+    """Export one sample as AnnData, the HEST-1k layout or SpatialData.
+
+    AnnData: obsm['spatial'] centres, uns['spatial'] scanpy-style. HEST-1k: wsis/, st/,
+    metadata/, patches/{id}.h5 with top-left coords. SpatialData: a .zarr store."""
     with handle_errors():
         import catalog
         from catalog.export import export_sample
@@ -382,8 +390,10 @@ def demo(
     workers: Annotated[int | None, typer.Option(help="Threads of the local dask cluster.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 0,
 ) -> None:
-    """Generate a small synthetic cohort (Space Ranger 1.x/2.x and HEST-1k layouts),
-    ingest it, print the catalog and write a spatial plot."""
+    """Generate, ingest and plot a small synthetic cohort.
+
+    The cohort has Space Ranger 1.x/2.x and HEST-1k layouts; the command ingests it,
+    prints the catalog and writes a spatial plot."""
     with handle_errors():
         import shutil
 

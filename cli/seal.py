@@ -15,6 +15,7 @@ from .seal_vortex import app as vortex_app
 
 app = typer.Typer(
     name="seal",
+    rich_markup_mode="markdown",
     help="SEAL: ST-guided parameter-efficient (LoRA) finetuning of vision encoders on catalog pairs; HEST-Benchmark evaluation.",
     no_args_is_help=True,
     add_completion=True,
@@ -229,7 +230,9 @@ def eval_(
     samples: Filter = None,
     exclude_samples: Filter = None,
 ) -> None:
-    """HEST-Benchmark protocol (patient-level folds or --splits, PCA + ridge, Pearson) and gene-to-image retrieval."""
+    """HEST-Benchmark protocol and gene-to-image retrieval.
+
+    Patient-level folds or --splits, PCA + ridge, Pearson."""
     with handle_errors():
         import pandas as pd
 

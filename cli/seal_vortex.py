@@ -11,7 +11,8 @@ from ._common import fail, handle_errors
 
 app = typer.Typer(
     name="vortex",
-    help="VORTEX: pretrain a 3D encoder on volume/section pairs, fine-tune on one volume's sections, predict expression through the whole volume.",
+    rich_markup_mode="markdown",
+    help="VORTEX: 3D expression prediction from volumes and their serial ST sections.\n\nPretrain a 3D encoder on volume/section pairs, fine-tune on one volume's sections, predict expression through the whole volume.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -308,8 +309,10 @@ def eval_(
     device: Device = "auto",
     seed: Seed = 0,
 ) -> None:
-    """Serial-section protocol: fine-tune on one section, predict the others; VORTEX vs (a) no fine-tuning,
-    (b) no pretraining, (c) 2D encoder + ridge on the nearest slice."""
+    """Serial-section protocol: fine-tune on one section, predict the others.
+
+    Compares VORTEX with (a) no fine-tuning, (b) no pretraining, (c) 2D encoder + ridge on
+    the nearest slice."""
     with handle_errors():
         import pandas as pd
 

@@ -132,3 +132,13 @@ def _check_untouched(cat: catalog.Catalog, tmp_path: Path, _levels: Callable[[],
     assert not changed, changed
     assert logging.root.manager.disable == disable
     assert warnings.filters == filters
+
+
+def test_gene_colours_are_log1p_counts(cat: catalog.Catalog) -> None:
+    view = cat.pairs(sample_ids=["hd1"])
+    gene = view.genes[1]
+    fig = sample_figure(cat, "hd1", gene=gene.lower() if gene.lower() not in view.genes else gene, tissue=False)
+    coll = _spots(fig)
+    want = np.log1p(np.asarray(view.expression([gene]).toarray(), dtype=float).ravel())
+    np.testing.assert_allclose(np.asarray(coll.get_array(), dtype=float), want, rtol=1e-6)
+    assert any(f"{gene} (log1p counts)" in a.get_ylabel() for a in fig.axes)
