@@ -86,13 +86,13 @@ def test_fit_then_eval_gives_retrieval_far_above_chance(small_catalog: Path, tmp
 
 def test_eval_errors(small_catalog: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["eval", str(small_catalog), "--encoder", "nonsense", "--out", str(tmp_path / "e")])
-    assert r.exit_code == 1 and "neither timm:NAME" in r.output
+    assert r.exit_code == 1 and "is not PRESET[@WEIGHTS]" in r.output and "timm:NAME[@WEIGHTS]" in r.output
     r = runner.invoke(app, ["eval", str(small_catalog), "--encoder", "timm:not_a_model_xyz", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "unknown backbone" in r.output
     r = runner.invoke(
         app, ["eval", str(small_catalog), "--encoder", "timm:test_vit", "--out", str(tmp_path / "e"), "--organ", "Heart"]
     )
-    assert r.exit_code == 1 and "no pairs" in r.output
+    assert r.exit_code == 1 and "no sample has organ 'Heart'" in " ".join(r.output.split())
     r = runner.invoke(
         app, ["fit", str(small_catalog), "--backbone", "test_vit", "--out", str(tmp_path / "m"), "--lora-blocks", "x"]
     )
