@@ -397,7 +397,7 @@ def fit(
         if epoch == 0 and clip_values and clip_at_chance(ep_rec["clip_epoch"], bs * world) and rank == 0:
             ep_rec["clip_at_chance"] = True
             warnings.warn(
-                f"after the first epoch the contrastive term is {ep_rec['clip_epoch']:.3f}, still at chance "
+                f"after the first epoch the contrastive term is {ep_rec['clip_epoch']:.3f}, still not below chance "
                 f"(ln({bs * world}) = {math.log(bs * world):.3f}): images and expression are not being aligned; "
                 "check the learning rate, --lora-blocks and the gene selection (see docs/seal.md)",
                 stacklevel=2,
