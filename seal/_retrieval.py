@@ -27,13 +27,17 @@ def _unit_rows(x: NDArray[np.float64], name: str) -> NDArray[np.float64]:
     return x / np.where(zero, 1.0, norms)[:, None]
 
 
-def retrieval_ranks(image_emb: ArrayLike, expr_emb: ArrayLike, *, chunk_size: int = 1024) -> NDArray[np.int64]:
+def retrieval_ranks(
+    image_emb: ArrayLike, expr_emb: ArrayLike, *, chunk_size: int = 1024, centre: bool = False
+) -> NDArray[np.int64]:
     """Rank (1 = best) of the true patch ``i`` for each expression query ``i`` among all
     ``n`` image embeddings, by cosine similarity. Ties are resolved pessimistically:
     rank = 1 + #(others strictly more similar) + #(others equally similar).
 
     Queries are processed ``chunk_size`` at a time (fewer when ``n`` is large, so that
-    one block holds at most 2**24 similarities).
+    one block holds at most 2**24 similarities). ``centre`` subtracts each side's mean over
+    the set before the cosine, as a model trained with centred embeddings
+    (``FitConfig.centre_embeddings``) compares them.
     """
     img = np.asarray(image_emb, dtype=np.float64)
     exp = np.asarray(expr_emb, dtype=np.float64)
@@ -49,6 +53,9 @@ def retrieval_ranks(image_emb: ArrayLike, expr_emb: ArrayLike, *, chunk_size: in
     if chunk_size < 1:
         raise EvalError(f"chunk_size={chunk_size}; expected >= 1.")
     n = img.shape[0]
+    if centre:
+        img = img - img.mean(axis=0, keepdims=True)
+        exp = exp - exp.mean(axis=0, keepdims=True)
     img_u = _unit_rows(img, "image_emb")
     exp_u = _unit_rows(exp, "expr_emb")
     step = max(1, min(int(chunk_size), _MAX_BLOCK // n))
@@ -69,6 +76,7 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     *,
     chunk_size: int = 1024,
+    centre: bool = False,
 ) -> dict[str, float]:
     """Gene-to-image retrieval: query with ``expr_emb[i]``, rank all patches ``image_emb[j]``
     by cosine similarity; the correct answer is ``j = i`` (see :func:`retrieval_ranks`).
@@ -80,7 +88,7 @@ def retrieval_metrics(
     ks_list = [int(k) for k in ks]
     if not ks_list or any(k < 1 for k in ks_list):
         raise EvalError(f"ks={list(ks)!r}; expected one or more positive integers, e.g. (1, 5, 10).")
-    ranks = retrieval_ranks(image_emb, expr_emb, chunk_size=chunk_size)
+    ranks = retrieval_ranks(image_emb, expr_emb, chunk_size=chunk_size, centre=centre)
     n = len(ranks)
     out: dict[str, float] = {}
     for k in ks_list:

@@ -18,17 +18,21 @@ CHANCE_MARGIN = 0.97
 """The contrastive term counts as at chance above this fraction of ln(batch)."""
 
 
-def clip_at_chance(clip: float, batch: int) -> bool:
-    """Whether a symmetric InfoNCE value is (still) at the chance level ln(batch)."""
-    return batch > 1 and clip >= CHANCE_MARGIN * math.log(batch)
+def clip_at_chance(clip: float, batch: int, start: float | None = None) -> bool:
+    """Whether a symmetric InfoNCE value is (still) at the chance level ln(batch) and, when
+    the first step's value ``start`` is known, has not fallen from it either (a centred,
+    low-temperature loss starts above ln(batch) and is healthy while it falls)."""
+    if batch <= 1 or clip < CHANCE_MARGIN * math.log(batch):
+        return False
+    return start is None or clip >= CHANCE_MARGIN * start
 
 
-def probe_retrieval(image_emb: np.ndarray, expr_emb: np.ndarray) -> dict[str, float]:
+def probe_retrieval(image_emb: np.ndarray, expr_emb: np.ndarray, *, centre: bool = False) -> dict[str, float]:
     """Gene-to-image recall@10 of the probe pairs against chance (keys ``val_recall_at_10``,
     ``val_chance_recall_at_10``); empty below 2 pairs."""
     if len(image_emb) < 2:
         return {}
-    m = retrieval_metrics(image_emb, expr_emb, ks=(10,))
+    m = retrieval_metrics(image_emb, expr_emb, ks=(10,), centre=centre)
     return {"val_recall_at_10": float(m["recall_at_10"]), "val_chance_recall_at_10": float(m["chance_recall_at_10"])}
 
 
@@ -61,6 +65,8 @@ class FitSummary:
             return float(v) if v is not None and np.isfinite(v) else None
 
         c1 = num(first, "clip_epoch")
+        steps = [r for r in (json.loads(x) for x in log_path.read_text().splitlines() if x.strip()) if "lr" in r]
+        c0 = num(steps[0], "clip") if steps else None
         return cls(
             probe=str(split.note),
             probe_level=str(split.level),
@@ -71,7 +77,7 @@ class FitSummary:
             clip_chance=math.log(batch) if batch > 1 else 0.0,
             clip_first_epoch=c1,
             clip_last_epoch=num(last, "clip_epoch"),
-            clip_at_chance_after_first_epoch=c1 is not None and clip_at_chance(c1, batch),
+            clip_at_chance_after_first_epoch=c1 is not None and clip_at_chance(c1, batch, c0),
             probe_pearson=num(last, "val_pearson"),
             probe_recall_at_10=num(last, "val_recall_at_10"),
             probe_chance_recall_at_10=num(last, "val_chance_recall_at_10"),

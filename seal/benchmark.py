@@ -91,7 +91,7 @@ def evaluate_catalog(
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 expr_emb = _expression_embeddings(spec, view, device)
-            retrieval[spec.label] = retrieval_metrics(embeddings[spec.label], expr_emb)
+            retrieval[spec.label] = retrieval_metrics(embeddings[spec.label], expr_emb, centre=_trained_centred(spec.model_dir))
     if cfg.splits:
         result, _ = score_folds(embeddings, targets, folds, genes, ProbeConfig(latent_dim=cfg.n_components))
     else:
@@ -104,3 +104,15 @@ def evaluate_catalog(
     report["samples"] = sorted(set(sample_ids))
     write_report(report, Path(out))
     return report
+
+
+def _trained_centred(model_dir: Any) -> bool:
+    """Whether a ``seal fit`` model aligned centred embeddings (then retrieval centres too)."""
+    import json
+    from pathlib import Path
+
+    cfg = Path(model_dir) / "config.json"
+    try:
+        return bool(json.loads(cfg.read_text()).get("fit", {}).get("centre_embeddings", False))
+    except (OSError, ValueError):
+        return False

@@ -40,7 +40,8 @@ def clip_loss(image: torch.Tensor, expression: torch.Tensor, temperature: float 
     randomly initialised (and, less so, a pretrained) encoder maps every patch close to one
     common direction (cosine ~0.99 between patches of a random ViT), which leaves the
     normalised logits nearly equal and the loss stuck at ln(batch); centring compares what
-    differs between patches. Rankings of patches for a fixed query are unchanged by it."""
+    differs between patches. Centring changes the cosines, so retrieval with such a model
+    centres too (``seal eval`` reads ``centre_embeddings`` from the model directory)."""
     img, exp = gather_features(image.float()), gather_features(expression.float())
     if centre:
         img = img - img.mean(dim=0, keepdim=True)

@@ -233,7 +233,7 @@ def _probe(
     return {
         "val_loss": float(np.mean(losses)) if losses else float("nan"),
         "val_pearson": _pearson_mean(np.concatenate(preds), np.concatenate(trues)),
-        **probe_retrieval(np.concatenate(img_emb), np.concatenate(expr_emb)),
+        **probe_retrieval(np.concatenate(img_emb), np.concatenate(expr_emb), centre=cfg.centre_embeddings),
     }
 
 
@@ -394,7 +394,7 @@ def fit(
             ep_rec["clip_epoch"] = float(np.mean(clip_values[-max(1, len(clip_values) // 3) :]))
         if val_loader is not None and rank == 0:
             ep_rec.update(_probe(model, val_loader, device, cfg, mean, std))
-        if epoch == 0 and clip_values and clip_at_chance(ep_rec["clip_epoch"], bs * world) and rank == 0:
+        if epoch == 0 and clip_values and clip_at_chance(ep_rec["clip_epoch"], bs * world, clip_values[0]) and rank == 0:
             ep_rec["clip_at_chance"] = True
             warnings.warn(
                 f"after the first epoch the contrastive term is {ep_rec['clip_epoch']:.3f}, still not below chance "

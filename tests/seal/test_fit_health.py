@@ -102,6 +102,8 @@ def test_centred_contrastive_term_learns_where_plain_cosine_is_at_chance() -> No
 
 def test_summary_says_when_the_contrastive_term_is_at_chance(tmp_path: Path) -> None:
     assert clip_at_chance(2.75, 16) and not clip_at_chance(2.0, 16)
+    # a centred loss at temperature 0.05 starts above ln(16): falling from its start is healthy
+    assert not clip_at_chance(5.8, 16, start=6.6) and clip_at_chance(6.5, 16, start=6.6)
     log = tmp_path / "log.jsonl"
     recs = [
         {"epoch": 0, "step": 5, "lr": 1e-3, "clip": 2.77},
