@@ -54,7 +54,7 @@ def fit(
     catalog_dir: Annotated[str, typer.Argument(help="Catalog folder or s3:// URI (from hestkit ingest).")],
     backbone: Annotated[
         str,
-        typer.Option(help="Encoder spec: a preset (uni@WEIGHTS, see `seal models`), a timm name or timm:NAME[@WEIGHTS]."),
+        typer.Option(help="Encoder spec: a preset (see `seal models`) or a timm name (timm:NAME), each optionally followed by [@WEIGHTS]."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     weights: Annotated[Path | None, typer.Option(help="Local weights (file or HF snapshot folder), instead of BACKBONE@WEIGHTS.")] = None,

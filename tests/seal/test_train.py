@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seal.errors import GeneListError, SelectionError
+from catalog.errors import QueryError
+from seal.errors import GeneListError
 from seal.io import load_encoder
 from seal.models import LoraSpec, create_backbone, wrap_lora
 from seal.train import FitConfig, fit
@@ -97,7 +98,7 @@ def test_seeded_runs_are_deterministic_on_cpu(small_catalog: Path, tmp_path: Pat
 def test_bad_selections(small_catalog: Path, tmp_path: Path) -> None:
     with pytest.raises(GeneListError, match="not in the selected pairs"):
         fit(small_catalog, _cfg(genes=("NOT_A_GENE", "ALSO_NOT")), tmp_path / "g", progress=False)
-    with pytest.raises(SelectionError, match="no pairs"):
+    with pytest.raises(QueryError, match="no sample has organ 'Heart'"):
         fit(small_catalog, _cfg(organ=("Heart",)), tmp_path / "e", progress=False)
 
 
