@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/hestkit demo demo
 
-## The test suite (about 5 minutes on 2 cores, after a first set-up of 3-6 minutes).
+## The test suite (about 6-7 minutes on 2 cores, after a first set-up of 3-6 minutes).
 test: setup
 	$(VENV)/bin/pytest -q
 
