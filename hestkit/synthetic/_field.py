@@ -43,8 +43,14 @@ def _hash01(cells: NDArray[np.int64], seed: int, salt: int) -> NDArray[np.float6
             ^ c[:, 2] * np.uint64(0x165667B19E3779F9)
             ^ np.uint64((seed * 1_000_003 + salt * 7919) & 0xFFFFFFFFFFFF)
         )
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
+    return splitmix01(h)
+
+
+def splitmix01(h: NDArray[np.uint64]) -> NDArray[np.float64]:
+    """The splitmix64 finaliser of mixed 64-bit keys, as uniform [0, 1) floats (53 bits)."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(30))
+        h = h * np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
         h *= np.uint64(0x94D049BB133111EB)
         h ^= h >> np.uint64(31)

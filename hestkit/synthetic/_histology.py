@@ -29,6 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ._field import splitmix01
+
 __all__ = [
     "HISTOLOGY_MORPHOLOGIES",
     "GlandTissue",
@@ -64,13 +66,7 @@ def _hash01(i: NDArray[np.int64], j: NDArray[np.int64], seed: int, salt: int) ->
             ^ j.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
             ^ np.uint64((seed * 1_000_003 + salt * 7919) & 0xFFFFFFFFFFFF)
         )
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    out: NDArray[np.float64] = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return out
+    return splitmix01(h)
 
 
 @dataclass(frozen=True, eq=False)
