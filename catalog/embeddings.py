@@ -7,7 +7,6 @@ Files are written to a temporary name and renamed, so a cache entry is whole or 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._store import atomic_write_json
 from .catalog import Catalog
 from .errors import CatalogError
 
@@ -42,11 +42,7 @@ class EmbeddingStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             mpath = self.dir / "meta.json"
             if not mpath.exists():
-                tmp = self.dir / f".meta.{uuid.uuid4().hex}.tmp"
-                tmp.write_text(
-                    json.dumps({"encoding-type": EMBEDDINGS_ENCODING, "encoding-version": EMBEDDINGS_VERSION, **meta}, indent=1)
-                )
-                os.replace(tmp, mpath)
+                atomic_write_json(mpath, {"encoding-type": EMBEDDINGS_ENCODING, "encoding-version": EMBEDDINGS_VERSION, **meta})
 
     def _path(self, sample_id: str) -> Path:
         ingest = self.cat.manifest(sample_id)["ingest_id"]

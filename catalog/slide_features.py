@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 
 from hestkit.errors import Problem, ValidationError
 
+from ._store import atomic_write_json
 from .catalog import Catalog
 from .errors import CatalogError, QueryError
 
@@ -116,11 +117,7 @@ class SlideFeatureStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             mpath = self.dir / "meta.json"
             if not mpath.exists():
-                tmp = self.dir / f".meta.{uuid.uuid4().hex}.tmp"
-                tmp.write_text(
-                    json.dumps({"encoding-type": SLIDE_FEATURES_ENCODING, "encoding-version": SLIDE_FEATURES_VERSION, **meta}, indent=1)
-                )
-                os.replace(tmp, mpath)
+                atomic_write_json(mpath, {"encoding-type": SLIDE_FEATURES_ENCODING, "encoding-version": SLIDE_FEATURES_VERSION, **meta})
         elif not (self.dir / "meta.json").exists():
             have = feature_sets(cat)
             raise QueryError(
