@@ -537,23 +537,40 @@ def _check_header(slide: Slide) -> None:
             )
 
 
+class _ThreadSlide:
+    """Holds one thread's open slide and closes it when dropped: when the thread ends,
+    its thread-local storage goes and with it this holder, so the slide's file handle is
+    closed explicitly instead of being left to the garbage collector (a ResourceWarning,
+    and one open file per finished worker thread until then)."""
+
+    __slots__ = ("slide",)
+
+    def __init__(self, slide: Slide) -> None:
+        self.slide = slide
+
+    def __del__(self) -> None:
+        try:
+            self.slide.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown or an already-closed file
+            pass
+
+
 _THREAD_SLIDES = threading.local()
 
 
 def thread_slide(path: str | Path) -> Slide:
     """The calling thread's open :class:`Slide` for ``path``, opened on first use.
 
-    Each thread keeps at most one slide open (opening another closes it). A slide's open
-    state includes its tile index (for tifffile, ~16 MiB for a 100,000 x 100,000 px
-    pyramid in 256 px tiles), so block tasks that reuse it keep memory flat instead of
-    holding one copy per task. Do not close the returned slide.
+    Each thread keeps at most one slide open (opening another closes it, and the thread's
+    end closes the last one). A slide's open state includes its tile index (for tifffile,
+    ~16 MiB for a 100,000 x 100,000 px pyramid in 256 px tiles), so block tasks that reuse
+    it keep memory flat instead of holding one copy per task. Do not close the returned
+    slide.
     """
     p = Path(path)
-    cur: Slide | None = getattr(_THREAD_SLIDES, "slide", None)
-    if cur is not None and cur.path == p:
-        return cur
+    held: _ThreadSlide | None = getattr(_THREAD_SLIDES, "held", None)
+    if held is not None and held.slide.path == p:
+        return held.slide
     slide = open_slide(p)
-    if cur is not None:
-        cur.close()
-    _THREAD_SLIDES.slide = slide
+    _THREAD_SLIDES.held = _ThreadSlide(slide)  # dropping the previous holder closes its slide
     return slide

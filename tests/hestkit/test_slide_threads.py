@@ -34,3 +34,28 @@ def test_thread_slide_is_reused_per_thread_and_replaced_per_path(tmp_path: Path)
     assert other[0] is not s2  # each thread has its own handle
     with open_slide(a) as fresh:
         assert np.array_equal(fresh.read_region(0, 0, 0, 16, 16), thread_slide(a).read_region(0, 0, 0, 16, 16))
+
+
+def test_thread_slide_is_closed_when_its_thread_ends(tmp_path: Path) -> None:
+    import gc
+    import warnings
+
+    a = _slide(tmp_path / "a.tif", 90)
+    opened: list[object] = []
+
+    def work() -> None:
+        s = thread_slide(a)
+        s.read_region(0, 0, 0, 8, 8)
+        opened.append(s)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        del t
+        gc.collect()
+    leaked = [w for w in caught if issubclass(w.category, ResourceWarning) and "a.tif" in str(w.message)]
+    assert leaked == []
+    tf = opened[0]._b._tf  # type: ignore[attr-defined]  # the tifffile backend's TiffFile
+    assert tf.filehandle.closed  # closed explicitly, not merely unreferenced
