@@ -99,14 +99,15 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def print_table(df: Any, title: str | None = None, max_rows: int = 200) -> None:
+def print_table(df: Any, title: str | None = None, max_rows: int = 200, err: bool = False) -> None:
     """Print a DataFrame as a table that fits the terminal: columns never narrower than
-    their header; when they cannot all fit, one block per row (field: value) instead."""
+    their header; when they cannot all fit, one block per row (field: value) instead.
+    ``err``: on stderr (when stdout carries a result such as ``query --out -``)."""
     from rich.console import Console
     from rich.table import Table
 
     width = _terminal_width()
-    console = Console(width=width, soft_wrap=False)
+    console = Console(width=width, soft_wrap=False, stderr=err)
     rows = [[_cell(v) for v in row] for _, row in df.head(max_rows).iterrows()]
     cols = [str(c) for c in df.columns]
     need = sum(min(max([len(c), *(len(r[i]) for r in rows)]), 40) + 3 for i, c in enumerate(cols)) + 1
@@ -130,11 +131,11 @@ def print_table(df: Any, title: str | None = None, max_rows: int = 200) -> None:
             console.print(t)
             console.print()
     if len(df) > max_rows:
-        typer.echo(f"... {len(df) - max_rows} more rows")
+        typer.echo(f"... {len(df) - max_rows} more rows", err=err)
 
 
-def print_json(obj: Any) -> None:
-    """Results as JSON on stdout (NaN -> null), for pipes and scripts."""
+def print_json(obj: Any, err: bool = False) -> None:
+    """Results as JSON on stdout (NaN -> null), for pipes and scripts (``err``: on stderr)."""
     import json
     import math
 
@@ -154,7 +155,7 @@ def print_json(obj: Any) -> None:
             return clean(v.tolist())
         return v
 
-    typer.echo(json.dumps(clean(obj), default=str, allow_nan=False))
+    typer.echo(json.dumps(clean(obj), default=str, allow_nan=False), err=err)
 
 
 def version_option(prog: str) -> Callable[[bool], None]:
