@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import _common, _data, _maintenance, _slides, _tissue, _volumes
-from ._common import fail, handle_errors, print_json, print_table, progress_bars, root_callback
+from ._common import cli_text, fail, handle_errors, print_json, print_table, progress_bars, root_callback, warn
 
 app = typer.Typer(
     name="hestkit",
@@ -178,9 +178,9 @@ def ingest(
             )
         for r in report.results:
             for w in r.warnings:
-                typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+                warn(w)
             if r.status == "skipped":
-                typer.echo(f"{r.sample_id}: {r.message}")
+                typer.echo(f"{r.sample_id}: {cli_text(r.message, r.options)}")
         done = report.ingested
         if done:
             import pandas as pd
@@ -203,7 +203,7 @@ def ingest(
             )
             print_table(df, title=f"ingested {len(done)} sample(s) into {catalog_dir}")
         for r in report.failed:
-            typer.secho(f"failed: {r.sample_id}:\n{r.message}", fg=typer.colors.RED, err=True)
+            typer.secho(f"failed: {r.sample_id}:\n{cli_text(r.message, r.options)}", fg=typer.colors.RED, err=True)
         if report.failed:
             fail(
                 f"{len(report.failed)} sample(s) failed; the catalog holds only complete samples. Fix the inputs and re-run the same command to resume."
@@ -440,7 +440,7 @@ def demo(
                 )
                 rep = cat.ingest([e.path], options=opts, workers=workers, progress=prog)
                 if rep.failed:
-                    fail(rep.failed[0].message)
+                    fail(cli_text(rep.failed[0].message, rep.failed[0].options))
         _main_summary(str(cat_dir))
         first = cat.samples()["sample_id"].iloc[0]
         png = plot_sample(cat, first, out / f"{first}_spatial.png")
