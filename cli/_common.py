@@ -85,13 +85,13 @@ def flag_for(opt: Any) -> str:
 
 
 def cli_text(text: str, options: Any = None) -> str:
-    """A library message with the parameters its fix names spelled as flags. Texts with
-    no structured fix (warnings, check reports; ``options=None``) are re-spelled for the
-    common parameters of :data:`hestkit.fixes.ALL`."""
+    """A library message with the parameters its fix names (``options``) spelled as
+    flags; the common parameters of :data:`hestkit.fixes.ALL` too, for texts with no
+    structured fix (warnings, check reports, resource failures)."""
     from hestkit.errors import render
     from hestkit.fixes import ALL
 
-    return render(text, ALL if options is None else options, flag_for)
+    return render(text, (*(options or ()), *ALL), flag_for)
 
 
 def error_text(exc: BaseException) -> str:
@@ -127,7 +127,7 @@ def handle_errors() -> Iterator[None]:
         msg = resource_message(exc, "hestkit")
         if msg is None:
             raise
-        fail(msg)
+        fail(cli_text(msg))
     except KeyboardInterrupt:
         fail("interrupted; the catalog holds only the samples committed before the interruption", 130)
 

@@ -59,7 +59,7 @@ class ReadOptions:
     def __post_init__(self) -> None:
         if self.sample_id is not None and not str(self.sample_id).strip():
             raise OptionError(
-                "sample_id is empty",
+                f"the sample id ({SAMPLE_ID}) is empty",
                 fix=fix(f"give a sample id ({SAMPLE_ID}; 1-128 letters, digits, '.', '_' or '-'), or leave it out to use the folder name", SAMPLE_ID),
             )
 

@@ -175,6 +175,7 @@ def _params_to_matrix(p: Sequence[float] | F64) -> F64:
 
 
 _LANDMARKS, _AFFINE, _Z_UM = LANDMARKS, AFFINE, Z_UM
+_ZR = Opt("z_range_um", "(Z0, Z1)", cli="Z0 Z1")
 
 
 # -- the fit -------------------------------------------------------------------------------------
@@ -213,7 +214,8 @@ def register_section(
     if not (0.0 <= z0 < z1 <= ez + 1e-9):
         zr = Opt("z_range_um", f"({z0:g}, {z1:g})", cli=f"{z0:g} {z1:g}")
         raise RegistrationError(
-            f"{what}: {zr} is not within the volume's depth 0 .. {ez:g} um", fix=fix(f"give {zr} within 0 .. {ez:g}", zr)
+            f"{what}: {zr} is not within the volume's depth 0 .. {ez:g} um",
+            fix=fix(f"give {_ZR} within 0 .. {ez:g} um", _ZR, zr),
         )
     vz = float(volume.voxel_size_um[0])
     # the working grid: the coarsest level no coarser than the working pixel, then block means

@@ -76,7 +76,7 @@ class HestReader:
         if options.sample_id and len(ids) > 1:
             raise ReaderError(
                 root,
-                f"sample_id names one sample but {len(ids)} ids were found",
+                f"one sample id ({SAMPLE_ID}) given but {len(ids)} ids were found",
                 fix(f"drop {SAMPLE_ID} (HEST ids are used) or pass one id ({IDS})", SAMPLE_ID, IDS),
             )
         return [SampleRef(self.name, options.sample_id or i, root, options, {"hest_id": i}) for i in ids]

@@ -71,7 +71,7 @@ class HestBenchReader:
             raise ReaderError(root / "patches", "holds no .h5 patch files", "download the task's patches/ folder")
         if options.sample_id and len(ids) > 1:
             raise ReaderError(
-                root, f"sample_id names one sample but {len(ids)} were found", fix(f"drop {SAMPLE_ID} or pass one id ({IDS})", SAMPLE_ID, IDS)
+                root, f"one sample id ({SAMPLE_ID}) given but {len(ids)} samples were found", fix(f"drop {SAMPLE_ID} or pass one id ({IDS})", SAMPLE_ID, IDS)
             )
         return [SampleRef(self.name, options.sample_id or i, root, options, {"bench_id": i}) for i in ids]
 

@@ -391,7 +391,7 @@ class StReader:
             if given is not None and len(counts) > 1:
                 raise ReaderError(
                     folder,
-                    f"{opt.name} names one sample but {len(counts)} counts tables were found ({', '.join(stems)})",
+                    f"{opt} names one sample but {len(counts)} counts tables were found ({', '.join(stems)})",
                     fix(f"pass {IDS} with one of them, or drop {opt} (each sample then uses the files named after it)", IDS, opt),
                 )
         if not counts:  # one sample whose load reports what is missing
