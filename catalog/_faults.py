@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from hestkit.fixes import WORKERS
+
 from .errors import CatalogError
 
 __all__ = ["FAIL_ENV", "ResourceError", "fault_point", "resource_message", "set_fault_hook", "writing"]
@@ -68,9 +70,9 @@ def resource_message(exc: BaseException, what: str, where: str = "") -> str | No
         if code in (errno.ENOSPC, errno.EDQUOT) or any(t in text for t in _NO_SPACE):
             return f"{what}{at}: no space left on the device; free some space and re-run the same command"
         if isinstance(e, MemoryError) or code == errno.ENOMEM or any(t in text for t in _NO_MEMORY):
-            return f"{what}{at}: out of memory; use fewer --workers (or a machine with more memory) and re-run the same command"
+            return f"{what}{at}: out of memory; use fewer workers ({WORKERS}, or a machine with more memory) and re-run the same command"
         if code in (errno.EMFILE, errno.ENFILE) or any(t in text for t in _NO_FILES):
-            return f"{what}{at}: too many open files; raise the limit (ulimit -n) or use fewer --workers and re-run"
+            return f"{what}{at}: too many open files; raise the limit (ulimit -n) or use fewer workers ({WORKERS}) and re-run"
         if code in (errno.EROFS, errno.EACCES, errno.EPERM):
             return f"{what}{at}: {os.strerror(code)}; make the location writable and re-run the same command"
         if code == errno.EIO:

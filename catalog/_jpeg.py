@@ -17,6 +17,8 @@ from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
+from hestkit.errors import DataError, OptionError
+
 __all__ = ["CODEC_NAME", "JpegCodec"]
 
 CODEC_NAME = "hestkit.jpeg"
@@ -31,7 +33,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def __init__(self, *, quality: int = 90) -> None:
         if not 1 <= int(quality) <= 100:
-            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+            raise OptionError(f"JPEG quality must be in 1..100, got {quality}")
         object.__setattr__(self, "quality", int(quality))
 
     @classmethod
@@ -45,9 +47,9 @@ class JpegCodec(ArrayBytesCodec):
     def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
         native = dtype.to_native_dtype() if hasattr(dtype, "to_native_dtype") else np.dtype(dtype)
         if np.dtype(native) != np.uint8:
-            raise ValueError(f"{CODEC_NAME} stores uint8 RGB chunks, not {native}")
+            raise DataError(f"{CODEC_NAME} stores uint8 RGB chunks, not {native}")
         if len(shape) < 3 or shape[-1] != 3:
-            raise ValueError(f"{CODEC_NAME} needs arrays whose last axis is 3 (RGB), got shape {shape}")
+            raise DataError(f"{CODEC_NAME} needs arrays whose last axis is 3 (RGB), got shape {shape}")
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         import imagecodecs

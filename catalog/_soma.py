@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from hestkit.fixes import REPAIR
+
 __all__ = [
     "MEASUREMENT",
     "OBS_SCHEMA",
@@ -186,7 +188,7 @@ def append_rows(
         try:
             rollback(arrays, before)
         except Exception as undo:  # noqa: BLE001 - the failure to report is the original one
-            exc.add_note(f"rolling back the SOMA arrays failed too ({undo}); run `hestkit check --repair`")
+            exc.add_note(f"rolling back the SOMA arrays failed too ({undo}); run a catalog check with {REPAIR}")
         raise
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hestkit.errors import fix
+from hestkit.fixes import OVERWRITE
 from hestkit.slide import Slide, open_slide
 
 from .catalog import Catalog
@@ -56,8 +58,12 @@ def write_spatialdata(cat: Catalog, sample_id: str, out: Path) -> Path:
     if not int(m.get("n_pairs") or 0):
         raise CatalogError(
             f"{sample_id}: the sample holds no pairs (committed by a hestkit that accepted empty samples), and a "
-            "SpatialData shapes element cannot be empty. Fix: export it as anndata or hest, or re-ingest it "
-            "with --overwrite (today's hestkit refuses samples without pairs and says why)"
+            "SpatialData shapes element cannot be empty",
+            fix=fix(
+                f"export it as anndata or hest, or re-ingest it with {OVERWRITE} (today's hestkit refuses samples "
+                "without pairs and says why)",
+                OVERWRITE,
+            ),
         )
     ps = float(m["pixel_size_um"])
     tf = {"global": Identity(), "micrometres": Scale([ps, ps], axes=("x", "y"))}

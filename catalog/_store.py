@@ -21,6 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hestkit.errors import fix
+from hestkit.fixes import SAMPLE_ID
+
 from .errors import CatalogError
 
 __all__ = [
@@ -89,7 +92,8 @@ def check_sample_id(sample_id: str) -> str:
     if not _SAMPLE_ID.fullmatch(sample_id):  # fullmatch: "$" alone also matches before a final newline
         raise CatalogError(
             f"sample id {sample_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (pass --sample-id to choose one)"
+            f"starting with a letter or digit (pass {SAMPLE_ID} to choose one)",
+            fix=fix("", SAMPLE_ID),
         )
     return sample_id
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from hestkit.errors import HestkitError
+from hestkit.errors import HestkitError, fix
+from hestkit.fixes import MIN_TISSUE_FRACTION, OVERWRITE
 from hestkit.patches import PairSpec
 from hestkit.sample import SampleSource
 from hestkit.slide import Slide
@@ -99,7 +100,7 @@ def sample_tissue(slide: Slide, source: SampleSource, spec: PairSpec) -> SampleT
         if off:
             warnings.append(
                 f"{source.sample_id}: {off} of {n} pseudo-spots have their centre off the tissue mask: kept, "
-                "with in_tissue = 0 (filter on in_tissue or with --min-tissue-fraction)"
+                f"with in_tissue = 0 (filter on in_tissue or with {MIN_TISSUE_FRACTION})"
             )
     entry = {
         "path": None,
@@ -132,8 +133,8 @@ def tissue_rows(obs: pd.DataFrame, min_fraction: float, where: str) -> np.ndarra
         lacking = sorted({str(s) for s in obs["sample_id"][nan]})
         raise QueryError(
             f"{where}: sample(s) {', '.join(lacking[:10])}{' ...' if len(lacking) > 10 else ''} have no tissue_fraction "
-            "(ingested before tissue masks, or without a mask: see their manifest warnings); re-ingest them with "
-            "--overwrite, or leave them out of a --min-tissue-fraction query"
+            "(ingested before tissue masks, or without a mask: see their manifest warnings)",
+            fix=fix(f"re-ingest them with {OVERWRITE}, or leave them out of a {MIN_TISSUE_FRACTION} query", OVERWRITE, MIN_TISSUE_FRACTION),
         )
     return np.flatnonzero(frac >= min_fraction)
 

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hestkit.errors import fix
+from hestkit.fixes import AUTO, OVERWRITE, Z_UM
 from hestkit.patches import PairSpec
 from hestkit.sample import ReadOptions, SampleRef
 from hestkit.volume import VolumeLike, VolumePairSpec
@@ -78,6 +80,8 @@ _GENE_LISTS_BY_REF: dict[str, list[str]] = {}
 #: var lookups per SOMA experiment (see :meth:`Catalog._var_lookup`).
 _VAR_CACHE: dict[str, VarLookup] = {}
 
+_REINGEST = fix(f"re-ingest the sample with {OVERWRITE}", OVERWRITE)
+
 
 def _obs_constants(m: dict[str, Any]) -> dict[str, Any]:
     """A manifest's values of the per-sample obs columns (see :func:`_soma.read_obs_ranges`)."""
@@ -128,7 +132,8 @@ class Catalog:
         self.layout.check_access()
         if not self.layout.exists(self.layout.catalog_json):
             raise NotACatalogError(
-                f"{self.uri}: not a hestkit catalog (no catalog.json). Create one with `hestkit ingest ... --catalog {self.uri}`"
+                f"{self.uri}: not a hestkit catalog (no catalog.json). Create one by ingesting into it "
+                f"(catalog.create({self.uri!r}).ingest(...), or hestkit ingest)"
             )
         meta = self.layout.read_json(self.layout.catalog_json)
         if meta.get("encoding-type") != CATALOG_ENCODING:
@@ -213,8 +218,7 @@ class Catalog:
         sid = manifest.get("sample_id", "?")
         if not isinstance(ref, str) or not ref:
             raise CatalogError(
-                f"{self.layout.manifest(str(sid))}: manifest has neither 'genes' nor 'genes_ref'; "
-                "re-ingest the sample with --overwrite"
+                f"{self.layout.manifest(str(sid))}: manifest has neither 'genes' nor 'genes_ref'", fix=_REINGEST
             )
         genes = _GENE_LISTS_BY_REF.get(ref)
         if genes is None:
@@ -225,8 +229,7 @@ class Catalog:
                 doc = None
             if doc is None:
                 raise CatalogError(
-                    f"{uri}: gene list of sample {sid!r} is missing (the catalog is damaged); "
-                    "re-ingest the sample with --overwrite"
+                    f"{uri}: gene list of sample {sid!r} is missing (the catalog is damaged)", fix=_REINGEST
                 )
             if doc.get("encoding-type") != GENE_LIST_ENCODING or _major(doc.get("encoding-version", "0")) > _major(
                 GENE_LIST_VERSION
@@ -237,7 +240,7 @@ class Catalog:
                 )
             genes = doc.get("genes")
             if not isinstance(genes, list):
-                raise CatalogError(f"{uri}: 'genes' is not a list of gene names; re-ingest the sample with --overwrite")
+                raise CatalogError(f"{uri}: 'genes' is not a list of gene names", fix=_REINGEST)
             _GENE_LISTS_BY_REF[ref] = genes
         return genes
 
@@ -284,7 +287,8 @@ class Catalog:
                 missing = [g for g, x in zip(genes, j.tolist(), strict=True) if x < 0][:5]
                 raise CatalogError(
                     f"{self.layout.gene_list(ref)}: gene(s) {', '.join(missing)} of sample {m.get('sample_id')!r} are not "
-                    "in var (the catalog is damaged); re-ingest the sample with --overwrite"
+                    "in var (the catalog is damaged)",
+                    fix=_REINGEST,
                 )
             written += bool(write_gene_joinids(self.layout, ref, j))
             if progress is not None:
@@ -590,7 +594,10 @@ class Catalog:
         fit: dict[str, Any] | None = None
         if auto:
             if affine is not None or landmarks is not None or z_um is not None:
-                raise _vol.LinkError(f"link {sample_id} -> {volume_id}: --auto finds the depth and affine; give none of --z-um, --affine, --landmarks with it")
+                raise _vol.LinkError(
+                    f"link {sample_id} -> {volume_id}: {AUTO} finds the depth and affine",
+                    fix=fix(f"give none of z_um, affine, landmarks with {AUTO}", AUTO),
+                )
             reg = _vol.register_sample(self.layout, m, volume_id, z_range_um=z_range_um, min_score=min_score, min_confidence=min_confidence)
             z_um, affine = reg.z_um, reg.affine
             fit = {
@@ -605,7 +612,10 @@ class Catalog:
                 "z_range_um": list(z_range_um) if z_range_um else None,
             }
         if z_um is None:
-            raise _vol.LinkError(f"link {sample_id} -> {volume_id}: give the plane's depth (--z-um) or let --auto find it")
+            raise _vol.LinkError(
+                f"link {sample_id} -> {volume_id}: no depth for the section plane",
+                fix=fix(f"give the plane's depth ({Z_UM}) or let {AUTO} find it", Z_UM, AUTO),
+            )
         return _vol.link_section(
             self.path,
             sample_id,
@@ -740,7 +750,7 @@ def create_catalog(path: str | Path, spec: PairSpec | None = None, *, exist_ok: 
         raise QueryError(
             f"{layout.uri}: this catalog stores {cat.spec.patch_size_px} px patches at {cat.spec.pixel_size_um} um/px "
             f"(JPEG q{cat.spec.jpeg_quality}), not {spec.patch_size_px} px at {spec.pixel_size_um} um/px "
-            f"(q{spec.jpeg_quality}); use another --catalog or the catalog's settings"
+            f"(q{spec.jpeg_quality}); use another catalog or the catalog's settings"
         )
     return cat
 

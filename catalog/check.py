@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from hestkit.fixes import OVERWRITE
+
 from ._store import (
     CATALOG_ENCODING,
     GENE_LIST_ENCODING,
@@ -37,7 +39,7 @@ from ._store import (
     Layout,
     zarr_open_array,
 )
-from .errors import CatalogError
+from .errors import CatalogError, DamagedError
 
 __all__ = [
     "DEFAULT_OLDER_THAN_S",
@@ -203,7 +205,7 @@ def _mark_repaired(report: CheckReport, elements: Iterable[str]) -> None:
 
 def _strict_json(data: bytes) -> Any:
     def refuse(token: str) -> Any:
-        raise ValueError(f"{token} is not JSON")
+        raise DamagedError(f"{token} is not JSON")
 
     return json.loads(data, parse_constant=refuse)
 
@@ -227,16 +229,16 @@ def _manifests(layout: Layout, report: CheckReport) -> list[dict[str, Any]]:
         except ValueError as exc:
             try:
                 m = json.loads(data)
-                report.add("warning", u, f"not strict JSON ({exc}); re-ingest with --overwrite to rewrite it")
+                report.add("warning", u, f"not strict JSON ({exc}); re-ingest with {OVERWRITE} to rewrite it")
             except ValueError as exc2:
-                report.add("error", u, f"not JSON ({exc2}); the sample is unreadable: re-ingest it with --overwrite")
+                report.add("error", u, f"not JSON ({exc2}); the sample is unreadable: re-ingest it with {OVERWRITE}")
                 continue
         if not isinstance(m, dict) or m.get("encoding-type") != MANIFEST_ENCODING:
             report.add("error", u, f"not a hestkit sample manifest (encoding-type {m.get('encoding-type') if isinstance(m, dict) else None!r})")
             continue
         missing = [k for k in _MANIFEST_KEYS if k not in m]
         if missing:
-            report.add("error", u, f"manifest lacks {', '.join(missing)}; re-ingest the sample with --overwrite")
+            report.add("error", u, f"manifest lacks {', '.join(missing)}; re-ingest the sample with {OVERWRITE}")
             continue
         if f"{m['sample_id']}.json" != n:
             report.add("error", u, f"names sample {m['sample_id']!r}, not {n[:-5]!r}")
@@ -257,15 +259,15 @@ def _check_genes(layout: Layout, manifests: Sequence[dict[str, Any]], report: Ch
         data = blobs.get(u)
         report.count("gene lists")
         if data is None:
-            report.add("error", u, "gene list missing; re-ingest the samples that use it with --overwrite")
+            report.add("error", u, f"gene list missing; re-ingest the samples that use it with {OVERWRITE}")
             continue
         try:
             doc = json.loads(data)
             genes = doc["genes"]
             if doc.get("encoding-type") != GENE_LIST_ENCODING or not isinstance(genes, list):
-                raise ValueError("not a hestkit gene list")
+                raise DamagedError("not a hestkit gene list")
         except (ValueError, KeyError, TypeError) as exc:
-            report.add("error", u, f"gene list unreadable ({exc}); re-ingest the samples that use it with --overwrite")
+            report.add("error", u, f"gene list unreadable ({exc}); re-ingest the samples that use it with {OVERWRITE}")
             continue
         sizes[r] = len(genes)
         ju = layout.gene_joinids(r)
@@ -273,7 +275,7 @@ def _check_genes(layout: Layout, manifests: Sequence[dict[str, Any]], report: Ch
             try:
                 j = np.load(io.BytesIO(idx[ju]), allow_pickle=False)
                 if j.ndim != 1 or len(j) != len(genes):
-                    raise ValueError(f"{j.shape} joinids for {len(genes)} genes")
+                    raise DamagedError(f"{j.shape} joinids for {len(genes)} genes")
             except (ValueError, OSError, EOFError) as exc:
                 report.add("warning", ju, f"var index unreadable ({exc}); queries map the names instead")
     for m in manifests:
@@ -328,7 +330,7 @@ def _check_rows(layout: Layout, manifests: Sequence[dict[str, Any]], per_sample:
                 "error",
                 layout.manifest(sid),
                 f"obs rows {int(j[np.asarray(wrong)][0])}.. do not belong to ingest {m['ingest_id']} (joinid range "
-                f"{m['soma_joinid_start']}..{m['soma_joinid_stop']}); re-ingest the sample with --overwrite",
+                f"{m['soma_joinid_start']}..{m['soma_joinid_stop']}); re-ingest the sample with {OVERWRITE}",
             )
             continue
         out[sid] = rows["patch_index"].to_numpy(dtype=np.int64)
@@ -341,16 +343,16 @@ def _check_patches(layout: Layout, m: dict[str, Any], patch_idx: np.ndarray, rep
     try:
         arr = zarr_open_array(layout.join(str(m["patches_path"]), "patches"), mode="r")
         if int(arr.shape[0]) < int(m["n_slots"]):
-            raise ValueError(f"{arr.shape[0]} slots, the manifest says {m['n_slots']}")
+            raise DamagedError(f"{arr.shape[0]} slots, the manifest says {m['n_slots']}")
         for i in patch_idx.tolist():
             p = np.asarray(arr[int(i)])
             if p.ndim != 3 or p.shape[2] != 3:
-                raise ValueError(f"patch {i} has shape {p.shape}")
+                raise DamagedError(f"patch {i} has shape {p.shape}")
             report.count("patches read")
         zarr_open_array(layout.join(str(m["patches_path"]), "thumbnail"), mode="r")
     except Exception as exc:  # noqa: BLE001 - any read failure is the finding
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        report.add("error", group, f"patches of {sid!r} unreadable ({text}); re-ingest the sample with --overwrite")
+        report.add("error", group, f"patches of {sid!r} unreadable ({text}); re-ingest the sample with {OVERWRITE}")
 
 
 def _retired(layout: Layout) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -405,7 +407,7 @@ def check_catalog(
     try:
         meta = _strict_json(layout.read_many([layout.catalog_json])[layout.catalog_json])
         if meta.get("encoding-type") != CATALOG_ENCODING:
-            raise ValueError(f"encoding-type {meta.get('encoding-type')!r}")
+            raise DamagedError(f"encoding-type {meta.get('encoding-type')!r}")
     except (ValueError, KeyError, AttributeError) as exc:
         report.add("error", layout.catalog_json, f"unreadable ({exc})")
         return report

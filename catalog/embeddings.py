@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hestkit.errors import Opt, OptionError, fix
+
 from ._store import atomic_write_json
 from .catalog import Catalog
 from .errors import CatalogError
@@ -23,17 +25,19 @@ __all__ = ["EMBEDDINGS_ENCODING", "EMBEDDINGS_VERSION", "EmbeddingStore"]
 
 EMBEDDINGS_ENCODING, EMBEDDINGS_VERSION = "hestkit-embeddings", "1.0.0"
 
+NO_CACHE = Opt("cache", "False")
+
 
 class EmbeddingStore:
     """Embeddings of one model (``key``) for the samples of a catalog."""
 
     def __init__(self, cat: Catalog, key: str, meta: dict[str, Any] | None = None) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", key):
-            raise ValueError(f"embedding key {key!r} must be 1-128 letters, digits, '.', '_' or '-'")
+            raise OptionError(f"embedding key {key!r} must be 1-128 letters, digits, '.', '_' or '-'")
         if cat.remote:
             raise CatalogError(
-                f"{cat.uri}: embeddings are cached in local catalogs only; on object storage use "
-                "`seal eval --no-cache` (embeddings are then computed in memory)"
+                f"{cat.uri}: embeddings are cached in local catalogs only",
+                fix=fix(f"on object storage pass {NO_CACHE} (embeddings are then computed in memory)", NO_CACHE),
             )
         self.cat = cat
         self.key = key

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from hestkit.errors import HestkitError
+from hestkit.errors import DataError, HestkitError
 
 __all__ = [
     "CatalogError",
     "CatalogVersionError",
+    "DamagedError",
     "LinkError",
     "NotACatalogError",
     "QueryError",
@@ -17,6 +18,11 @@ __all__ = [
 
 class CatalogError(HestkitError):
     """Base class of catalog errors."""
+
+
+class DamagedError(CatalogError, DataError):
+    """An element of the catalog holds values that do not fit (a damaged or foreign
+    file); a ``ValueError`` too."""
 
 
 class NotACatalogError(CatalogError):

@@ -51,7 +51,7 @@ def relocate(cat: Catalog, old: str, new: str, *, dry_run: bool = False) -> Relo
     ``dry_run`` nothing is written. Refuses when ``old`` and ``new`` are the same."""
     o, n = _norm(old), _norm(new)
     if o == n:
-        raise CatalogError(f"relocate: --from and --to are the same path ({o}); nothing to do")
+        raise CatalogError(f"relocate: the old and the new location are the same path ({o}); nothing to do")
     layout: Layout = cat.layout
     samples: list[str] = []
     missing: list[str] = []

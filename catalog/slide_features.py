@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hestkit.errors import Problem, ValidationError
+from hestkit.errors import DataError, Opt, Problem, ValidationError, fix
+from hestkit.fixes import OVERWRITE
 
 from ._store import atomic_write_json
 from .catalog import Catalog
@@ -57,6 +58,8 @@ __all__ = [
 
 SLIDE_FEATURES_ENCODING, SLIDE_FEATURES_VERSION = "hestkit-slide-features", "1.0.0"
 _SET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,159}$")
+
+_NAME = Opt("name", "NAME")
 
 
 def magnification(mpp: float) -> int:
@@ -198,7 +201,7 @@ class SlideFeatureStore:
         feats = np.asarray(features, dtype=np.float32)
         xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         if feats.ndim != 2 or len(feats) != len(xy):
-            raise ValueError(f"features {feats.shape} and coords {xy.shape} disagree")
+            raise DataError(f"features {feats.shape} and coords {xy.shape} disagree")
         self.dir.mkdir(parents=True, exist_ok=True)
         p = self.path(slide_id)
         tmp = p.with_name(f".{p.stem}.{uuid.uuid4().hex}.tmp.h5")
@@ -300,7 +303,13 @@ def import_trident(
     if len(dims) > 1:
         problems.append(Problem(src, f"files have different feature sizes {sorted(dims)}; import one encoder's folder at a time"))
     if not overwrite and (_root(cat) / name / "meta.json").exists():
-        problems.append(Problem(src, f"feature set {name!r} already exists in {cat.uri}; choose another --name or pass --overwrite"))
+        problems.append(
+            Problem(
+                src,
+                f"feature set {name!r} already exists in {cat.uri}",
+                fix(f"choose another name ({_NAME}) or pass {OVERWRITE}", _NAME, OVERWRITE),
+            )
+        )
     if problems:
         raise ValidationError(f"{src}: nothing was imported into {cat.uri}", problems)
     first = loaded[0][3]

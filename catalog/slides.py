@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hestkit.errors import HestkitError, Problem, ValidationError
+from hestkit.errors import HestkitError, Problem, ValidationError, fix
+from hestkit.fixes import OVERWRITE
 from hestkit.slide import PLAUSIBLE_PIXEL_SIZE_UM, open_slide
 
 from ._store import CommitConflict, Layout, check_sample_id
@@ -284,8 +285,8 @@ def add_slides(catalog: str | Path, csv_path: str | Path, *, overwrite: bool = F
                 problems.append(
                     Problem(
                         csv,
-                        f"slide_id {m['slide_id']!r} is already in {layout.uri} with another file, patient, mpp or labels; "
-                        "re-run with --overwrite to replace it, or give the new slide another id",
+                        f"slide_id {m['slide_id']!r} is already in {layout.uri} with another file, patient, mpp or labels",
+                        fix(f"re-run with {OVERWRITE} to replace it, or give the new slide another id", OVERWRITE),
                     )
                 )
     if problems:
@@ -305,8 +306,8 @@ def add_slides(catalog: str | Path, csv_path: str | Path, *, overwrite: bool = F
                 continue
             if got is not None and not overwrite:
                 raise SlideExistsError(
-                    f"{uri}: slide {m['slide_id']!r} was added by another writer meanwhile with other values; "
-                    "re-run with --overwrite to replace it"
+                    f"{uri}: slide {m['slide_id']!r} was added by another writer meanwhile with other values",
+                    fix=fix(f"re-run with {OVERWRITE} to replace it", OVERWRITE),
                 )
             full = {**m, "added_at": now, "hestkit_version": _version()}
             try:
@@ -340,7 +341,7 @@ def slide_manifest(layout: Layout, slide_id: str) -> dict[str, Any]:
     """The manifest of one slide, or :class:`QueryError` naming the fix."""
     uri = _slide_uri(layout, slide_id)
     if not layout.exists(uri):
-        raise QueryError(f"{layout.uri}: no slide {slide_id!r} in the slide table; add it with `hestkit add-slides SLIDES.csv --catalog {layout.uri}`")
+        raise QueryError(f"{layout.uri}: no slide {slide_id!r} in the slide table; add it with Catalog.add_slides (hestkit add-slides)")
     m: dict[str, Any] = layout.read_json(uri)
     return m
 

@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from hestkit.errors import DataError
 from hestkit.volume import VolumePairSpec, extract_subvolume, extract_subvolumes
 from hestkit.volume_readers import NgffVolume
 
@@ -43,7 +44,7 @@ class VolumePairView:
         fills: dict[str, int] | None = None,
     ) -> None:
         if len(obs) != len(pairs):
-            raise ValueError(f"obs has {len(obs)} rows, the 2D pairs {len(pairs)}")
+            raise DataError(f"obs has {len(obs)} rows, the 2D pairs {len(pairs)}")
         self.pairs = pairs
         self.obs = obs
         self.spec = spec

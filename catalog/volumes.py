@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from hestkit.errors import HestkitError, ReaderError, VolumeError
+from hestkit.errors import HestkitError, Opt, ReaderError, VolumeError, fix
+from hestkit.fixes import AFFINE, LANDMARKS, MODALITY, OVERWRITE, PIXEL_SIZE_UM, VOLUME_ID, Z_UM
 from hestkit.geometry import Affine, fit_affine
 from hestkit.ngff import NgffVolumeWriter
 from hestkit.volume import VolumeLike, VolumePairSpec, volume_extent_um
@@ -143,8 +144,12 @@ class SectionLink:
 def _check_volume_id(volume_id: str) -> str:
     try:
         return check_sample_id(volume_id)
-    except HestkitError as exc:
-        raise VolumeError(str(exc).replace("sample id", "volume id").replace("--sample-id", "--volume-id")) from None
+    except HestkitError:
+        raise VolumeError(
+            f"volume id {volume_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit",
+            fix=fix(f"pass {VOLUME_ID} to choose one", VOLUME_ID),
+        ) from None
 
 
 def require_local(layout: Layout, what: str) -> None:
@@ -280,7 +285,9 @@ def ingest_volume(
     layout = Layout(root)
     _check_volume_id(volume_id)
     if modality not in MODALITIES:
-        raise VolumeError(f"{volume_id}: modality {modality!r} is not one of {', '.join(MODALITIES)}; pass --modality")
+        raise VolumeError(
+            f"{volume_id}: modality {modality!r} is not one of {', '.join(MODALITIES)}", fix=fix(f"pass {MODALITY}", MODALITY)
+        )
     warnings: list[str] = []
     # open and validate everything before the catalog is touched
     opened = isinstance(source, (str, Path))
@@ -304,8 +311,8 @@ def ingest_volume(
         if layout.volume_manifest(volume_id).exists() and not overwrite:
             existing = read_json(layout.volume_manifest(volume_id))
             raise VolumeExistsError(
-                f"{volume_id}: already in the catalog (from {existing.get('source_paths', ['?'])[0]}); "
-                "pass --overwrite to replace it or --volume-id to choose another id"
+                f"{volume_id}: already in the catalog (from {existing.get('source_paths', ['?'])[0]})",
+                fix=fix(f"pass {OVERWRITE} to replace it or {VOLUME_ID} to choose another id", OVERWRITE, VOLUME_ID),
             )
         window = vol.window() if isinstance(vol, VolumeSource) else (0.0, 255.0)
     except BaseException:
@@ -372,7 +379,9 @@ def ingest_volume(
         with layout.writer_lock():
             if mpath.exists():
                 if not overwrite:
-                    raise VolumeExistsError(f"{volume_id}: committed meanwhile by another writer; pass --overwrite to replace it")
+                    raise VolumeExistsError(
+                        f"{volume_id}: committed meanwhile by another writer", fix=fix(f"pass {OVERWRITE} to replace it", OVERWRITE)
+                    )
                 old = layout.root / read_json(mpath)["zarr_path"]
             layout.volume_manifest_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(mpath, manifest)
@@ -419,9 +428,12 @@ def _validate(
         raise VolumeError(f"{src_path}: volume shape {shape} (z, y, x) is empty; give a stack with at least one plane")
     want = MODALITIES[modality]
     if want is not None and vol.channels != want:
+        right = Opt("modality", "'otls'", cli="otls") if vol.channels > 1 else Opt("modality", "'microct'", cli="microct")
         raise VolumeError(
-            f"{src_path}: modality {modality!r} expects {want} channel(s), the volume has {vol.channels}. "
-            f"Fix: pass the right --modality ({'otls for multi-channel light-sheet' if vol.channels > 1 else 'microct for grayscale'})"
+            f"{src_path}: modality {modality!r} expects {want} channel(s), the volume has {vol.channels}.",
+            fix=fix(
+                f"pass the right modality ({right}: {'multi-channel light-sheet' if vol.channels > 1 else 'grayscale'})", right
+            ),
         )
     if channel_names is not None and len(channel_names) != vol.channels:
         raise VolumeError(f"{src_path}: {len(channel_names)} channel names given for {vol.channels} channels")
@@ -532,15 +544,15 @@ def link_section(
     ez, ey, ex = (float(v) for v in vm["extent_um"])
     what = f"link {sample_id} -> {volume_id}"
     if (affine is None) == (landmarks is None):
-        raise LinkError(f"{what}: give exactly one of an affine (--affine FILE) or landmarks (--landmarks FILE)")
+        raise LinkError(f"{what}: give exactly one of an affine or landmarks", fix=fix(f"pass {AFFINE} or {LANDMARKS}", AFFINE, LANDMARKS))
     if not (isinstance(z_um, (int, float, np.floating, np.integer)) and math.isfinite(float(z_um))):
         raise LinkError(f"{what}: z_um {z_um!r} is not a number")
     z = float(z_um)
     if not 0.0 <= z <= ez:
         raise LinkError(
             f"{what}: the section plane z = {z:g} um lies outside the volume, whose depth spans 0 .. {ez:g} um "
-            f"({vm['shape_zyx'][0]} planes x {vm['voxel_size_um'][0]:g} um). Fix: give --z-um within the volume "
-            "(the volume frame starts at the outer face of plane 0)"
+            f"({vm['shape_zyx'][0]} planes x {vm['voxel_size_um'][0]:g} um).",
+            fix=fix(f"give {Z_UM} within the volume (the volume frame starts at the outer face of plane 0)", Z_UM),
         )
     residuals = np.zeros(0)
     n_landmarks = 0
@@ -631,8 +643,8 @@ def link_section(
         if spath.exists() and not overwrite:
             prev = read_json(spath)
             raise LinkError(
-                f"{sample_id}: already linked to volume {prev.get('volume_id')!r} at z = {prev.get('z_um')} um; "
-                "pass --overwrite to replace the link"
+                f"{sample_id}: already linked to volume {prev.get('volume_id')!r} at z = {prev.get('z_um')} um",
+                fix=fix(f"pass {OVERWRITE} to replace the link", OVERWRITE),
             )
         layout.sections_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(spath, payload)
@@ -656,9 +668,11 @@ def register_sample(
 
     sid = str(sample_manifest.get("sample_id"))
     ps = float(sample_manifest.get("pixel_size_um") or 0.0)
-    what = f"link {sid} -> {volume_id} (--auto)"
+    what = f"link {sid} -> {volume_id} (automatic placement)"
     if not (math.isfinite(ps) and ps > 0):
-        raise LinkError(f"{what}: the sample has no pixel size in its manifest; re-ingest it with --pixel-size-um")
+        raise LinkError(
+            f"{what}: the sample has no pixel size in its manifest", fix=fix(f"re-ingest it with {PIXEL_SIZE_UM}", PIXEL_SIZE_UM)
+        )
     image = Path(str(sample_manifest.get("image_path", "")))
     if not image.exists():
         raise LinkError(f"{what}: the sample's slide {image} is no longer there; restore it (or relocate the catalog's paths)")

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hestkit.errors import HestkitError
+from hestkit.errors import HestkitError, Opt, fix
+from hestkit.fixes import OVERWRITE, REPAIR, SAMPLE_ID
 from hestkit.patches import PairSpec, PatchPlan, background_colour, cut_block, plan_patches
 from hestkit.readers import get_reader
 from hestkit.resolution import Resolution, check_upsampling
@@ -88,6 +89,8 @@ class SampleResult:
     pixel_size_source: str | None = None
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
+    #: The library parameters ``message`` names (a failure's fix, see :class:`hestkit.errors.Opt`).
+    options: tuple[Opt, ...] = ()
 
 
 @dataclass
@@ -355,7 +358,7 @@ def _commit(root: str, prep: _Prepared, written: Sequence[int], overwrite: bool,
         if current is not None:
             if not overwrite:
                 raise SampleExistsError(
-                    f"{s.sample_id}: already in the catalog (committed meanwhile); pass --overwrite to replace it"
+                    f"{s.sample_id}: already in the catalog (committed meanwhile)", fix=fix(f"pass {OVERWRITE} to replace it", OVERWRITE)
                 )
             old_patches = layout.join(current[0]["patches_path"])
             old_etag = current[1]
@@ -502,7 +505,7 @@ def _undo(
             layout.remove_file(f)
         _soma.rollback(arrays, before)
     except Exception as undo:  # noqa: BLE001 - the failure to report is the original one
-        exc.add_note(f"rolling the commit back failed too ({undo}); run `hestkit check --repair`")
+        exc.add_note(f"rolling the commit back failed too ({undo}); run a catalog check with {REPAIR}")
 
 
 def gene_list_ref(genes: Sequence[str]) -> str:
@@ -606,7 +609,7 @@ def ingest_refs(
         check_sample_id(ref.sample_id)
         if ref.sample_id in seen:
             conflicts.append(
-                f"{ref.sample_id}: given twice ({seen[ref.sample_id].path} and {ref.path}); pass distinct --sample-id"
+                f"{ref.sample_id}: given twice ({seen[ref.sample_id].path} and {ref.path}); pass distinct ids ({SAMPLE_ID})"
             )
             continue
         seen[ref.sample_id] = ref
@@ -621,17 +624,17 @@ def ingest_refs(
         if existing is not None:
             if existing.get("source_fingerprint") == fingerprint(ref):
                 report.results.append(
-                    SampleResult(ref.sample_id, "skipped", "already in the catalog (pass --overwrite to re-ingest)")
+                    SampleResult(ref.sample_id, "skipped", f"already in the catalog (pass {OVERWRITE} to re-ingest)", options=(OVERWRITE,))
                 )
             else:
                 conflicts.append(
                     f"{ref.sample_id}: already in the catalog from {existing.get('source_paths', ['?'])[0]}; "
-                    "pass --overwrite to replace it or --sample-id to ingest under another id"
+                    f"pass {OVERWRITE} to replace it or {SAMPLE_ID} to ingest under another id"
                 )
             continue
         todo.append(ref)
     if conflicts:
-        raise SampleExistsError("refusing to ingest:\n  - " + "\n  - ".join(conflicts))
+        raise SampleExistsError("refusing to ingest:\n  - " + "\n  - ".join(conflicts), fix=fix("", OVERWRITE, SAMPLE_ID))
     if not todo:
         return report
 
@@ -667,7 +670,7 @@ def ingest_refs(
                 continue
             if fut.status != "finished":
                 exc = fut.exception()
-                report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc)))
+                report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc), options=getattr(exc, "options", ())))
                 if kind == "commit" and prep_fut is not None:
                     discards.append(client.submit(_discard, root_s, prep_fut, pure=False))
                 inflight -= 1

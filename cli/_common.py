@@ -9,7 +9,21 @@ from typing import Any
 
 import typer
 
-__all__ = ["configure_output", "fail", "handle_errors", "print_json", "print_table", "progress_bars", "root_callback", "version_option"]
+__all__ = [
+    "FLAGS",
+    "cli_text",
+    "configure_output",
+    "error_text",
+    "fail",
+    "flag_for",
+    "handle_errors",
+    "print_json",
+    "print_table",
+    "progress_bars",
+    "root_callback",
+    "version_option",
+    "warn",
+]
 
 #: Set by the root ``-q/--quiet`` option: no progress bars, warnings only.
 QUIET = False
@@ -20,8 +34,13 @@ def configure_output(quiet: bool = False, verbose: int = 0) -> None:
     seal, hestkit) on stderr, and whether progress bars are drawn. Results stay on stdout."""
     import logging
 
-    global QUIET
+    global QUIET, _ORIGINAL_SHOWWARNING
     QUIET = quiet
+    import warnings
+
+    if _ORIGINAL_SHOWWARNING is None:  # the CLI owns the process: library warnings name flags, not parameters
+        _ORIGINAL_SHOWWARNING = warnings.showwarning
+        warnings.showwarning = _show_warning
     level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -38,22 +57,77 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+#: Library parameters whose flag is not ``--`` + the name with ``-`` for ``_``.
+FLAGS: dict[str, str] = {
+    "cells": "--spot-size-um cell",
+    "PairSpec.patch_size_px": "--patch-size",
+    "PairSpec.pixel_size_um": "--patch-um-per-px",
+    "sample_ids": "--sample",
+    "patients": "--patient",
+    "encoders": "--encoder",
+    "slide_eval.column": "--task",
+    "LoraSpec.blocks": "--lora-blocks",
+    "encoder_2d": "--encoder-2d",
+}
+
+
+def flag_for(opt: Any) -> str:
+    """The command-line spelling of a library parameter named in a fix
+    (:class:`hestkit.errors.Opt`): ``allow_upsampling=True`` -> ``--allow-upsampling``,
+    ``image=PATH`` -> ``--image PATH``, ``overwrite=False`` -> ``--no-overwrite``."""
+    flag = FLAGS.get(f"{opt.scope}.{opt.name}") or FLAGS.get(opt.name, "--" + opt.name.replace("_", "-"))
+    value = opt.cli if opt.cli is not None else opt.value
+    if value == "True" or (opt.name == "use_cache" and value == "False"):
+        return flag
+    if value == "False":
+        return "--no-" + flag[2:]
+    return f"{flag} {value}"
+
+
+def cli_text(text: str, options: Any = None) -> str:
+    """A library message with the parameters its fix names (``options``) spelled as
+    flags; the common parameters of :data:`hestkit.fixes.ALL` too, for texts with no
+    structured fix (warnings, check reports, resource failures)."""
+    from hestkit.errors import render
+    from hestkit.fixes import ALL
+
+    return render(text, (*(options or ()), *ALL), flag_for)
+
+
+def error_text(exc: BaseException) -> str:
+    """``str(exc)`` with a hestkit error's fix spelled as this command line's flags."""
+    return cli_text(str(exc), getattr(exc, "options", ()))
+
+
+def warn(text: str) -> None:
+    """A library warning on stderr, its parameters spelled as flags."""
+    typer.secho(f"warning: {cli_text(text)}", fg=typer.colors.YELLOW, err=True)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    _ORIGINAL_SHOWWARNING(cli_text(str(message)), category, filename, lineno, file, line)
+
+
+_ORIGINAL_SHOWWARNING: Any = None
+
+
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn hestkit errors into a red message and exit code 1 (no traceback)."""
+    """Turn hestkit errors into a red message and exit code 1 (no traceback); the
+    library parameters an error's fix names are shown as this command line's flags."""
     from hestkit.errors import HestkitError
 
     try:
         yield
     except HestkitError as exc:
-        fail(str(exc))
+        fail(error_text(exc))
     except (OSError, MemoryError) as exc:  # a full disk or memory outside the library's own steps
         from catalog._faults import resource_message
 
         msg = resource_message(exc, "hestkit")
         if msg is None:
             raise
-        fail(msg)
+        fail(cli_text(msg))
     except KeyboardInterrupt:
         fail("interrupted; the catalog holds only the samples committed before the interruption", 130)
 
@@ -99,14 +173,15 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def print_table(df: Any, title: str | None = None, max_rows: int = 200) -> None:
+def print_table(df: Any, title: str | None = None, max_rows: int = 200, err: bool = False) -> None:
     """Print a DataFrame as a table that fits the terminal: columns never narrower than
-    their header; when they cannot all fit, one block per row (field: value) instead."""
+    their header; when they cannot all fit, one block per row (field: value) instead.
+    ``err``: on stderr (when stdout carries a result such as ``query --out -``)."""
     from rich.console import Console
     from rich.table import Table
 
     width = _terminal_width()
-    console = Console(width=width, soft_wrap=False)
+    console = Console(width=width, soft_wrap=False, stderr=err)
     rows = [[_cell(v) for v in row] for _, row in df.head(max_rows).iterrows()]
     cols = [str(c) for c in df.columns]
     need = sum(min(max([len(c), *(len(r[i]) for r in rows)]), 40) + 3 for i, c in enumerate(cols)) + 1
@@ -130,11 +205,11 @@ def print_table(df: Any, title: str | None = None, max_rows: int = 200) -> None:
             console.print(t)
             console.print()
     if len(df) > max_rows:
-        typer.echo(f"... {len(df) - max_rows} more rows")
+        typer.echo(f"... {len(df) - max_rows} more rows", err=err)
 
 
-def print_json(obj: Any) -> None:
-    """Results as JSON on stdout (NaN -> null), for pipes and scripts."""
+def print_json(obj: Any, err: bool = False) -> None:
+    """Results as JSON on stdout (NaN -> null), for pipes and scripts (``err``: on stderr)."""
     import json
     import math
 
@@ -154,7 +229,7 @@ def print_json(obj: Any) -> None:
             return clean(v.tolist())
         return v
 
-    typer.echo(json.dumps(clean(obj), default=str, allow_nan=False))
+    typer.echo(json.dumps(clean(obj), default=str, allow_nan=False), err=err)
 
 
 def version_option(prog: str) -> Callable[[bool], None]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail, handle_errors
+from ._common import cli_text, fail, handle_errors
 
 __all__ = ["register"]
 
@@ -42,7 +42,7 @@ def check(
             typer.echo(json.dumps(rep.to_dict(), indent=1))
         else:
             for line in rep.lines():
-                typer.echo(line)
+                typer.echo(cli_text(line))
         if not rep.ok:
             if not as_json:
                 fail("the catalog is damaged (see above); `hestkit check --repair` removes leftovers of failed writers")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail, handle_errors, print_table, progress_bars
+from ._common import fail, handle_errors, print_table, progress_bars, warn
 
 __all__ = ["VOLUME_SUMMARY_COLUMNS", "Modality", "print_volumes", "register"]
 
@@ -98,7 +98,7 @@ def ingest_volume(
                 progress=prog,
             )
         for w in res.warnings:
-            typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+            warn(w)
         z, y, x = res.shape_zyx
         vz, vy, vx = res.voxel_size_um
         typer.echo(
@@ -167,7 +167,7 @@ def link_section(
             cat.plot_section_link(sample_id).savefig(plot, dpi=110)
             typer.echo(f"wrote {plot}")
         for w in link.warnings:
-            typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+            warn(w)
         if len(link.residuals_um):
             import pandas as pd
 

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from . import _data, _maintenance, _slides, _tissue, _volumes
-from ._common import fail, handle_errors, print_json, print_table, progress_bars, root_callback
+from . import _common, _data, _maintenance, _slides, _tissue, _volumes
+from ._common import cli_text, fail, handle_errors, print_json, print_table, progress_bars, root_callback, warn
 
 app = typer.Typer(
     name="hestkit",
@@ -178,9 +178,9 @@ def ingest(
             )
         for r in report.results:
             for w in r.warnings:
-                typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+                warn(w)
             if r.status == "skipped":
-                typer.echo(f"{r.sample_id}: {r.message}")
+                typer.echo(f"{r.sample_id}: {cli_text(r.message, r.options)}")
         done = report.ingested
         if done:
             import pandas as pd
@@ -203,7 +203,7 @@ def ingest(
             )
             print_table(df, title=f"ingested {len(done)} sample(s) into {catalog_dir}")
         for r in report.failed:
-            typer.secho(f"failed: {r.sample_id}:\n{r.message}", fg=typer.colors.RED, err=True)
+            typer.secho(f"failed: {r.sample_id}:\n{cli_text(r.message, r.options)}", fg=typer.colors.RED, err=True)
         if report.failed:
             fail(
                 f"{len(report.failed)} sample(s) failed; the catalog holds only complete samples. Fix the inputs and re-run the same command to resume."
@@ -289,16 +289,31 @@ def query(
     sample: Annotated[list[str] | None, typer.Option("--sample", help="Sample id(s) to keep.")] = None,
     patient: Annotated[list[str] | None, typer.Option(help="Patient(s) to keep.")] = None,
     gene: Annotated[list[str] | None, typer.Option(help="Gene(s) to keep in the export (default all).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection (expression + obs) as .h5ad.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the selection (expression + obs) as .h5ad; '-' writes it to stdout as tab-separated text "
+            "(obs_name, obs columns, one column per gene; empty = gene not measured) and the summary to stderr.",
+        ),
+    ] = None,
     min_tissue_fraction: Annotated[
         float | None, typer.Option("--min-tissue-fraction", help="Keep pairs whose patch is at least this share on tissue.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (pairs per sample, genes).")] = False,
 ) -> None:
-    """Count the pairs a selection holds, by sample, organ and technology."""
+    """Count the pairs a selection holds, by sample, organ and technology.
+
+    With --out - the pairs go to stdout as TSV and everything else to stderr."""
     with handle_errors():
         import catalog
 
+        from . import _query_out
+
+        to_stdout = out is not None and str(out) == _query_out.STDOUT
+        if out is not None and not to_stdout and out.suffix != ".h5ad":
+            fail(f"{out}: --out writes AnnData; give a path ending in .h5ad (or - for TSV on stdout)")
         cat = catalog.open(catalog_dir)
         view = cat.pairs(
             organ=organ,
@@ -316,23 +331,28 @@ def query(
             if len(view)
             else None
         )
-        if as_json:
+        if to_stdout and _common.QUIET:
+            pass  # -q: stdout carries the pairs, stderr only errors
+        elif as_json:
             print_json(
                 {
                     "n_pairs": len(view),
                     "n_genes": len(view.genes),
                     "genes": list(view.genes) if gene is not None else None,
                     "by_sample": [] if df is None else df.to_dict(orient="records"),
-                }
+                },
+                err=to_stdout,
             )
         elif df is None:
             held = sorted({str(t) for t in cat.samples().get("technology", [])})
-            typer.echo(f"no pairs match this selection (the catalog's technologies: {', '.join(held) or 'none'})")
+            typer.echo(f"no pairs match this selection (the catalog's technologies: {', '.join(held) or 'none'})", err=to_stdout)
         else:
-            print_table(df, title=f"{len(view)} pairs, {len(view.genes)} genes")
-        if out is not None:
-            if out.suffix != ".h5ad":
-                fail(f"{out}: --out writes AnnData; give a path ending in .h5ad")
+            print_table(df, title=f"{len(view)} pairs, {len(view.genes)} genes", err=to_stdout)
+        if to_stdout:
+            n = _query_out.write_stdout(view)
+            if not _common.QUIET:
+                typer.echo(f"wrote {n} pairs x {len(view.genes)} genes to stdout (TSV)", err=True)
+        elif out is not None:
             _data.quietly(view.to_anndata).write_h5ad(out)
             typer.echo(f"wrote {out} ({len(view)} pairs x {len(view.genes)} genes)", err=as_json)
 
@@ -420,7 +440,7 @@ def demo(
                 )
                 rep = cat.ingest([e.path], options=opts, workers=workers, progress=prog)
                 if rep.failed:
-                    fail(rep.failed[0].message)
+                    fail(cli_text(rep.failed[0].message, rep.failed[0].options))
         _main_summary(str(cat_dir))
         first = cat.samples()["sample_id"].iloc[0]
         png = plot_sample(cat, first, out / f"{first}_spatial.png")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import fail, handle_errors
+from ._common import error_text, fail, handle_errors
 
 app = typer.Typer(
     name="vortex",
@@ -52,7 +52,7 @@ def _train_cfg(**kw: Any) -> Any:
     try:
         return TrainConfig(genes=genes, **kw)
     except ValueError as exc:
-        fail(str(exc))
+        fail(error_text(exc))
 
 
 def _blocks(v: str) -> int:
@@ -148,7 +148,7 @@ def pretrain(
                 cnn_width=cnn_width,
             )
         except ValueError as exc:
-            fail(str(exc))
+            fail(error_text(exc))
             raise
         tcfg = _train_cfg(
             epochs=epochs,

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import DataError
+
 __all__ = ["GUTTER_PX", "MosaicGrid", "PatchMosaicBackend", "mosaic_grid"]
 
 #: Minimum gutter (px) around each patch in its cell.
@@ -92,12 +94,12 @@ class PatchMosaicBackend:
         if "img" not in self._f:
             keys = sorted(self._f.keys())
             self._f.close()
-            raise ValueError(f"no 'img' dataset (found {keys}); not a HEST patch file")
+            raise DataError(f"no 'img' dataset (found {keys}); not a HEST patch file")
         img = self._f["img"]
         if img.ndim != 4 or img.shape[3] != 3 or img.shape[1] != img.shape[2] or img.dtype != np.uint8:
             shape, dtype = img.shape, img.dtype
             self._f.close()
-            raise ValueError(f"'img' is {dtype} {shape}; expected square uint8 RGB patches (N, P, P, 3)")
+            raise DataError(f"'img' is {dtype} {shape}; expected square uint8 RGB patches (N, P, P, 3)")
         self._img = img
         self.grid = MosaicGrid(img.shape[0], img.shape[1])
         g = self.grid

@@ -13,7 +13,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import PixelSizeError
+from .errors import OptionError, PixelSizeError, fix
+from .fixes import PIXEL_SIZE_UM
 
 __all__ = [
     "PIXEL_SIZE_TOLERANCE",
@@ -45,7 +46,7 @@ class Affine:
         if a.shape == (2, 3):
             a = np.vstack([a, [0.0, 0.0, 1.0]])
         if a.shape != (3, 3):
-            raise ValueError(f"an affine needs a 3x3 or 2x3 matrix, got shape {a.shape}")
+            raise OptionError(f"an affine needs a 3x3 or 2x3 matrix, got shape {a.shape}")
         rows = tuple(tuple(float(v) for v in row) for row in a)
         return cls(rows)  # type: ignore[arg-type]
 
@@ -88,10 +89,10 @@ def fit_affine(src: ArrayLike, dst: ArrayLike) -> tuple[Affine, NDArray[np.float
     s = np.asarray(src, dtype=float).reshape(-1, 2)
     d = np.asarray(dst, dtype=float).reshape(-1, 2)
     if s.shape != d.shape:
-        raise ValueError(f"src and dst differ in shape: {s.shape} vs {d.shape}")
+        raise OptionError(f"src and dst differ in shape: {s.shape} vs {d.shape}")
     design = np.hstack([s, np.ones((len(s), 1))])
     if len(s) < 3 or np.linalg.matrix_rank(design) < 3:
-        raise ValueError("need at least 3 points that are not collinear to fit an affine")
+        raise OptionError("need at least 3 points that are not collinear to fit an affine")
     coef, *_ = np.linalg.lstsq(design, d, rcond=None)
     m = np.vstack([coef.T, [0.0, 0.0, 1.0]])
     aff = Affine.from_array(m)
@@ -176,7 +177,7 @@ def resolve_pixel_size(
             msg = (
                 f"{subject}: the image says {embedded:.4g} um/px but the spot spacing gives "
                 f"{estimated:.4g} um/px ({rel:.0%} apart, more than {tolerance:.0%}); using the "
-                "estimate from spot spacing. Pass --pixel-size-um to override."
+                f"estimate from spot spacing. Pass {PIXEL_SIZE_UM} to override."
             )
             return PixelSizeDecision(estimated, "estimated", embedded, estimated, msg)
         return PixelSizeDecision(embedded, "embedded", embedded, estimated)
@@ -187,6 +188,6 @@ def resolve_pixel_size(
     if metadata is not None and math.isfinite(metadata) and metadata > 0:
         return PixelSizeDecision(metadata, "metadata", embedded, estimated)
     raise PixelSizeError(
-        f"{subject}: no pixel size: the image embeds none and it could not be estimated from "
-        "the spot positions. Fix: pass --pixel-size-um (micrometres per level-0 pixel)."
+        f"{subject}: no pixel size: the image embeds none and it could not be estimated from the spot positions",
+        fix=fix(f"pass {PIXEL_SIZE_UM} (micrometres per level-0 pixel).", PIXEL_SIZE_UM),
     )

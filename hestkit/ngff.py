@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import DataError, OptionError
 from .volume import VolumeLike
 
 __all__ = ["NGFF_VERSION", "NgffVolumeWriter", "ngff_to_xarray", "omero_metadata", "pyramid_plan", "write_volume_ngff"]
@@ -126,7 +127,7 @@ class NgffVolumeWriter:
         }
         names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(self.channels)]
         if len(names) != self.channels:
-            raise ValueError(f"{len(names)} channel names for {self.channels} channels")
+            raise OptionError(f"{len(names)} channel names for {self.channels} channels")
         ome["omero"] = omero_metadata(names, self.dtype)
         attrs: dict[str, Any] = {"ome": ome}
         if attributes:
@@ -138,7 +139,7 @@ class NgffVolumeWriter:
         ome = dict(self.group.attrs["ome"])
         omero = dict(ome.get("omero") or omero_metadata([f"c{i}" for i in range(self.channels)], self.dtype))
         if len(windows) != len(omero["channels"]):
-            raise ValueError(f"{len(windows)} windows for {len(omero['channels'])} channels")
+            raise OptionError(f"{len(windows)} windows for {len(omero['channels'])} channels")
         omero["channels"] = [
             {**ch, "window": {"min": float(a), "max": float(b), "start": float(c), "end": float(d)}}
             for ch, (a, b, c, d) in zip(omero["channels"], windows, strict=True)
@@ -306,9 +307,9 @@ def ngff_to_xarray(path: str | Path, *, level: int = 0) -> Any:
     ome = attrs.get("ome") or attrs
     ms = (ome.get("multiscales") or [None])[0]
     if ms is None:
-        raise ValueError(f"{path}: not an OME-Zarr multiscale image (no 'multiscales' metadata)")
+        raise DataError(f"{path}: not an OME-Zarr multiscale image (no 'multiscales' metadata)")
     if not 0 <= level < len(ms["datasets"]):
-        raise ValueError(f"{path}: level {level} does not exist (the image has {len(ms['datasets'])} levels)")
+        raise OptionError(f"{path}: level {level} does not exist (the image has {len(ms['datasets'])} levels)")
     ds = ms["datasets"][level]
     arr = group[ds["path"]]
     axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import Opt, OptionError, fix
 from .slide import Slide
 
 __all__ = [
@@ -55,11 +56,11 @@ class PairSpec:
 
     def __post_init__(self) -> None:
         if self.patch_size_px < 8:
-            raise ValueError(f"patch_size_px must be >= 8, got {self.patch_size_px}")
+            raise OptionError(f"patch_size_px must be >= 8, got {self.patch_size_px}")
         if not (self.pixel_size_um > 0):
-            raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
+            raise OptionError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
         if not (1 <= self.jpeg_quality <= 100):
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise OptionError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
     @property
     def field_um(self) -> float:
@@ -139,18 +140,24 @@ def plan_patches(
     lds = slide.levels[level].downsample
     win_l0 = spec.patch_size_px * ds_wanted
     if edge not in EDGE_RULES:
-        raise ValueError(f"edge must be one of {', '.join(EDGE_RULES)}, got {edge!r}")
+        raise OptionError(f"edge must be one of {', '.join(EDGE_RULES)}, got {edge!r}")
     limit = slide.max_window_px
     if limit is not None and win_l0 > limit * (1.0 + 1e-6):
         from .errors import ImageError
 
+        size = Opt("patch_size_px", f"{int(limit)}", scope="PairSpec")
+        um = Opt("pixel_size_um", f"{slide_pixel_size_um:g}", scope="PairSpec")
         raise ImageError(
             slide.path,
             f"holds pre-cut patches of {limit:g} px at {slide_pixel_size_um:g} um/px ({limit * slide_pixel_size_um:g} um); "
             f"the catalog's {spec.patch_size_px} px at {spec.pixel_size_um:g} um/px needs {spec.field_um:g} um fields, "
             "wider than one patch",
-            f"use a catalog whose patches cover at most {limit * slide_pixel_size_um:g} um "
-            f"(e.g. --patch-size {int(limit)} --patch-um-per-px {slide_pixel_size_um:g})",
+            fix(
+                f"use a catalog whose patches cover at most {limit * slide_pixel_size_um:g} um "
+                f"(e.g. patches of {size} at {um})",
+                size,
+                um,
+            ),
         )
     if limit is not None and ds_wanted < 1.0 - 1e-6:
         import warnings

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HestkitError
+from .errors import Fix, HestkitError, Opt, fix
+from .fixes import ALLOW_UPSAMPLING, IMAGE
 
 __all__ = [
     "REFUSE_ABOVE",
@@ -36,11 +37,13 @@ _SPACERANGER_IMAGES = {
 
 
 class UpsamplingError(HestkitError):
-    """The image is too coarse for the catalog's patches; ``fix`` says what to do."""
+    """The image is too coarse for the catalog's patches; ``fix`` says what to do (its
+    options: ``image``, ``allow_upsampling``, the catalog's ``PairSpec.pixel_size_um``)."""
 
-    def __init__(self, message: str, fix: str) -> None:
-        self.fix = fix
-        super().__init__(f"{message}. Fix: {fix}")
+    fix: Fix
+
+    def __init__(self, message: str, fix: Fix) -> None:
+        super().__init__(message, fix=fix)
 
 
 @dataclass(frozen=True)
@@ -89,18 +92,24 @@ def check_upsampling(
     res = Resolution(float(source_pixel_size_um), float(patch_pixel_size_um), allowed=bool(allow))
     if res.factor > REFUSE_ABOVE and not allow:
         coarsest = source_pixel_size_um / REFUSE_ABOVE
+        patch_um = Opt("pixel_size_um", f"{coarsest:.3g}", scope="PairSpec")
         raise UpsamplingError(
             f"{subject}: {image_path} has {source_pixel_size_um:.3g} um/px; the catalog's {patch_pixel_size_um:g} um/px "
             f"patches would be upsampled {res.factor:.1f}x (each image pixel {res.factor:.1f} x {res.factor:.1f} patch "
             f"pixels), above the {REFUSE_ABOVE:g}x limit{spaceranger_image_note(image_path)}",
-            "give the full-resolution image the spots were aligned to (--image), or accept the upsampling, which is "
-            "then recorded per sample (allow_upsampling=True; CLI --allow-upsampling), or use a catalog with patches of "
-            f"at least {coarsest:.3g} um/px",
+            fix(
+                f"give the full-resolution image the spots were aligned to ({IMAGE}), or accept the upsampling, which is "
+                f"then recorded per sample ({ALLOW_UPSAMPLING}), or use a catalog with patches of at least "
+                f"{coarsest:.3g} um/px ({patch_um})",
+                IMAGE,
+                ALLOW_UPSAMPLING,
+                patch_um,
+            ),
         )
     return res
 
 
-def spaceranger_images_hint(spatial: Path, scalefactors: dict[str, float], fullres_pixel_size_um: float | None) -> str:
+def spaceranger_images_hint(spatial: Path, scalefactors: dict[str, float], fullres_pixel_size_um: float | None) -> Fix | None:
     """What a Space Ranger ``spatial/`` folder offers when the full-resolution image is
     missing: each downscaled PNG there, its resolution, and what using it means."""
     found = []
@@ -114,11 +123,13 @@ def spaceranger_images_hint(spatial: Path, scalefactors: dict[str, float], fullr
             res = f", about {fullres_pixel_size_um / float(scale):.3g} um/px"
         found.append(f"{p} ({key} {scale}{res})")
     if not found:
-        return ""
-    return (
+        return None
+    return fix(
         ". Space Ranger's downscaled copies exist: "
         + "; ".join(found)
-        + ". Passing one with --image works (spot coordinates are scaled to it), but its patches are upsampled "
+        + f". Passing one as {IMAGE} works (spot coordinates are scaled to it), but its patches are upsampled "
         "from a coarse image and carry no cellular detail: the factor is recorded per sample, warned about above "
-        f"{WARN_ABOVE:g}x and refused above {REFUSE_ABOVE:g}x unless --allow-upsampling"
+        f"{WARN_ABOVE:g}x and refused above {REFUSE_ABOVE:g}x unless {ALLOW_UPSAMPLING}",
+        IMAGE,
+        ALLOW_UPSAMPLING,
     )

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import OptionError
+from .errors import DataError, OptionError, fix
+from .fixes import SAMPLE_ID
 from .geometry import PixelSizeDecision
 
 __all__ = ["SPOT_COLUMNS", "TECHNOLOGIES", "ReadOptions", "SampleRef", "SampleSource"]
@@ -58,8 +59,8 @@ class ReadOptions:
     def __post_init__(self) -> None:
         if self.sample_id is not None and not str(self.sample_id).strip():
             raise OptionError(
-                "--sample-id is empty; give a sample id (1-128 letters, digits, '.', '_' or '-'), "
-                "or leave the option out to use the folder name"
+                f"the sample id ({SAMPLE_ID}) is empty",
+                fix=fix(f"give a sample id ({SAMPLE_ID}; 1-128 letters, digits, '.', '_' or '-'), or leave it out to use the folder name", SAMPLE_ID),
             )
 
 
@@ -101,7 +102,7 @@ class SampleSource:
 
     def __post_init__(self) -> None:
         if self.counts.shape != (len(self.spots), len(self.genes)):
-            raise ValueError(
+            raise DataError(
                 f"{self.sample_id}: counts shape {self.counts.shape} does not match "
                 f"{len(self.spots)} spots x {len(self.genes)} genes"
             )

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import RegistrationError
+from .errors import Opt, RegistrationError, fix
+from .fixes import AFFINE, LANDMARKS, PIXEL_SIZE_UM, Z_UM
 from .geometry import Affine
 
 __all__ = ["RegistrationError", "RegistrationResult", "masked_ncc", "plot_registration", "register_section"]
@@ -173,6 +174,10 @@ def _params_to_matrix(p: Sequence[float] | F64) -> F64:
     return np.array([[s * c, -s * si, tx], [s * si, s * c, ty], [0.0, 0.0, 1.0]])
 
 
+_LANDMARKS, _AFFINE, _Z_UM = LANDMARKS, AFFINE, Z_UM
+_ZR = Opt("z_range_um", "(Z0, Z1)", cli="Z0 Z1")
+
+
 # -- the fit -------------------------------------------------------------------------------------
 def register_section(
     section_rgb: NDArray[Any],
@@ -201,11 +206,17 @@ def register_section(
 
     img_um = section_um_px * section_px_per_image_px
     if not (math.isfinite(img_um) and img_um > 0):
-        raise RegistrationError(f"{what}: the section's pixel size is unknown ({section_um_px!r} um/px); give --pixel-size-um at ingest")
+        raise RegistrationError(
+            f"{what}: the section's pixel size is unknown ({section_um_px!r} um/px)", fix=fix(f"give {PIXEL_SIZE_UM} at ingest", PIXEL_SIZE_UM)
+        )
     ez = volume_extent_um(volume)[0]
     z0, z1 = z_range_um if z_range_um is not None else (0.0, ez)
     if not (0.0 <= z0 < z1 <= ez + 1e-9):
-        raise RegistrationError(f"{what}: --z-range-um {z0:g} {z1:g} is not within the volume's depth 0 .. {ez:g} um")
+        zr = Opt("z_range_um", f"({z0:g}, {z1:g})", cli=f"{z0:g} {z1:g}")
+        raise RegistrationError(
+            f"{what}: {zr} is not within the volume's depth 0 .. {ez:g} um",
+            fix=fix(f"give {_ZR} within 0 .. {ez:g} um", _ZR, zr),
+        )
     vz = float(volume.voxel_size_um[0])
     # the working grid: the coarsest level no coarser than the working pixel, then block means
     lvl = 0
@@ -259,7 +270,10 @@ def register_section(
                 best = (float(ncc.flat[i]), float(deg), sign, m_um)
     coarse_score, coarse_deg, sign, m0 = best
     if coarse_score <= 0:
-        raise RegistrationError(f"{what}: no rotation or translation correlates the section with the volume (best {coarse_score:.2f}); place it with landmarks (--landmarks FILE)")
+        raise RegistrationError(
+            f"{what}: no rotation or translation correlates the section with the volume (best {coarse_score:.2f})",
+            fix=fix(f"place it with landmarks ({_LANDMARKS})", _LANDMARKS),
+        )
     logger.info("%s: coarse fit rotation %.0f deg, NCC %.3f", what, coarse_deg, coarse_score)
 
     # 2. refinement at half the working pixel size
@@ -332,18 +346,20 @@ def register_section(
         depth_profile=prof,
         residuals_um=res,
     )
-    fix = "place the section with landmarks (--landmarks FILE) or a matrix (--affine FILE) and --z-um"
+    manual = fix(f"place the section with landmarks ({_LANDMARKS}) or a matrix ({_AFFINE}) and {_Z_UM}", _LANDMARKS, _AFFINE, _Z_UM)
     if score < min_score:
         raise RegistrationError(
             f"{what}: the best automatic placement (z = {z_best:.1f} um, rotation {th:.1f} deg, scale {sc:.3f}) "
-            f"correlates only {score:.2f} with the volume (at least {min_score:.2f} is needed to trust it); {fix}"
+            f"correlates only {score:.2f} with the volume (at least {min_score:.2f} is needed to trust it); {manual}",
+            fix=manual,
         )
     if confidence < min_confidence:
         raise RegistrationError(
             f"{what}: the depth is not identifiable: the best plane (z = {z_best:.1f} um, NCC {score:.2f}) stands out of "
             f"the depth profile by a confidence of {confidence:.2f} (at least {min_confidence:.2f} is needed; NCC over depth "
             f"ranges {prof.min():.2f} .. {prof.max():.2f}); the section may not belong to this volume or lie outside "
-            f"--z-range-um; {fix}"
+            f"the depth range searched (z_range_um); {manual}",
+            fix=manual,
         )
     return result
 

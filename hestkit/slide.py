@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ImageError
+from .errors import DataError, ImageError, fix
+from .fixes import IMAGE
 
 __all__ = [
     "MAX_FLAT_PIXELS",
@@ -103,7 +104,7 @@ def _to_rgb(a: NDArray[Any]) -> RGB:
         return np.repeat(a, 3, axis=2)
     if a.shape[2] >= 3:
         return np.ascontiguousarray(a[:, :, :3])
-    raise ValueError(f"unsupported channel layout {a.shape}")
+    raise DataError(f"unsupported channel layout {a.shape}")
 
 
 def _plausible(v: float | None) -> float | None:
@@ -128,7 +129,7 @@ class _TiffBackend:
         for i, lvl in enumerate(series.levels):
             axes = lvl.axes
             if "Y" not in axes or "X" not in axes:
-                raise ValueError(f"level {i} has axes {axes!r}, expected Y and X")
+                raise DataError(f"level {i} has axes {axes!r}, expected Y and X")
             h, w = lvl.shape[axes.index("Y")], lvl.shape[axes.index("X")]
             if i == 0:
                 base_w, _base_h = w, h
@@ -226,11 +227,11 @@ class _NgffBackend:
         attrs: dict[str, Any] = dict(group.attrs)
         ms: Any = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
         if not ms:
-            raise ValueError("zarr group without OME-NGFF 'multiscales' metadata")
+            raise DataError("zarr group without OME-NGFF 'multiscales' metadata")
         m0 = ms[0]
         axes = [a["name"] if isinstance(a, dict) else str(a) for a in m0["axes"]]
         if "y" not in axes or "x" not in axes:
-            raise ValueError(f"multiscale axes {axes} lack y/x")
+            raise DataError(f"multiscale axes {axes} lack y/x")
         self._axes = axes
         self._arrays: list[Any] = [group[d["path"]] for d in m0["datasets"]]
         yi, xi = axes.index("y"), axes.index("x")
@@ -273,7 +274,7 @@ class _PilBackend:
         with opened as im:
             w0, h0 = im.size
             if w0 * h0 > MAX_FLAT_PIXELS:
-                raise ValueError(
+                raise DataError(
                     f"a flat {w0} x {h0} px image is decoded whole ({w0 * h0 * 3 / 2**30:.1f} GiB); over "
                     f"{MAX_FLAT_PIXELS:,} px, convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)"
                 )
@@ -445,7 +446,7 @@ def open_slide(path: str | Path) -> Slide:
     """Open a slide image, choosing a backend from the file, or raise :class:`ImageError`."""
     p = Path(path)
     if not p.exists():
-        raise ImageError(p, "the image file does not exist", "give the path of the full-resolution H&E with --image")
+        raise ImageError(p, "the image file does not exist", fix(f"give the path of the full-resolution H&E ({IMAGE})", IMAGE))
     if p.is_dir():
         if (p / "zarr.json").exists() or (p / ".zattrs").exists():
             try:

@@ -39,6 +39,7 @@ from shapely.geometry import MultiPolygon, mapping, shape
 
 from . import _tissue
 from .errors import HestkitError
+from .fixes import PIXEL_SIZE_UM
 from .slide import Slide, open_slide
 
 __all__ = [
@@ -339,7 +340,7 @@ def _segment(
         px = _FALLBACK_UM
         warnings.warn(
             f"{slide.path}: no pixel size embedded or given; assuming {_FALLBACK_UM} um/px for the working "
-            "resolution and the area limits (pass pixel_size_um= / --pixel-size-um)",
+            f"resolution and the area limits (pass {PIXEL_SIZE_UM})",
             stacklevel=3,
         )
     ds = max(1.0, target_mpp / px)

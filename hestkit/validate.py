@@ -26,7 +26,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from .errors import NoPairsError, Problem, ValidationError
+from .errors import NoPairsError, Problem, ValidationError, fix
+from .fixes import ALLOW_NON_INTEGER
 from .patches import PatchPlan
 from .sample import SampleSource
 from .slide import Slide
@@ -132,18 +133,20 @@ def _counts_problem(path: str | Path | None, bad: list[CountCheck], allow_non_in
     text = "; ".join(c.message() for c in bad)
     only_fraction = all(c.kind == "non-integer" for c in bad)
     if only_fraction:
-        fix = (
+        fx = fix(
             "give raw counts (the integer UMI counts, e.g. layers['counts'] or the filtered_feature_bc_matrix), or pass "
-            "--allow-non-integer (library: ReadOptions(allow_non_integer=True)) to keep non-negative fractional values "
-            "such as normalised data; it is recorded in the manifest"
+            f"{ALLOW_NON_INTEGER} (ReadOptions) to keep non-negative fractional values "
+            "such as normalised data; it is recorded in the manifest",
+            ALLOW_NON_INTEGER,
         )
     else:
-        fix = (
+        fx = fix(
             "expected raw counts: finite, non-negative and below 2^31"
-            + ("" if allow_non_integer else " (integers, or fractional with --allow-non-integer)")
-            + "; re-export the matrix from the pipeline that made it"
+            + ("" if allow_non_integer else f" (integers, or fractional with {ALLOW_NON_INTEGER})")
+            + "; re-export the matrix from the pipeline that made it",
+            *(() if allow_non_integer else (ALLOW_NON_INTEGER,)),
         )
-    return Problem(path, f"{text}. Fix: {fix}")
+    return Problem(path, f"{text}. Fix: {fx}", fx)
 
 
 def duplicate_barcode_problem(path: str | Path | None, barcodes: pd.Series | list[str]) -> Problem | None:

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import VolumeError
+from .errors import OptionError, VolumeError
 
 __all__ = [
     "VolumeLevel",
@@ -59,13 +59,13 @@ class VolumePairSpec:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.size_um) and self.size_um > 0):
-            raise ValueError(f"size_um must be a positive number, got {self.size_um}")
+            raise OptionError(f"size_um must be a positive number, got {self.size_um}")
         if self.size_px < 8:
-            raise ValueError(f"size_px must be >= 8, got {self.size_px}")
+            raise OptionError(f"size_px must be >= 8, got {self.size_px}")
         if not (math.isfinite(self.depth_um) and self.depth_um > 0):
-            raise ValueError(f"depth_um must be a positive number, got {self.depth_um}")
+            raise OptionError(f"depth_um must be a positive number, got {self.depth_um}")
         if self.n_slices < 1:
-            raise ValueError(f"n_slices must be >= 1, got {self.n_slices}")
+            raise OptionError(f"n_slices must be >= 1, got {self.n_slices}")
 
     @property
     def pixel_size_um(self) -> float:

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ReaderError, VolumeError, VoxelSizeError
+from .errors import ReaderError, VolumeError, VoxelSizeError, fix
+from .fixes import VOXEL_SIZE_UM
 from .volume import VolumeLevel
 
 __all__ = [
@@ -84,8 +85,8 @@ class VolumeSource:
         v = self._voxel_size_um or self.embedded_voxel_size_um
         if v is None:
             raise VoxelSizeError(
-                f"{self.path}: the volume carries no voxel size (no OME PhysicalSize, ImageJ spacing or NGFF scale). "
-                "Fix: pass --voxel-size-um Z Y X (micrometres per voxel along z, y, x)"
+                f"{self.path}: the volume carries no voxel size (no OME PhysicalSize, ImageJ spacing or NGFF scale).",
+                fix=fix(f"pass {VOXEL_SIZE_UM} (micrometres per voxel along z, y, x)", VOXEL_SIZE_UM),
             )
         return v
 

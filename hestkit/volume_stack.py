@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ReaderError, VolumeError
+from .errors import ReaderError, VolumeError, fix
+from .fixes import VOXEL_SIZE_UM
 from .geometry import Affine
 from .slide import open_slide
 from .volume import VolumeLevel
@@ -157,8 +158,11 @@ def open_section_stack(csv_path: str | Path, voxel_size_um: Sequence[float] | No
     p = Path(csv_path)
     if voxel_size_um is None:
         raise VolumeError(
-            f"{p}: a section stack has no voxel size of its own. Fix: pass --voxel-size-um Z Y X "
-            "(Z = section spacing, Y = X = in-plane voxel size of the assembled volume, um)"
+            f"{p}: a section stack has no voxel size of its own",
+            fix=fix(
+                f"pass {VOXEL_SIZE_UM} (Z = section spacing, Y = X = in-plane voxel size of the assembled volume, um)",
+                VOXEL_SIZE_UM,
+            ),
         )
     vz, vy, vx = (float(v) for v in voxel_size_um)
     if abs(vy - vx) > 1e-9 * max(vy, vx):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from hestkit.errors import Opt, fix
+
 from .errors import EvalError
 
 __all__ = [
@@ -203,7 +205,8 @@ def find_tasks(bench_dir: Path, names: Sequence[str] | None = None) -> list[Benc
     if names:
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise EvalError(f"{bench_dir}: no task(s) {unknown}; expected --tasks among {sorted(available)}.")
+            tasks = Opt("tasks", "[NAME]", cli="NAME")
+            raise EvalError(f"{bench_dir}: no task(s) {unknown}; expected {tasks} among {sorted(available)}.", fix=fix("", tasks))
         chosen = list(dict.fromkeys(names))
     else:
         chosen = sorted(available)

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from hestkit.errors import Opt, fix
+
 from .errors import EvalError
 from .evaluate import EncoderScores, EvalResult, Fold
 
@@ -58,9 +60,10 @@ def require_probe(probe: str) -> None:
         try:
             import xgboost  # noqa: F401
         except ImportError as exc:
+            xgb, ridge = Opt("probe", "'xgboost'", cli="xgboost"), Opt("probe", "'ridge'", cli="ridge")
             raise EvalError(
-                "--probe xgboost needs the xgboost package, which is not installed. "
-                "Fix: `pip install xgboost` (HEST's XGBRegressor settings are then used), or choose --probe ridge."
+                f"{xgb} needs the xgboost package, which is not installed.",
+                fix=fix(f"`pip install xgboost` (HEST's XGBRegressor settings are then used), or choose {ridge}.", ridge, xgb),
             ) from exc
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .encoders import EncoderSpec, embed_view
+from .errors import ConfigError
 from .evaluate import hest_benchmark, patient_folds, retrieval_metrics, select_genes, write_report
 from .hest_bench import ProbeConfig, catalog_folds, match_genes, score_folds
 from .train import resolve_device, select_view
@@ -69,7 +70,7 @@ def evaluate_catalog(
     counts = view.expression()
     sample_ids = view.obs["sample_id"].astype(str).to_numpy()
     if cfg.genes:
-        genes = match_genes(list(view.genes), list(cfg.genes), source="--genes")
+        genes = match_genes(list(view.genes), list(cfg.genes), source="genes")
     else:
         genes = select_genes(counts, view.genes, sample_ids, n_top=cfg.n_genes)
     gpos = {g: i for i, g in enumerate(view.genes)}
@@ -83,7 +84,7 @@ def evaluate_catalog(
     retrieval: dict[str, dict[str, float]] = {}
     for spec in encoders:
         if spec.label in embeddings:
-            raise ValueError(f"encoder label {spec.label!r} given twice")
+            raise ConfigError(f"encoder label {spec.label!r} given twice")
         embeddings[spec.label] = embed_view(
             cat, view, spec, device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers, cache=cfg.cache
         )

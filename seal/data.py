@@ -15,8 +15,9 @@ import torch
 from torch.utils.data import Dataset
 
 from catalog import PairView
+from hestkit.errors import Opt, fix
 
-from .errors import GeneListError, SelectionError
+from .errors import ConfigError, GeneListError, SelectionError, ShapeError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ CONTROL_PREFIXES = (
     "NEGCONTROL",
     "ANTISENSE_",
 )
+
+_MIN_FRACTION = Opt("min_gene_fraction", "F")
+_MIN_STD = Opt("min_gene_std", "F")
+_GENES = Opt("genes", "[GENE]", cli="GENE")
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,7 @@ def fit_preprocessing(
     z-scores of near-constant genes cannot explode); returns the preprocessing and the
     training matrix (n_pairs x G, float32)."""
     if len(view) == 0:
-        raise SelectionError("the training selection holds no pairs; loosen --organ/--technology/--samples")
+        raise SelectionError("the training selection holds no pairs; loosen its filters (organ, technology, samples)")
     x, names = _prepared_matrix(view, smooth, target_sum)
     pos = {g: i for i, g in enumerate(names)}
     if genes is not None:
@@ -202,7 +207,8 @@ def fit_preprocessing(
         if len(cols) == 0:
             raise GeneListError(
                 f"no gene is detected in >= {min_fraction:.0%} of the {x.shape[0]} training pairs with a standard "
-                f"deviation >= {min_std}; lower --min-gene-fraction / --min-gene-std or give --genes"
+                f"deviation >= {min_std}",
+                fix=fix(f"lower {_MIN_FRACTION} / {_MIN_STD} or give {_GENES}", _MIN_FRACTION, _MIN_STD, _GENES),
             )
         dropped = x.shape[1] - int(gene_filter(x, min_fraction, min_std)[0].sum())
         if dropped:
@@ -273,7 +279,7 @@ class SealDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __init__(self, view: PairView, values: np.ndarray, transform: PatchTransform) -> None:
         if len(values) != len(view):
-            raise ValueError(f"{len(values)} expression rows for {len(view)} pairs")
+            raise ShapeError(f"{len(values)} expression rows for {len(view)} pairs")
         self.view = view
         self.values = values
         self.transform = transform
@@ -360,7 +366,7 @@ def probe_split(obs: pd.DataFrame, val_fraction: float, seed: int, *, mode: str 
     ``"spots"`` with a warning (holding out whole patients would take a large share of a
     small cohort out of training)."""
     if mode not in PROBE_MODES:
-        raise ValueError(f"probe mode must be one of {', '.join(PROBE_MODES)}, got {mode!r}")
+        raise ConfigError(f"probe mode must be one of {', '.join(PROBE_MODES)}, got {mode!r}")
     pat = obs["patient"].astype(str)
     known = ~pat.isin(["", "nan", "None"])
     n_patients = int(pat[known].nunique()) if known.all() else int(obs["sample_id"].astype(str).nunique())
@@ -372,8 +378,8 @@ def probe_split(obs: pd.DataFrame, val_fraction: float, seed: int, *, mode: str 
         if mode == "spots":
             warnings.warn(
                 f"only {n_patients} patient(s): the in-training probe holds out a band of {val_fraction:.0%} of the spots "
-                f"within every sample instead of whole patients (use --probe patients to hold out patients, "
-                f"--probe off for none)",
+                f"within every sample instead of whole patients (use probe='patients' to hold out patients, "
+                f"probe='off' for none)",
                 stacklevel=3,
             )
     if mode == "spots":

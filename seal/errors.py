@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from hestkit.errors import HestkitError
 
-__all__ = ["BackboneError", "EvalError", "GeneListError", "SealError", "SelectionError", "WeightsError"]
+__all__ = [
+    "BackboneError",
+    "ConfigError",
+    "EvalError",
+    "GeneListError",
+    "NotFittedError",
+    "SealError",
+    "SelectionError",
+    "ShapeError",
+    "WeightsError",
+]
 
 
 class SealError(HestkitError):
@@ -29,3 +39,15 @@ class SelectionError(SealError):
 
 class EvalError(SealError, ValueError):
     """An evaluation that cannot be run as asked."""
+
+
+class ConfigError(SealError, ValueError):
+    """A configuration or argument that cannot be used (an unknown mode, a size out of range)."""
+
+
+class ShapeError(SealError, ValueError):
+    """An array or tensor of the wrong shape for the model or function it is given to."""
+
+
+class NotFittedError(SealError, RuntimeError):
+    """A model used before it was fitted."""

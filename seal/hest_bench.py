@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from hestkit.errors import Opt, fix
+
 from ._hest_embed import embed_patch_file, file_fingerprint, load_cached, save_cached
 from ._hest_layout import BenchTask, find_tasks, read_patch_barcodes, read_targets
 from ._hest_probe import PROBES, Probe, ProbeConfig, SplitDetail, require_probe, score_folds
@@ -194,7 +196,8 @@ def run_hest_bench(
     pcfg = cfg.probe_config()
     require_probe(cfg.probe)
     if not encoders:
-        raise EvalError("no encoder given; expected at least one --encoder SPEC.")
+        enc = Opt("encoders", "[SPEC]", cli="SPEC")
+        raise EvalError(f"no encoder given; expected at least one ({enc}).", fix=fix("", enc))
     labels = [e.label for e in encoders]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -304,7 +307,7 @@ def catalog_folds(sample_ids: Sequence[str] | NDArray[Any], split_dir: str | Pat
         raise EvalError(
             f"{split_dir}: split file(s) name sample(s) {absent[:8]} that are not among the selected pairs "
             f"(selected: {sorted(rows)[:8]}); expected every split sample in the selection. "
-            "Fix: ingest those samples or widen --samples/--organ."
+            "Fix: ingest those samples or widen the selection (samples, organ)."
         )
     unused = sorted(set(rows) - named)
     if unused:

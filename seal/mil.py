@@ -25,6 +25,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from .errors import ConfigError, ShapeError
+
 __all__ = [
     "ABMIL",
     "BagSource",
@@ -70,9 +72,9 @@ class MilConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("max_epochs and patience must be >= 1")
+            raise ConfigError("max_epochs and patience must be >= 1")
 
 
 class ABMIL(nn.Module):
@@ -126,7 +128,7 @@ class Standardizer:
             ss = (b * b).sum(0) if ss is None else ss + (b * b).sum(0)
             n += len(b)
         if s is None or ss is None or n == 0:
-            raise ValueError("no tiles to standardise")
+            raise ShapeError("no tiles to standardise")
         mean = s / n
         var = np.maximum(ss / n - mean * mean, 0.0)
         return cls(mean, np.sqrt(var))
@@ -216,7 +218,7 @@ def _train(
     elif kind == "mean":
         model = MeanPool(dim, n_out, 0.0)
     else:
-        raise ValueError(f"unknown MIL model {kind!r}; expected abmil or mean")
+        raise ConfigError(f"unknown MIL model {kind!r}; expected abmil or mean")
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr if kind == "abmil" else cfg.lr * 5, weight_decay=cfg.weight_decay)
     loss_fn = _loss_fn(task)

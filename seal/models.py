@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import BackboneError, WeightsError
+from hestkit.errors import Opt, fix
+
+from .errors import BackboneError, ConfigError, WeightsError
 
 __all__ = [
     "ExpressionVAE",
@@ -33,6 +35,8 @@ __all__ = [
 
 _HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head_dist.", "last_linear.")
 
+_BACKBONE = Opt("backbone", "NAME")
+
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -45,9 +49,9 @@ class LoraSpec:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"LoRA rank must be >= 1, got {self.rank}")
         if self.blocks < 0:
-            raise ValueError(f"--lora-blocks must be a positive number or 'all', got {self.blocks}")
+            raise ConfigError(f"LoRA blocks must be a positive number or 0 for all, got {self.blocks}")
 
 
 def create_backbone(
@@ -125,7 +129,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise WeightsError(
             f"{p}: these weights do not fit {type(model).__name__}: "
             + "; ".join(parts)
-            + ". Check that --backbone names the architecture the weights were trained with."
+            + ".",
+            fix=fix(f"check that {_BACKBONE} names the architecture the weights were trained with.", _BACKBONE),
         )
     model.load_state_dict(sd, strict=True)
 

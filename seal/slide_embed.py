@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .encoders import EncoderSpec, parse_encoder
-from .errors import SealError
+from .errors import ConfigError, SealError
 
 __all__ = [
     "SlideEmbedConfig",
@@ -68,11 +68,11 @@ class SlideEmbedConfig:
 
     def __post_init__(self) -> None:
         if not self.mpp > 0:
-            raise SealError(f"--mpp must be > 0 um/px, got {self.mpp}")
+            raise ConfigError(f"mpp must be > 0 um/px, got {self.mpp}")
         if self.tile_px < 8:
-            raise SealError(f"--tile-px must be >= 8, got {self.tile_px}")
+            raise ConfigError(f"tile_px must be >= 8, got {self.tile_px}")
         if not 0.0 <= self.min_tissue <= 1.0:
-            raise SealError(f"--min-tissue must be in [0, 1], got {self.min_tissue}")
+            raise ConfigError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
 
 
 @dataclass
@@ -302,7 +302,7 @@ def _embed_one(
         report.tiles_from_store.append(sid)
     elif n > 0:
         if tiles_path.exists():
-            log.info("%s: kept tiles of another grid (other --min-tissue); decoding the slide", sid)
+            log.info("%s: kept tiles of another grid (other min_tissue); decoding the slide", sid)
         with open_slide(manifest["path"]) as slide:
             plan = plan_patches(slide, centres, slide_mpp, spec, block_px=cfg.block_px, slot_align=_SHARD if cfg.keep_tiles else 1)
         if len(plan.kept) != n:
@@ -395,7 +395,7 @@ def embed_slides(
     cat = catalog_pkg.open(catalog)
     manifests = {m["slide_id"]: m for m in slide_manifests(cat.layout)}
     if not manifests:
-        raise SealError(f"{cat.uri}: the slide table is empty; add slides with `hestkit add-slides SLIDES.csv --catalog {cat.uri}`")
+        raise SealError(f"{cat.uri}: the slide table is empty; add slides with Catalog.add_slides (hestkit add-slides)")
     want = list(slides) if slides else sorted(manifests)
     unknown = [s for s in want if s not in manifests]
     if unknown:

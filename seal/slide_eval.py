@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from hestkit.errors import Opt, fix
+
 from .errors import EvalError
 from .mil import MilConfig, Standardizer, predict_mil, train_mil
 
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Numeric label columns with more distinct values than this are regression targets.
 MAX_CLASSES = 10
+
+_COLUMN = Opt("column", "NAME", scope="slide_eval")
+_CLASSIFY = Opt("task_type", "'classification'", cli="classification")
+_MIN_TISSUE = Opt("min_tissue", "F")
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,10 @@ def slide_task(slides: pd.DataFrame, column: str, kind: str = "auto") -> SlideTa
     """The task of label ``column`` of the slide table (``Catalog.slides()``)."""
     if column not in slides.columns or column in ("slide_id", "patient", "path"):
         labels = [c for c in slides.columns if c not in ("slide_id", "patient", "path", "width", "height", "mpp", "mpp_source", "n_levels", "added_at")]
-        raise EvalError(f"no label column {column!r} in the slide table (labels: {', '.join(labels) or 'none'}); pick one with --task")
+        raise EvalError(
+            f"no label column {column!r} in the slide table (labels: {', '.join(labels) or 'none'})",
+            fix=fix(f"pick one ({_COLUMN})", _COLUMN),
+        )
     col = slides[column]
     have = col.notna().to_numpy() & (col.astype(str).str.strip() != "").to_numpy()
     sub = slides[have]
@@ -78,7 +87,9 @@ def slide_task(slides: pd.DataFrame, column: str, kind: str = "auto") -> SlideTa
         kind = "regression" if numeric and num.nunique() > MAX_CLASSES else "classification"
     if kind == "regression":
         if not numeric:
-            raise EvalError(f"label {column!r} has non-numeric values; regression needs numbers (or use --task-type classification)")
+            raise EvalError(
+                f"label {column!r} has non-numeric values; regression needs numbers", fix=fix(f"use {_CLASSIFY}", _CLASSIFY)
+            )
         y = num.to_numpy(dtype=np.float64)
         classes: tuple[str, ...] = ()
     elif kind == "classification":
@@ -123,7 +134,8 @@ def patient_stratified_folds(task: SlideTask, n_folds: int = 5, seed: int = 0, v
     groups = np.asarray(task.patients)
     n_pat = len(set(task.patients))
     if n_folds < 2 or n_folds > n_pat:
-        raise EvalError(f"--folds {n_folds}: needs 2 .. {n_pat} (the number of patients with a {task.column!r} label)")
+        nf = Opt("folds", str(n_folds))
+        raise EvalError(f"{nf}: needs 2 .. {n_pat} (the number of patients with a {task.column!r} label)", fix=fix("", nf))
     strata = _strata(task)
     folds = []
     for k, test in enumerate(_group_split(strata, groups, n_folds, seed)):
@@ -214,7 +226,10 @@ class StoreBags:
             return got
         b = self.store.features(self.slide_ids[i])
         if len(b) == 0:
-            raise EvalError(f"{self.store.path(self.slide_ids[i])}: slide has no tiles on tissue; lower --min-tissue or check its mask")
+            raise EvalError(
+                f"{self.store.path(self.slide_ids[i])}: slide has no tiles on tissue",
+                fix=fix(f"lower {_MIN_TISSUE} or check its mask", _MIN_TISSUE),
+            )
         if self._used + b.nbytes <= self.cache_bytes:
             self._cache[i] = b
             self._used += b.nbytes
@@ -334,10 +349,11 @@ def run_slide_eval(
     cat = catalog_pkg.open(catalog)
     slides = cat.slides()
     if slides.empty:
-        raise EvalError(f"{cat.uri}: the slide table is empty; add slides with `hestkit add-slides SLIDES.csv --catalog {cat.uri}`")
+        raise EvalError(f"{cat.uri}: the slide table is empty; add slides with Catalog.add_slides (hestkit add-slides)")
     task = slide_task(slides, column, task_type)
     if not encoders:
-        raise EvalError("give at least one --encoder")
+        enc = Opt("encoders", "[SPEC]", cli="SPEC")
+        raise EvalError(f"give at least one encoder ({enc})", fix=fix("", enc))
     stores: dict[str, Any] = {}
     labels: dict[str, str] = {}
     for e in encoders:
@@ -347,7 +363,7 @@ def run_slide_eval(
     sp = read_splits(splits, task) if splits is not None else patient_stratified_folds(task, folds, (cfg or MilConfig()).seed)
     bad = [m for m in models if m not in ("abmil", "mean")]
     if bad:
-        raise EvalError(f"--model {bad[0]!r}: expected abmil, mean or both")
+        raise EvalError(f"model {bad[0]!r}: expected abmil, mean or both")
     res = evaluate_feature_sets(stores, task, sp, models=models, cfg=cfg, labels=labels, progress=progress)
     paths = dict(zip(slides["slide_id"].astype(str), slides["path"].astype(str), strict=True))
     written = write_slide_report(

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from ._summary import FitSummary, clip_at_chance, probe_retrieval
 from .data import PROBE_MODES, ExpressionPrep, PatchTransform, SealDataset, apply_preprocessing, fit_preprocessing, probe_split
 from .encoders import backbone_recipe, build_backbone
-from .errors import SelectionError
+from .errors import ConfigError, SelectionError
 from .losses import seal_objective
 from .models import LoraSpec, SealModel, wrap_lora
 
@@ -71,7 +71,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.probe not in PROBE_MODES:
-            raise ValueError(f"probe must be one of {', '.join(PROBE_MODES)}, got {self.probe!r}")
+            raise ConfigError(f"probe must be one of {', '.join(PROBE_MODES)}, got {self.probe!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -399,7 +399,7 @@ def fit(
             warnings.warn(
                 f"after the first epoch the contrastive term is {ep_rec['clip_epoch']:.3f}, still not below chance "
                 f"(ln({bs * world}) = {math.log(bs * world):.3f}): images and expression are not being aligned; "
-                "check the learning rate, --lora-blocks and the gene selection (see docs/seal.md)",
+                "check the learning rate, the LoRA blocks and the gene selection (see docs/seal.md)",
                 stacklevel=2,
             )
         tr.log(ep_rec)

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import Problem
+from ..errors import Problem, fix
+from ..fixes import IMAGE
 from ..slide import SLIDE_SUFFIXES, Slide
 from ..validate import coordinate_problems
 
@@ -123,10 +124,10 @@ def positive_field(
 
 
 def find_image(folder: Path, explicit: Path | None, problems: list[Problem]) -> Path | None:
-    """The image given with ``--image``, or the single slide file in ``folder``."""
+    """The image given (``image``), or the single slide file in ``folder``."""
     if explicit is not None:
         if not explicit.exists():
-            problems.append(Problem(explicit, "the image given with --image does not exist"))
+            problems.append(Problem(explicit, "the image given (image) does not exist"))
             return None
         return explicit
     cands = sorted(
@@ -137,10 +138,12 @@ def find_image(folder: Path, explicit: Path | None, problems: list[Problem]) -> 
     if not cands:
         problems.append(
             Problem(
-                folder, "no full-resolution image found beside the sample; pass --image PATH (TIFF, OME-TIFF, SVS, NDPI, ...)"
+                folder,
+                "no full-resolution image found beside the sample",
+                fix(f"pass {IMAGE} (TIFF, OME-TIFF, SVS, NDPI, ...)", IMAGE),
             )
         )
     else:
         names = ", ".join(p.name for p in cands)
-        problems.append(Problem(folder, f"several candidate images ({names}); pass --image PATH to choose one"))
+        problems.append(Problem(folder, f"several candidate images ({names})", fix(f"pass {IMAGE} to choose one", IMAGE)))
     return None

@@ -8,7 +8,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..errors import NoReaderError
+from ..errors import NoReaderError, OptionError, fix
+from ..fixes import TECHNOLOGY
 from ..sample import ReadOptions, SampleRef, SampleSource
 
 __all__ = [
@@ -56,7 +57,7 @@ def register_reader(reader: Reader, *, overwrite: bool = False) -> Reader:
     """Add a reader to the registry (third-party readers can also use the
     ``hestkit.readers`` entry-point group)."""
     if reader.name in _READERS and not overwrite:
-        raise ValueError(f"a reader named {reader.name!r} is already registered")
+        raise OptionError(f"a reader named {reader.name!r} is already registered")
     _READERS[reader.name] = reader
     return reader
 
@@ -108,12 +109,12 @@ def find_reader(path: Path) -> Reader:
     if not able:
         lines = "\n".join(f"  - {r.name}: {r.description}" for r in _READERS.values())
         raise NoReaderError(
-            f"{path}: no reader recognises this path. Expected one of:\n{lines}\n"
-            "Fix: point at the sample folder itself, or pass --technology."
+            f"{path}: no reader recognises this path. Expected one of:\n{lines}\n",
+            fix=fix(f"point at the sample folder itself, or pass {TECHNOLOGY}.", TECHNOLOGY),
         )
     if len(able) > 1:
         names = ", ".join(r.name for r in able)
-        raise NoReaderError(f"{path}: several readers can open this path ({names}); pass --technology")
+        raise NoReaderError(f"{path}: several readers can open this path ({names})", fix=fix(f"pass {TECHNOLOGY}", TECHNOLOGY))
     return able[0]
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-from ..errors import ReaderError
+from ..errors import DataError, ReaderError, StateError
 from ._tenx import H5_FIX, Matrix, _decode, open_10x_h5, read_10x_mex
 from .visium import _POS_COLUMNS, read_tissue_positions
 
@@ -153,7 +153,7 @@ def _read_positions(path: Path) -> _Positions:
         for batch in pf.iter_batches(batch_size=_POSITION_BATCH, columns=_POS_COLUMNS):
             m = batch.num_rows
             if start + m > n:
-                raise ValueError(f"more rows than the {n} of its metadata")
+                raise DataError(f"more rows than the {n} of its metadata")
             for c in _POS_COLUMNS:
                 if c == "barcode":
                     v = _arrow_bytes(batch.column(c))
@@ -163,7 +163,7 @@ def _read_positions(path: Path) -> _Positions:
                 cols[c] = _fill(cols[c], n, start, v)
             start += m
         if start != n:
-            raise ValueError(f"{start} rows where its metadata says {n}")
+            raise DataError(f"{start} rows where its metadata says {n}")
         pa.default_memory_pool().release_unused()  # the decoded batches are gone: give their pages back
 
     def col(c: str, empty: str) -> NDArray[Any]:
@@ -313,12 +313,12 @@ class _H5BinMatrix(_BinMatrix):
                     b = min(a + size, self.n_bins)
                     ip = np.asarray(ip_ds[a : b + 1], dtype=np.int64)
                     if ip.size != b - a + 1 or bool((ip[1:] < ip[:-1]).any()):
-                        raise ValueError(f"indptr decreases (or is cut short) within barcodes {a}..{b}")
+                        raise DataError(f"indptr decreases (or is cut short) within barcodes {a}..{b}")
                     lo, hi = int(ip[0]), int(ip[-1])
                     data = data_ds[lo:hi] if hi > lo else np.empty(0, dtype=self.dtype)
                     ind = ind_ds.astype(ind_dtype)[lo:hi] if hi > lo else np.empty(0, dtype=ind_dtype)
                     if ind.size and (int(ind.min()) < 0 or int(ind.max()) >= self.n_features):
-                        raise ValueError(f"feature indices of barcodes {a}..{b} run outside 0..{self.n_features - 1}")
+                        raise DataError(f"feature indices of barcodes {a}..{b} run outside 0..{self.n_features - 1}")
                     self._count(ind)
                     # The CSC columns of these barcodes are the CSR rows of barcodes x features.
                     yield a, sp.csr_matrix((data, ind, ip - lo), shape=(b - a, self.n_features))
@@ -339,7 +339,7 @@ class _MexBinMatrix(_BinMatrix):
     def chunks(self, size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
         x = self.counts
         if x is None:
-            raise RuntimeError("chunks() of a MEX matrix can be read once")
+            raise StateError("chunks() of a MEX matrix can be read once")
         self.counts = None
         for a in range(0, self.n_bins, size):
             part = sp.csr_matrix(x[a : a + size])

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from ..errors import Problem, ReaderError
+from ..errors import Problem, ReaderError, fix
+from ..fixes import ALIGNMENT
 from ..geometry import Affine, fit_affine
 
 __all__ = [
@@ -46,9 +47,10 @@ KEYPOINT_COLUMNS = ("fixedX", "fixedY", "alignmentX", "alignmentY")
 #: Root-mean-square keypoint residual (micrometres) above which a warning is recorded.
 KEYPOINT_RMS_WARN_UM = 5.0
 
-_FIX_MATRIX = (
+_FIX_MATRIX = fix(
     "give the 10x '<prefix>_he_imagealignment.csv' (3 rows of 3 comma-separated numbers, last row 0,0,1) "
-    "or a Xenium Explorer keypoints CSV (header fixedX,fixedY,alignmentX,alignmentY) with --alignment"
+    f"or a Xenium Explorer keypoints CSV (header fixedX,fixedY,alignmentX,alignmentY) as {ALIGNMENT}",
+    ALIGNMENT,
 )
 
 
@@ -181,13 +183,13 @@ def find_alignment_file(folder: Path, image: Path | None, problems: list[Problem
         problems.append(
             Problem(
                 folder,
-                f"no H&E alignment found (no *{ALIGNMENT_SUFFIX} in {where}); pass --alignment with the 10x "
-                "'<prefix>_he_imagealignment.csv' or a Xenium Explorer keypoints CSV",
+                f"no H&E alignment found (no *{ALIGNMENT_SUFFIX} in {where})",
+                fix(f"pass the 10x '<prefix>_he_imagealignment.csv' or a Xenium Explorer keypoints CSV as {ALIGNMENT}", ALIGNMENT),
             )
         )
     else:
         names = ", ".join(str(p) for p in cands)
-        problems.append(Problem(folder, f"several alignment files ({names}); pass --alignment PATH to choose one"))
+        problems.append(Problem(folder, f"several alignment files ({names})", fix(f"pass {ALIGNMENT} to choose one", ALIGNMENT)))
     return None
 
 

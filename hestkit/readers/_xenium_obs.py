@@ -20,7 +20,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from ..errors import ReaderError
+from ..errors import Fix, ReaderError, fix
+from ..fixes import CELLS, IMAGE, IMAGE_MORPHOLOGY
 from ..morphology import find_morphology_image, is_morphology_image
 
 __all__ = ["CELL_SPOT_SIZE", "CellObservations", "morphology_hint", "morphology_request", "read_cells"]
@@ -49,7 +50,7 @@ def read_cells(folder: Path, control_prefixes: tuple[str, ...]) -> CellObservati
     cpath, hpath = folder / "cells.parquet", folder / "cell_feature_matrix.h5"
     for p in (cpath, hpath):
         if not p.is_file():
-            raise ReaderError(p, "is missing; cell-level pairs (--spot-size-um cell) need it", "copy it from the Xenium bundle")
+            raise ReaderError(p, "is missing; cell-level pairs (cells=True) need it", fix(f"copy it from the Xenium bundle, or drop {CELLS}", CELLS))
     try:
         cells = pd.read_parquet(cpath)
     except Exception as exc:
@@ -96,20 +97,21 @@ def morphology_request(folder: Path, image: Path | None) -> Path | None:
         if found is None:
             raise ReaderError(
                 folder,
-                "--image morphology, but the bundle has no morphology_focus/morphology_focus_0000.ome.tif, "
+                f"{IMAGE_MORPHOLOGY}, but the bundle has no morphology_focus/morphology_focus_0000.ome.tif, "
                 "morphology_focus.ome.tif or morphology_mip.ome.tif",
-                "copy the morphology image from the Xenium bundle, or give the H&E with --image",
+                fix(f"copy the morphology image from the Xenium bundle (for {IMAGE_MORPHOLOGY}), or give the H&E ({IMAGE})", IMAGE, IMAGE_MORPHOLOGY),
             )
         return found
     return image if is_morphology_image(image) else None
 
 
-def morphology_hint(folder: Path) -> str:
-    """The sentence that offers the bundle's morphology image when no H&E is there."""
+def morphology_hint(folder: Path) -> Fix | None:
+    """The fix that offers the bundle's morphology image when no H&E is there."""
     found = find_morphology_image(folder)
     if found is None:
-        return ""
-    return (
+        return None
+    return fix(
         f"; without an H&E, the spots can be paired with the bundle's own morphology image ({found.name}: DAPI and "
-        "other stains, rendered to RGB; pixel size from experiment.xenium, no alignment needed): pass --image morphology"
+        f"other stains, rendered to RGB; pixel size from experiment.xenium, no alignment needed): pass {IMAGE_MORPHOLOGY}",
+        IMAGE_MORPHOLOGY,
     )

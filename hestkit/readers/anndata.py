@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import Problem, ValidationError
+from ..errors import Problem, ValidationError, fix
+from ..fixes import IMAGE
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
@@ -34,7 +35,7 @@ class AnnDataReader:
     (as ``hestkit export --format anndata`` writes)."""
 
     name = "anndata"
-    description = "AnnData .h5ad with obsm['spatial'] (spot centres, full-res px) and --image"
+    description = "AnnData .h5ad with obsm['spatial'] (spot centres, full-res px) and the image it refers to (image)"
 
     def can_open(self, path: Path) -> bool:
         in_hest = path.parent.name == "st" and (path.parent.parent / "wsis").is_dir()
@@ -56,7 +57,7 @@ class AnnDataReader:
         meta = dict(entry.get("metadata", {}) or {})
         image = opts.image or (Path(meta["source_image_path"]) if meta.get("source_image_path") else None)
         if image is None:
-            problems.append(Problem(path, "no slide: pass --image (the full-resolution image obsm['spatial'] refers to)"))
+            problems.append(Problem(path, f"no slide: pass {IMAGE} (the full-resolution image obsm['spatial'] refers to)", fix("", IMAGE)))
         if "spatial" not in a.obsm:
             problems.append(Problem(path, "has no obsm['spatial'] (spot centres (x, y) in full-resolution px)"))
         if problems:

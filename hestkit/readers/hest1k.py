@@ -9,7 +9,8 @@ from typing import Any
 
 import scipy.sparse as sp
 
-from ..errors import Problem, ReaderError, ValidationError
+from ..errors import Problem, ReaderError, ValidationError, fix
+from ..fixes import IDS, IMAGE, SAMPLE_ID
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
@@ -69,14 +70,14 @@ class HestReader:
                 raise ReaderError(
                     root / "st",
                     f"no st/{{id}}.h5ad for id(s) {', '.join(unknown)}",
-                    f"choose --ids among the {len(ids)} present (e.g. {', '.join(ids[:5])})",
+                    fix(f"choose {IDS} among the {len(ids)} present (e.g. {', '.join(ids[:5])})", IDS),
                 )
             ids = [i for i in ids if i in options.ids]
         if options.sample_id and len(ids) > 1:
             raise ReaderError(
                 root,
-                f"--sample-id names one sample but {len(ids)} ids were found",
-                "drop --sample-id (HEST ids are used) or pass one --ids",
+                f"one sample id ({SAMPLE_ID}) given but {len(ids)} ids were found",
+                fix(f"drop {SAMPLE_ID} (HEST ids are used) or pass one id ({IDS})", SAMPLE_ID, IDS),
             )
         return [SampleRef(self.name, options.sample_id or i, root, options, {"hest_id": i}) for i in ids]
 
@@ -114,12 +115,12 @@ class HestReader:
                 counts = sp.csr_matrix(x)  # raw counts: checked by hestkit.validate (non-integer, NaN, ...)
         slide = None
         if wsi is None:
-            problems.append(Problem(root / "wsis", f"no image for id {hid} (wsis/{hid}.tif); pass --image"))
+            problems.append(Problem(root / "wsis", f"no image for id {hid} (wsis/{hid}.tif)", fix(f"pass {IMAGE}", IMAGE)))
         else:
             try:
                 slide = open_slide(wsi)
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
         if slide is not None and spots is not None:
             check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, st_path)
         for key in ("pixel_size_um_estimated", "pixel_size_um_embedded", "spot_diameter"):

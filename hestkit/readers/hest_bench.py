@@ -25,7 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._patch_mosaic import mosaic_grid, patch_file_pixel_size, read_patch_attrs
-from ..errors import Problem, ReaderError, ValidationError
+from ..errors import Problem, ReaderError, ValidationError, fix
+from ..fixes import IDS, PIXEL_SIZE_UM, SAMPLE_ID
 from ..geometry import PixelSizeDecision, resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ._common import normalise_spots
@@ -63,13 +64,15 @@ class HestBenchReader:
             unknown = [i for i in options.ids if i not in ids]
             if unknown:
                 raise ReaderError(
-                    root / "patches", f"no patches/{{id}}.h5 for id(s) {', '.join(unknown)}", f"choose --ids among {ids[:8]}"
+                    root / "patches", f"no patches/{{id}}.h5 for id(s) {', '.join(unknown)}", fix(f"choose {IDS} among {ids[:8]}", IDS)
                 )
             ids = [i for i in ids if i in options.ids]
         if not ids:
             raise ReaderError(root / "patches", "holds no .h5 patch files", "download the task's patches/ folder")
         if options.sample_id and len(ids) > 1:
-            raise ReaderError(root, f"--sample-id names one sample but {len(ids)} were found", "drop --sample-id or pass one --ids")
+            raise ReaderError(
+                root, f"one sample id ({SAMPLE_ID}) given but {len(ids)} samples were found", fix(f"drop {SAMPLE_ID} or pass one id ({IDS})", SAMPLE_ID, IDS)
+            )
         return [SampleRef(self.name, options.sample_id or i, root, options, {"bench_id": i}) for i in ids]
 
     def load(self, ref: SampleRef) -> SampleSource:
@@ -169,7 +172,7 @@ class HestBenchReader:
             raise ReaderError(
                 h5,
                 f"has {patch_px} px patches and no pixel_size/downsample attributes, so their resolution is unknown",
-                "pass --pixel-size-um (um per patch pixel)",
+                fix(f"pass {PIXEL_SIZE_UM} (um per patch pixel)", PIXEL_SIZE_UM),
             )
         d = resolve_pixel_size(
             embedded=from_attrs, estimated=None, override=opts.pixel_size_um, metadata=documented, subject=f"{bid} ({h5.name})"
@@ -181,6 +184,6 @@ class HestBenchReader:
                 d.embedded,
                 d.estimated,
                 f"{bid}: {h5.name} records no resolution; assumed HEST-Benchmark's documented {BENCH_PIXEL_SIZE_UM} um/px "
-                f"for {BENCH_PATCH_PX} px patches (112 um). Pass --pixel-size-um to override.",
+                f"for {BENCH_PATCH_PX} px patches (112 um). Pass {PIXEL_SIZE_UM} to override.",
             )
         return d

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import Problem, ReaderError, ValidationError
+from ..errors import Problem, ReaderError, ValidationError, fix
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
@@ -84,7 +84,9 @@ class SpatialDataReader:
         shapes = sdata.shapes[region]
         images = dict(sdata.images)
         if opts.image is not None:
-            problems.append(Problem(opts.image, "--image is not used with SpatialData stores: the store's image is the slide"))
+            problems.append(
+                Problem(opts.image, "an image (image) is not used with SpatialData stores: the store's image is the slide", fix("leave image out"))
+            )
         shape_cs = set(_systems(shapes))
         cand = [n for n, im in images.items() if shape_cs & set(_systems(im))]
         if not cand:

@@ -40,7 +40,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-from ..errors import PixelSizeError, Problem, ReaderError, ValidationError
+from ..errors import Fix, Opt, PixelSizeError, Problem, ReaderError, ValidationError, fix
+from ..fixes import ALIGNMENT, IDS, IMAGE, SAMPLE_ID, ids
 from ..geometry import estimate_pixel_size_from_grid, fit_affine, resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import SLIDE_SUFFIXES, open_slide
@@ -267,10 +268,15 @@ def _pair_one(cpath: Path, picks: list[Path], what: str, prefer: dict[Path, bool
         raise ReaderError(
             cpath,
             f"several {what} files could belong to it ({', '.join(p.name for p in picks)})",
-            f"keep one, name it after the counts table ({_stem(cpath)}), or ingest it alone with --ids {_stem(cpath)} and "
-            + ("--alignment FILE" if prefer is not None else "--image FILE"),
+            _alone(f"keep one, name it after the counts table ({_stem(cpath)}), or ingest it alone with", _stem(cpath), ALIGNMENT if prefer is not None else IMAGE),
         )
     return picks[0] if picks else None
+
+
+def _alone(text: str, stem: str, *more: Opt) -> Fix:
+    """``text ids=('STEM',) and image=PATH``: the fix that ingests one sample alone."""
+    one = ids(stem)
+    return fix(f"{text} {' and '.join(str(o) for o in (one, *more))}", one, *more)
 
 
 def _pair(
@@ -305,20 +311,25 @@ def _pair(
             raise ReaderError(
                 folder,
                 f"cannot tell which {what} file belongs to {', '.join(lone)} (unpaired: {', '.join(spare)})",
-                "name each file after its counts table (MOB1.tsv <-> alignment_table_MOB1.tsv or "
-                "spot_data-selection-MOB1.tsv <-> MOB1.jpg), or ingest one sample with --ids STEM",
+                fix(
+                    "name each file after its counts table (MOB1.tsv <-> alignment_table_MOB1.tsv or "
+                    f"spot_data-selection-MOB1.tsv <-> MOB1.jpg), or ingest one sample with {IDS}",
+                    IDS,
+                ),
             )
     return out
 
 
-def _read(path: Path | None, missing: str, read: Callable[[Path], pd.DataFrame], problems: list[Problem]) -> pd.DataFrame | None:
+def _read(
+    path: Path | None, missing: str, read: Callable[[Path], pd.DataFrame], problems: list[Problem], fx: Fix | None = None
+) -> pd.DataFrame | None:
     if path is None or not path.exists():
-        problems.append(Problem(path, "missing") if path is not None else Problem(None, missing))
+        problems.append(Problem(path, "missing") if path is not None else Problem(None, missing, fx))
         return None
     try:
         return read(path)
     except ReaderError as exc:
-        problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+        problems.append(Problem.of(exc))
         return None
 
 
@@ -371,17 +382,17 @@ class StReader:
                 raise ReaderError(
                     folder,
                     f"no counts table for id(s) {', '.join(unknown)}",
-                    f"choose --ids among the counts tables present ({', '.join(stems) or 'none'})",
+                    fix(f"choose {IDS} among the counts tables present ({', '.join(stems) or 'none'})", IDS),
                 )
             counts = [c for c, s in zip(counts, stems, strict=True) if s in options.ids]
             stems = [_stem(c) for c in counts]
         alignment: Path | None = getattr(options, "alignment", None)
-        for flag, given in (("--sample-id", options.sample_id), ("--image", options.image), ("--alignment", alignment)):
+        for opt, given in ((SAMPLE_ID, options.sample_id), (IMAGE, options.image), (ALIGNMENT, alignment)):
             if given is not None and len(counts) > 1:
                 raise ReaderError(
                     folder,
-                    f"{flag} names one sample but {len(counts)} counts tables were found ({', '.join(stems)})",
-                    f"pass --ids with one of them, or drop {flag} (each sample then uses the files named after it)",
+                    f"{opt} names one sample but {len(counts)} counts tables were found ({', '.join(stems)})",
+                    fix(f"pass {IDS} with one of them, or drop {opt} (each sample then uses the files named after it)", IDS, opt),
                 )
         if not counts:  # one sample whose load reports what is missing
             det = alignment or (next(iter(detectors)) if len(detectors) == 1 else None)
@@ -401,7 +412,7 @@ class StReader:
         stem = _stem(cpath) if cpath is not None else ref.sample_id
         table = _read(cpath, f"{folder}: no counts table: expected {_COUNTS_HINT}", read_st_counts, problems)
         no_det = f"{folder}: no spot detector file for {stem}.tsv: expected {_DETECTOR_HINT.format(stem=stem)}"
-        det = _read(dpath, no_det + ", or pass --alignment FILE", read_spot_detector, problems)
+        det = _read(dpath, f"{no_det}, or pass {ALIGNMENT}", read_spot_detector, problems, fix("", ALIGNMENT))
         image_path: Path | None = Path(extra["image"]) if extra.get("image") else None
         if image_path is not None and not image_path.exists():
             problems.append(Problem(image_path, "the image does not exist"))
@@ -409,8 +420,8 @@ class StReader:
         elif image_path is None and extra.get("single", True):
             image_path = find_image(folder, opts.image, problems)
         elif image_path is None:
-            fix = f"name the H&E {stem}.jpg (or .tif, ...), or ingest it alone with --ids {stem} --image PATH"
-            problems.append(Problem(folder, f"no image for {stem}.tsv: {fix}"))
+            alone = _alone(f"name the H&E {stem}.jpg (or .tif, ...), or ingest it alone with", stem, IMAGE)
+            problems.append(Problem(folder, f"no image for {stem}.tsv: {alone}", alone))
 
         spots = counts = None
         layout, pitch = "1k", ST_1K_PITCH_UM
@@ -451,7 +462,7 @@ class StReader:
                         check_spots_inside(spots, slide, problems, dpath or cpath)
                     embedded = slide.embedded_pixel_size_um
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
             try:
                 decision = resolve_pixel_size(
                     embedded=embedded,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import HestkitError, Problem, ReaderError, ValidationError
+from ..errors import DataError, Fix, HestkitError, Problem, ReaderError, ValidationError
 from ..geometry import estimate_pixel_size_from_grid, resolve_pixel_size, visium_array_to_um
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import open_slide
@@ -89,8 +89,9 @@ def _explain_missing_image(folder: Path, problems: list[Problem], scalef: dict[s
             est = None
     hint = spaceranger_images_hint(folder / "spatial", scalef, est)
     for k, p in enumerate(problems):
-        if hint and p.path == folder and "full-resolution image" in p.message:
-            problems[k] = Problem(folder, p.message + hint)
+        if hint is not None and p.path == folder and "full-resolution image" in p.message:
+            both = Fix(f"{p.fix or ''}{hint}", (*p.options, *hint.options))
+            problems[k] = Problem(folder, p.message + hint.text, both)
 
 
 class VisiumReader:
@@ -126,21 +127,21 @@ class VisiumReader:
             try:
                 matrix = read_10x(mpath)
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
         if ppath is None:
             problems.append(Problem(folder / "spatial", "no tissue_positions.csv or tissue_positions_list.csv"))
         else:
             try:
                 positions = read_tissue_positions(ppath)
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
         if not spath.exists():
             problems.append(Problem(spath, "missing; copy spatial/scalefactors_json.json from Space Ranger's outs/"))
         else:
             try:
                 scalef = json.loads(spath.read_text())
                 if not isinstance(scalef, dict):
-                    raise ValueError("not a JSON object")
+                    raise DataError("not a JSON object")
             except (ValueError, UnicodeDecodeError) as exc:
                 problems.append(Problem(spath, f"is not valid JSON ({exc})"))
         image_path = find_image(folder, opts.image, problems)
@@ -193,7 +194,7 @@ class VisiumReader:
             try:
                 slide = open_slide(image_path)
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
         if slide is not None and spots is not None:
             check_spots_inside(spots[spots["in_tissue"] > 0], slide, problems, ppath)
         if image_path is None and opts.image is None:

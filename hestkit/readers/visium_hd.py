@@ -75,7 +75,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-from ..errors import Problem, ReaderError, ValidationError
+from ..errors import DataError, OptionError, Problem, ReaderError, ValidationError, fix
+from ..fixes import SPOT_SIZE_UM
 from ..geometry import Affine, fit_affine, resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import Slide, open_slide
@@ -130,7 +131,7 @@ class BinFolder:
             try:
                 loaded = json.loads(spath.read_text())
                 if not isinstance(loaded, dict):
-                    raise ValueError("not a JSON object")
+                    raise DataError("not a JSON object")
                 self.scalefactors = loaded
             except (ValueError, UnicodeDecodeError, OSError) as exc:
                 self.scalefactors_error = f"is not valid JSON ({exc})"
@@ -227,13 +228,13 @@ def pool_bins(
     blocks come out sorted by ``(block_row, block_col)``.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise OptionError(f"k must be >= 1, got {k}")
     r = np.asarray(array_row, dtype=np.int64)
     c = np.asarray(array_col, dtype=np.int64)
     x = sp.csr_matrix(counts)
     n = r.size
     if x.shape[0] != n or c.size != n:
-        raise ValueError(f"{n} rows/cols given for a counts matrix of {x.shape[0]} bins")
+        raise DataError(f"{n} rows/cols given for a counts matrix of {x.shape[0]} bins")
     if n == 0:
         return _empty_pool(k, x.shape[1], x.dtype)
     block_row, block_col, inverse = _blocks(r, c, k)
@@ -280,12 +281,12 @@ def pool_bins_streamed(
     not pooled (they are left out of the result). ``dtype`` is that of the counts.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise OptionError(f"k must be >= 1, got {k}")
     r = np.asarray(array_row).astype(np.int64, copy=False)
     c = np.asarray(array_col).astype(np.int64, copy=False)
     n = r.size
     if c.size != n:
-        raise ValueError(f"{n} rows but {c.size} cols given")
+        raise DataError(f"{n} rows but {c.size} cols given")
     if n == 0:
         for _ in chunks:
             pass
@@ -307,7 +308,7 @@ def pool_bins_streamed(
     for start, x in chunks:
         m = x.shape[0]
         if start != seen or x.shape[1] != n_genes or start + m > n:
-            raise ValueError(f"chunk of rows {start}..{start + m} x {x.shape[1]} does not follow row {seen} of {n} x {n_genes}")
+            raise DataError(f"chunk of rows {start}..{start + m} x {x.shape[1]} does not follow row {seen} of {n} x {n_genes}")
         seen += m
         t = target[start : start + m]
         rows = np.flatnonzero(t >= 0)
@@ -315,7 +316,7 @@ def pool_bins_streamed(
             pool = sp.csr_matrix((np.ones(rows.size, dtype=x.dtype), (t[rows], rows)), shape=(cand.size, m))
             acc = sp.csr_matrix(acc + pool @ x)
     if seen != n:
-        raise ValueError(f"chunks cover {seen} of {n} bins")
+        raise DataError(f"chunks cover {seen} of {n} bins")
     acc.sum_duplicates()
     acc.sort_indices()
     return PooledBins(k, block_row[cand], block_col[cand], acc, n_bins[cand], has_tissue[cand])
@@ -366,7 +367,7 @@ def _read_parts(bf: BinFolder, problems: list[Problem]) -> tuple[_BinMatrix | No
         try:
             matrix = _open_matrix(mpath)
         except ReaderError as exc:
-            problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+            problems.append(Problem.of(exc))
     if ppath is None:
         problems.append(Problem(bf.path / "spatial", "no tissue_positions.parquet; copy it from Space Ranger's binned_outputs"))
     else:
@@ -376,7 +377,7 @@ def _read_parts(bf: BinFolder, problems: list[Problem]) -> tuple[_BinMatrix | No
             if grid is None:
                 positions = _read_positions(ppath)
         except ReaderError as exc:
-            problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+            problems.append(Problem.of(exc))
     if bf.scalefactors_error is not None:
         problems.append(Problem(bf.scalefactors_path, bf.scalefactors_error))
     elif bf.scalefactors is None:
@@ -559,8 +560,8 @@ class VisiumHDReader:
                 problems.append(
                     Problem(
                         None,
-                        f"pseudo-spot size {side_req:g} um holds no whole bin of {bf.bin_um:g} um; "
-                        f"pass --spot-size-um of at least {bf.bin_um:g}",
+                        f"pseudo-spot size {side_req:g} um holds no whole bin of {bf.bin_um:g} um",
+                        fix(f"pass {SPOT_SIZE_UM} of at least {bf.bin_um:g}", SPOT_SIZE_UM),
                     )
                 )
         image_path = find_image(folder, opts.image, problems)
@@ -588,14 +589,14 @@ class VisiumHDReader:
                 try:
                     parsed, plan = _plan_blocks(matrix, grid, max(k, 1), mpath, ppath, problems)
                 except ReaderError as exc:
-                    problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                    problems.append(Problem.of(exc))
                     parsed = True
                 if not parsed:
                     grid = None
                     try:
                         positions = _read_positions(ppath)
                     except ReaderError as exc:
-                        problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                        problems.append(Problem.of(exc))
             if grid is None and positions is not None:
                 # The grid is fitted first so that the pixel columns are freed before the join,
                 # and the barcodes right after it: the peak memory holds neither.
@@ -630,7 +631,7 @@ class VisiumHDReader:
                     assert positions is not None and rows is not None
                     pooled = _pool_matrix(matrix, positions, rows, k)
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
             else:
                 spots, pooled = _pseudo_spots(pooled, float(bf.bin_um or 0.0), affine, coord_scale)
         del positions, rows, grid, plan
@@ -640,7 +641,7 @@ class VisiumHDReader:
             try:
                 slide = open_slide(image_path)
             except ReaderError as exc:
-                problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+                problems.append(Problem.of(exc))
         if slide is not None and spots is not None:
             check_spots_inside(spots, slide, problems, ppath)
         if problems:

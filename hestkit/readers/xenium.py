@@ -37,7 +37,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from ..errors import Problem, ReaderError, ValidationError
+from ..errors import Fix, OptionError, Problem, ReaderError, ValidationError, fix
+from ..fixes import IMAGE, PIXEL_SIZE_UM, SPOT_SIZE_UM
 from ..geometry import resolve_pixel_size
 from ..sample import ReadOptions, SampleRef, SampleSource
 from ..slide import SLIDE_SUFFIXES, open_slide
@@ -207,12 +208,12 @@ def pool_transcripts(
     p = Path(path)
     s = float(spot_size_um)
     if not (math.isfinite(s) and s > 0):
-        raise ValueError(f"spot_size_um must be a positive number, got {spot_size_um!r}")
-    fix = "re-copy transcripts.parquet from the Xenium output bundle"
+        raise OptionError(f"spot_size_um must be a positive number, got {spot_size_um!r}")
+    recopy = "re-copy transcripts.parquet from the Xenium output bundle"
     try:
         pf = pq.ParquetFile(p)
     except (OSError, pa.ArrowException) as exc:
-        raise ReaderError(p, f"is not a readable parquet file ({exc})", fix) from exc
+        raise ReaderError(p, f"is not a readable parquet file ({exc})", recopy) from exc
     schema = pf.schema_arrow
     missing = [c for c in _TRANSCRIPT_COLUMNS if c not in schema.names]
     if missing:
@@ -278,15 +279,15 @@ def pool_transcripts(
                     p,
                     f"transcript coordinates reach {float(np.abs(x[keep]).max()):.0f}, {float(np.abs(y[keep]).max()):.0f} um, "
                     f"more than {lim} pseudo-spots of {s:g} um from the origin",
-                    "use a larger --spot-size-um, or check that x_location/y_location are micrometres",
+                    fix(f"use a larger spot size ({SPOT_SIZE_UM}), or check that x_location/y_location are micrometres", SPOT_SIZE_UM),
                 )
             if len(names) > _MASK:
-                raise ReaderError(p, f"has more than {_MASK} distinct feature names", fix)
+                raise ReaderError(p, f"has more than {_MASK} distinct feature names", recopy)
             packed = (((cj + _OFF) << _BITS) | (ci + _OFF)) << _BITS | codes[keep]
             uniq, cnt = np.unique(packed, return_counts=True)
             acc.add(uniq.astype(np.int64), cnt.astype(np.int64))
     except (OSError, pa.ArrowException) as exc:
-        raise ReaderError(p, f"could not be read ({exc})", fix) from exc
+        raise ReaderError(p, f"could not be read ({exc})", recopy) from exc
 
     keys, vals = acc.result()
     gene_code = keys & _MASK
@@ -369,10 +370,10 @@ def read_gene_panel(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _find_he_image(folder: Path, explicit: Path | None, problems: list[Problem]) -> Path | None:
-    """``--image``, or the single slide file in the bundle that is not a morphology image."""
+    """``image``, or the single slide file in the bundle that is not a morphology image."""
     if explicit is not None:
         if not explicit.is_file():
-            problems.append(Problem(explicit, "the H&E image given with --image does not exist"))
+            problems.append(Problem(explicit, "the H&E image given (image) does not exist"))
             return None
         return explicit
     cands = sorted(
@@ -386,16 +387,13 @@ def _find_he_image(folder: Path, explicit: Path | None, problems: list[Problem])
     if len(cands) == 1:
         return cands[0]
     if not cands:
-        problems.append(
-            Problem(
-                folder,
-                "no H&E image in the bundle; pass --image with the post-Xenium H&E (TIFF, OME-TIFF, ...)"
-                + morphology_hint(folder),
-            )
-        )
+        he = fix(f"pass the post-Xenium H&E (TIFF, OME-TIFF, ...) as {IMAGE}", IMAGE)
+        morph = morphology_hint(folder)
+        both = he if morph is None else Fix(f"{he}{morph}", (*he.options, *morph.options))
+        problems.append(Problem(folder, "no H&E image in the bundle", both))
     else:
         names = ", ".join(p.name for p in cands)
-        problems.append(Problem(folder, f"several candidate H&E images ({names}); pass --image PATH to choose one"))
+        problems.append(Problem(folder, f"several candidate H&E images ({names})", fix(f"pass {IMAGE} to choose one", IMAGE)))
     return None
 
 
@@ -405,8 +403,8 @@ class XeniumReader:
 
     name = "xenium"
     description = (
-        "10x Xenium output bundle (experiment.xenium + transcripts.parquet) with the post-Xenium H&E (--image) and "
-        "*_he_imagealignment.csv or Xenium Explorer keypoints (--alignment)"
+        "10x Xenium output bundle (experiment.xenium + transcripts.parquet) with the post-Xenium H&E (image) and "
+        "*_he_imagealignment.csv or Xenium Explorer keypoints (alignment)"
     )
 
     def can_open(self, path: Path) -> bool:
@@ -426,12 +424,12 @@ class XeniumReader:
         warnings: list[str] = []
 
         def note(exc: ReaderError) -> None:
-            problems.append(Problem(exc.path, f"{exc.found}. Fix: {exc.fix}"))
+            problems.append(Problem.of(exc))
 
         s = XENIUM_DEFAULT_SPOT_SIZE_UM if opts.spot_size_um is None else float(opts.spot_size_um)
         if not (math.isfinite(s) and s > 0):
             problems.append(
-                Problem(None, f"spot size {opts.spot_size_um!r} um is not a positive number; pass --spot-size-um > 0")
+                Problem(None, f"spot size {opts.spot_size_um!r} um is not a positive number", fix(f"pass {SPOT_SIZE_UM} > 0", SPOT_SIZE_UM))
             )
         morph: Path | None = None
         try:
@@ -446,7 +444,7 @@ class XeniumReader:
                 exp = {"pixel_size": float(opts.pixel_size_um)}  # the morphology's pixel size, given
             elif morph is not None:
                 problems.append(
-                    Problem(exc.path, f"{exc.found}. Fix: {exc.fix}; or give the morphology image's pixel size with --pixel-size-um")
+                    Problem.of(exc, fix(f"give the morphology image's pixel size ({PIXEL_SIZE_UM})", PIXEL_SIZE_UM))
                 )
             else:
                 note(exc)
@@ -501,7 +499,7 @@ class XeniumReader:
                 cells = read_cells(folder, XENIUM_CONTROL_PREFIXES)
             pooled = pool_transcripts(tpath, s, gene_panel=panel)
         except ReaderError as exc:
-            raise ValidationError(subject, [Problem(exc.path, f"{exc.found}. Fix: {exc.fix}")]) from exc
+            raise ValidationError(subject, [Problem.of(exc)]) from exc
         morph_px = float(exp["pixel_size"])
         centres_um = pooled.centres_um() if cells is None else cells.centres_um
         n_obs = pooled.n_spots if cells is None else len(cells.barcodes)
@@ -531,7 +529,7 @@ class XeniumReader:
                     f"y {lo[1]:.0f}..{hi[1]:.0f} px through "
                     f"{alignment.path.name if alignment is not None else 'the morphology pixel size'}). "
                     + (
-                        "Check that --image is the post-Xenium H&E at full resolution and --alignment its registration "
+                        "Check that the image is the post-Xenium H&E at full resolution and the alignment its registration "
                         "(H&E px -> morphology px)"
                         if alignment is not None
                         else "The morphology image must be the run's whole image (pixel (0, 0) at the Xenium origin), "

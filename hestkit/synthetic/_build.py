@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ..errors import OptionError
 from ._expression import gene_table, plaid_parameters, program_activity, simulate_counts, spot_colours, stripe_periods_um
 from ._grid import (
     VISIUM_SPOT_DIAMETER_UM,
@@ -104,7 +105,7 @@ def build_visium_sample(
         plaid_px = plaid.copy()
         plaid_px[:, [0, 3]] /= pixel_size_um
     elif morphology not in ("colour", "texture", *HISTOLOGY_MORPHOLOGIES):
-        raise ValueError(f"morphology must be 'colour', 'texture', 'plaid', 'nuclei' or 'glands', got {morphology!r}")
+        raise OptionError(f"morphology must be 'colour', 'texture', 'plaid', 'nuclei' or 'glands', got {morphology!r}")
     scene = Scene(
         height=grid.height,
         width=grid.width,

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ..errors import OptionError
+
 N_PROGRAMS = 4
 COLOUR_MIN = 30
 COLOUR_MAX = 200
@@ -90,7 +92,7 @@ _HUMAN_SYMBOLS = [
 def gene_programs(n_genes: int, n_programs: int = N_PROGRAMS) -> NDArray[np.int64]:
     """Program index of each gene: contiguous blocks ``[k n / K, (k + 1) n / K)``."""
     if n_genes < n_programs:
-        raise ValueError(f"need at least {n_programs} genes, got {n_genes}")
+        raise OptionError(f"need at least {n_programs} genes, got {n_genes}")
     out: NDArray[np.int64] = (np.arange(n_genes, dtype=np.int64) * n_programs) // n_genes
     return out
 

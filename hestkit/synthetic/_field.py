@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import OptionError
 from ._expression import N_PROGRAMS, gene_programs
 
 __all__ = ["TissueField", "make_field"]
@@ -183,7 +184,7 @@ class TissueField:
             rgb = 250.0 * np.exp(-(h[:, None] * od_h + e[:, None] * od_e))
             out = rgb + 8.0 * self._noise(p, 3)[:, None]
         else:
-            raise ValueError(f"modality must be 'microct', 'otls' or 'he', got {modality!r}")
+            raise OptionError(f"modality must be 'microct', 'otls' or 'he', got {modality!r}")
         res: NDArray[np.uint8] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         return res
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import OptionError
+
 VISIUM_SPOT_DIAMETER_UM = 55.0
 VISIUM_SPOT_SPACING_UM = 100.0
 VISIUM_FIDUCIAL_DIAMETER_UM = 89.0
@@ -96,9 +98,9 @@ def visium_grid(n_rows: int, n_cols: int, pixel_size_um: float, origin_px: tuple
     centre has at least ``max(150 um, origin)`` of margin on the right and bottom.
     """
     if n_rows < 1 or n_cols < 1:
-        raise ValueError(f"grid must be non-empty, got {n_rows}x{n_cols}")
+        raise OptionError(f"grid must be non-empty, got {n_rows}x{n_cols}")
     if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
+        raise OptionError(f"pixel_size_um must be positive, got {pixel_size_um}")
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), n_cols)
     ks = np.tile(np.arange(n_cols, dtype=np.int64), n_rows)
     cols = 2 * ks + rows % 2
@@ -126,7 +128,7 @@ def tissue_blob(
 ) -> tuple[TissueBlob, NDArray[np.bool_]]:
     """A seeded blob covering about ``fraction`` of the spots, and the tissue mask."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"in_tissue_fraction must be in (0, 1], got {fraction}")
+        raise OptionError(f"in_tissue_fraction must be in (0, 1], got {fraction}")
     x, y = centres_px[:, 0], centres_px[:, 1]
     span_x = max(float(np.ptp(x)), 1.0)
     span_y = max(float(np.ptp(y)), 1.0)

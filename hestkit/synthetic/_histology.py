@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ..errors import OptionError
 from ._field import splitmix01
 
 __all__ = [
@@ -296,7 +297,7 @@ def histology_gene_design(n_genes: int, rng: np.random.Generator) -> dict[str, N
     exponent of the second programme's scaling ``mix`` (0 = none) and ``flat`` (near-constant,
     lowly expressed genes, the last ``FLAT_GENE_FRACTION``)."""
     if n_genes < 2 * N_PROGRAMS:
-        raise ValueError(f"need at least {2 * N_PROGRAMS} genes, got {n_genes}")
+        raise OptionError(f"need at least {2 * N_PROGRAMS} genes, got {n_genes}")
     n_flat = round(FLAT_GENE_FRACTION * n_genes)
     n_inf = n_genes - n_flat
     main = (np.arange(n_genes) * N_PROGRAMS) // max(n_inf, 1)
@@ -346,7 +347,7 @@ def make_histology(
     """The tissue model, the programme activity of each spot ``(N, K)`` and its counts, for
     spot centres in slide micrometres (level-0 pixel centres times the pixel size)."""
     if kind not in HISTOLOGY_MORPHOLOGIES:
-        raise ValueError(f"histology morphology must be one of {HISTOLOGY_MORPHOLOGIES}, got {kind!r}")
+        raise OptionError(f"histology morphology must be one of {HISTOLOGY_MORPHOLOGIES}, got {kind!r}")
     ref = centres_um[in_tissue] if in_tissue.sum() >= 4 else centres_um
     programs = SmoothField.random(ref, N_PROGRAMS, rng)
     stain = StainModel.random(rng)

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from ..errors import OptionError
 from ._grid import TissueBlob
 
 TISSUE_RGB = (232, 200, 215)
@@ -193,7 +194,7 @@ class Scene:
         pixel ``(y, x)`` samples level-0 ``((x + 0.5) / scale, (y + 0.5) / scale)``.
         """
         if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+            raise OptionError(f"scale must be positive, got {scale}")
         h = max(1, round(self.height * scale))
         w = max(1, round(self.width * scale))
         return self.render(1.0 / scale, 0, 0, h, w)

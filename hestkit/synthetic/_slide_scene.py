@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import OptionError
+
 __all__ = ["CLASS_CODES", "PATTERN_PX", "SlideScene"]
 
 PATTERN_PX = 512
@@ -112,7 +114,7 @@ def _texture(kind: str, rng: np.random.Generator, gain: NDArray[np.float64]) -> 
         _dots(canvas, rng, 22, (22.0, 34.0), (92, 46, 140), ring=5.0)
         _dots(canvas, rng, 40, (3.0, 4.5), (112, 62, 150))
     else:
-        raise ValueError(f"unknown texture {kind!r}")
+        raise OptionError(f"unknown texture {kind!r}")
     canvas += rng.uniform(-5, 5, (p, p, 1))
     canvas = 255.0 - (255.0 - canvas) * gain[None, None, :]
     return np.clip(canvas, 0, 255).astype(np.uint8)

@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ..errors import OptionError
+
 FEATURE_TYPE = "Gene Expression"
 
 
@@ -44,7 +46,7 @@ def write_10x_h5(
     """
     n_barcodes, n_genes = counts.shape
     if len(barcodes) != n_barcodes or len(genes) != n_genes or len(gene_ids) != n_genes:
-        raise ValueError("barcodes/genes do not match the counts shape")
+        raise OptionError("barcodes/genes do not match the counts shape")
     # CSR of barcodes x genes == CSC of genes x barcodes.
     csr = sp.csr_matrix(counts, dtype=np.int32)
     csr.sort_indices()

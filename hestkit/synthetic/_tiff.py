@@ -16,6 +16,8 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
+from ..errors import DataError, OptionError
+
 __all__ = ["RenderFn", "pyramid_shapes", "write_flat_image", "write_pyramidal_tiff"]
 
 RenderFn = Callable[[float, int, int, int, int], NDArray[np.uint8]]
@@ -33,7 +35,7 @@ def pyramid_shapes(height: int, width: int, min_level_size: int = 512) -> list[t
     ``min_level_size``; that last small level is included.
     """
     if height < 1 or width < 1:
-        raise ValueError(f"image must be non-empty, got {height}x{width}")
+        raise OptionError(f"image must be non-empty, got {height}x{width}")
     shapes = [(height, width)]
     h, w = height, width
     while max(h, w) >= min_level_size:
@@ -50,7 +52,7 @@ def _tiles(render: RenderFn, downsample: float, height: int, width: int, tile: i
             w = min(tile, width - x0)
             block = np.asarray(render(downsample, y0, x0, h, w), dtype=np.uint8)
             if block.shape != (h, w, 3):
-                raise ValueError(f"render returned {block.shape}, expected {(h, w, 3)}")
+                raise DataError(f"render returned {block.shape}, expected {(h, w, 3)}")
             if h == tile and w == tile:
                 yield np.ascontiguousarray(block)
             else:
@@ -86,9 +88,9 @@ def write_pyramidal_tiff(
         bigtiff: write BigTIFF (as HEST-1k does) instead of classic TIFF.
     """
     if tile % 16:
-        raise ValueError(f"tile must be a multiple of 16, got {tile}")
+        raise OptionError(f"tile must be a multiple of 16, got {tile}")
     if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
+        raise OptionError(f"pixel_size_um must be positive, got {pixel_size_um}")
     shapes = pyramid_shapes(height, width, min_level_size)
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as writer:
         for level, (h, w) in enumerate(shapes):
@@ -121,7 +123,7 @@ def write_flat_image(path: str | Path, array: NDArray[np.uint8], *, quality: int
     """Write a small ``(h, w, 3)`` uint8 image as PNG or JPEG (chosen by suffix)."""
     arr = np.asarray(array, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an (h, w, 3) array, got {arr.shape}")
+        raise OptionError(f"expected an (h, w, 3) array, got {arr.shape}")
     image = Image.fromarray(arr)
     suffix = Path(path).suffix.lower()
     if suffix == ".png":
@@ -129,4 +131,4 @@ def write_flat_image(path: str | Path, array: NDArray[np.uint8], *, quality: int
     elif suffix in (".jpg", ".jpeg"):
         image.save(path, format="JPEG", quality=quality)
     else:
-        raise ValueError(f"unsupported flat image suffix {suffix!r} (use .png/.jpg)")
+        raise OptionError(f"unsupported flat image suffix {suffix!r} (use .png/.jpg)")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import OptionError
 from ._build import build_visium_sample
 from ._grid import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_SPACING_UM, VisiumGrid
 from ._tiff import write_pyramidal_tiff
@@ -77,9 +78,9 @@ def make_hest(
     Only ``st_technology='Visium'`` is generated for now.
     """
     if st_technology != "Visium":
-        raise ValueError(f"only st_technology='Visium' is supported, got {st_technology!r}")
+        raise OptionError(f"only st_technology='Visium' is supported, got {st_technology!r}")
     if not sample_id or "/" in sample_id:
-        raise ValueError(f"invalid sample_id {sample_id!r}")
+        raise OptionError(f"invalid sample_id {sample_id!r}")
     root = Path(root)
     for sub in ("wsis", "st", "metadata"):
         (root / sub).mkdir(parents=True, exist_ok=True)

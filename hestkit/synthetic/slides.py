@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
+from ..errors import OptionError
 from ._slide_scene import CLASS_CODES, INKS, SlideScene
 from ._tiff import write_pyramidal_tiff
 
@@ -127,7 +128,7 @@ def make_slide_scene(
             piece = np.minimum(piece, -hole)
         tissue = np.maximum(tissue, piece)
     if not placed:
-        raise ValueError(f"slide {height}x{width} px is too small for tissue pieces")
+        raise OptionError(f"slide {height}x{width} px is too small for tissue pieces")
     # ragged edges: smooth noise of ~1 % of the slide
     tissue += 0.01 * size * _smooth_noise(rng, (hn, wn), sigma=max(1.0, 0.01 * size / cell))
     inside = tissue > 0
@@ -239,11 +240,11 @@ def make_slide_cohort(
     out.mkdir(parents=True, exist_ok=True)
     height, width = (size_px, size_px) if isinstance(size_px, int) else (int(size_px[0]), int(size_px[1]))
     if n_slides < 1:
-        raise ValueError(f"n_slides must be >= 1, got {n_slides}")
+        raise OptionError(f"n_slides must be >= 1, got {n_slides}")
     if min(height, width) < 512:
-        raise ValueError(f"size_px must be at least 512 px, got {height}x{width}")
+        raise OptionError(f"size_px must be at least 512 px, got {height}x{width}")
     if not 0 < region_share[0] <= region_share[1] < 0.1:
-        raise ValueError(f"region_share must lie in (0, 0.1), got {region_share}")
+        raise OptionError(f"region_share must lie in (0, 0.1), got {region_share}")
     if truth_downsample is None:
         truth_downsample = 1
         while max(height, width) / truth_downsample > 2048:

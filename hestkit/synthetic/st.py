@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import OptionError
 from ._expression import gene_table, program_activity, simulate_counts, spot_colours
 from ._grid import IMAGE_MARGIN_UM, tissue_blob
 from ._scene import Scene
@@ -78,15 +79,15 @@ def make_st(
     arguments.
     """
     if layout not in _PITCH_UM:
-        raise ValueError(f"layout must be '1k' or '2k', got {layout!r}")
+        raise OptionError(f"layout must be '1k' or '2k', got {layout!r}")
     if image_format not in ("jpg", "tif"):
-        raise ValueError(f"image_format must be 'jpg' or 'tif', got {image_format!r}")
+        raise OptionError(f"image_format must be 'jpg' or 'tif', got {image_format!r}")
     if detector not in ("selection", "all", "alignment"):
-        raise ValueError(f"detector must be 'selection', 'all' or 'alignment', got {detector!r}")
+        raise OptionError(f"detector must be 'selection', 'all' or 'alignment', got {detector!r}")
     if n_x < 2 or n_y < 2:
-        raise ValueError(f"the array needs at least 2 x 2 positions, got {n_x} x {n_y}")
+        raise OptionError(f"the array needs at least 2 x 2 positions, got {n_x} x {n_y}")
     if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
+        raise OptionError(f"pixel_size_um must be positive, got {pixel_size_um}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

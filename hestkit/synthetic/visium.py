@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from ..errors import OptionError
 from ._build import build_visium_sample
 from ._grid import VISIUM_FIDUCIAL_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM
 from ._tenx import write_10x_h5, write_mex, write_scalefactors, write_tissue_positions
@@ -67,9 +68,9 @@ def make_visium(
     Everything is a function of ``seed`` and the arguments.
     """
     if layout not in ("spaceranger1", "spaceranger2"):
-        raise ValueError(f"layout must be 'spaceranger1' or 'spaceranger2', got {layout!r}")
+        raise OptionError(f"layout must be 'spaceranger1' or 'spaceranger2', got {layout!r}")
     if matrix not in ("h5", "mex"):
-        raise ValueError(f"matrix must be 'h5' or 'mex', got {matrix!r}")
+        raise OptionError(f"matrix must be 'h5' or 'mex', got {matrix!r}")
     out = Path(out_dir)
     spatial = out / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)

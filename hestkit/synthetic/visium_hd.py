@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ..errors import OptionError
 from ..geometry import Affine
 from ._expression import gene_table, program_activity, simulate_counts, spot_colours
 from ._grid import tissue_blob
@@ -220,14 +221,14 @@ def make_visium_hd(
     tissue when any of its fine bins is. Everything is a function of ``seed`` and the arguments.
     """
     if n_rows < 1 or n_cols < 1:
-        raise ValueError(f"grid must be non-empty, got {n_rows}x{n_cols}")
+        raise OptionError(f"grid must be non-empty, got {n_rows}x{n_cols}")
     if not (bin_um > 0 and pixel_size_um > 0):
-        raise ValueError("bin_um and pixel_size_um must be positive")
+        raise OptionError("bin_um and pixel_size_um must be positive")
     factors = []
     for s in sizes:
         f = s / bin_um
         if abs(f - round(f)) > 1e-9 or round(f) < 1:
-            raise ValueError(f"bin size {s} um is not a whole multiple of bin_um={bin_um}")
+            raise OptionError(f"bin size {s} um is not a whole multiple of bin_um={bin_um}")
         factors.append(round(f))
     out = Path(out_dir)
     rng = np.random.default_rng(seed)

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import tifffile
 from numpy.typing import NDArray
 
+from ..errors import OptionError
 from ..geometry import Affine
 from ._expression import gene_table
 from ._field import TissueField, make_field
@@ -302,7 +303,7 @@ def make_volume(
     morphology-to-expression rule.
     """
     if modality not in ("microct", "otls"):
-        raise ValueError(f"modality must be 'microct' or 'otls', got {modality!r}")
+        raise OptionError(f"modality must be 'microct' or 'otls', got {modality!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -402,7 +403,7 @@ def make_large_volume(
     seconds, but the expression truth of :func:`make_volume` does not apply to it.
     """
     if modality not in ("microct", "otls"):
-        raise ValueError(f"modality must be 'microct' or 'otls', got {modality!r}")
+        raise OptionError(f"modality must be 'microct' or 'otls', got {modality!r}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -459,7 +460,7 @@ def make_large_volume(
         w.build_pyramid()
         return out
     if fmt != "ome-tiff":
-        raise ValueError(f"fmt must be 'ome-tiff' or 'ome-zarr', got {fmt!r}")
+        raise OptionError(f"fmt must be 'ome-tiff' or 'ome-zarr', got {fmt!r}")
 
     def planes():  # type: ignore[no-untyped-def]
         for k in range(nz):

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import tifffile
 from numpy.typing import NDArray
 
+from ..errors import OptionError
 from ..geometry import Affine
 from ._expression import gene_programs, gene_table, program_activity, spot_colours
 from ._scene import GLASS_NOISE, GLASS_RGB, TISSUE_NOISE, TISSUE_RGB, _hash_noise
@@ -272,9 +273,9 @@ def make_xenium(
     inside the image). Everything is a function of ``seed`` and the arguments.
     """
     if xoa not in ("1", "2"):
-        raise ValueError(f"xoa must be '1' or '2', got {xoa!r}")
+        raise OptionError(f"xoa must be '1' or '2', got {xoa!r}")
     if not (S_paint > 0 and width_um > 0 and height_um > 0 and he_pixel_size_um > 0 and pixel_size_um_morph > 0):
-        raise ValueError("sizes must be positive")
+        raise OptionError("sizes must be positive")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hdir = out if he_dir is None else Path(he_dir)

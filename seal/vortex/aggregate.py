@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .errors import VortexConfigError, VortexShapeError
+
 __all__ = ["AGGREGATIONS", "Aggregation", "AttentionPool", "DepthAggregator", "MeanPool", "SliceTransformer", "make_aggregator"]
 
 Aggregation = Literal["attention", "transformer", "mean"]
@@ -38,7 +40,7 @@ class DepthAggregator(nn.Module):
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.n_slices or x.shape[2] != self.dim:
-            raise ValueError(f"expected slice tokens (B, {self.n_slices}, {self.dim}), got {tuple(x.shape)}")
+            raise VortexShapeError(f"expected slice tokens (B, {self.n_slices}, {self.dim}), got {tuple(x.shape)}")
         return x + self.depth.to(x.dtype)
 
 
@@ -97,4 +99,4 @@ def make_aggregator(kind: Aggregation, n_slices: int, dim: int, *, layers: int =
         return SliceTransformer(n_slices, dim, layers=layers, heads=heads)
     if kind == "mean":
         return MeanPool(n_slices, dim)
-    raise ValueError(f"unknown aggregation {kind!r}: expected one of {', '.join(AGGREGATIONS)}")
+    raise VortexConfigError(f"unknown aggregation {kind!r}: expected one of {', '.join(AGGREGATIONS)}")

@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .errors import VortexConfigError, VortexShapeError
+
 __all__ = ["BETA_EOSIN", "BETA_HEMATOXYLIN", "CHANNEL_RULES", "ChannelMapper", "ChannelRule", "stain_matrix"]
 
 ChannelRule = Literal["pseudo_he", "learned", "gray"]
@@ -41,7 +43,7 @@ def stain_matrix(channels: int) -> torch.Tensor:
     elif channels == 2:
         rows = [BETA_HEMATOXYLIN, BETA_EOSIN]
     else:
-        raise ValueError(f"the stain rule covers 1 or 2 channels, got {channels}")
+        raise VortexConfigError(f"the stain rule covers 1 or 2 channels, got {channels}")
     return torch.tensor(rows, dtype=torch.float32) * _K
 
 
@@ -51,9 +53,9 @@ class ChannelMapper(nn.Module):
     def __init__(self, channels: int, rule: ChannelRule = "pseudo_he") -> None:
         super().__init__()
         if channels not in (1, 2, 3):
-            raise ValueError(f"volumes with {channels} channels are not supported: expected 1, 2 or 3")
+            raise VortexConfigError(f"volumes with {channels} channels are not supported: expected 1, 2 or 3")
         if rule not in CHANNEL_RULES:
-            raise ValueError(f"unknown channel rule {rule!r}: expected one of {', '.join(CHANNEL_RULES)}")
+            raise VortexConfigError(f"unknown channel rule {rule!r}: expected one of {', '.join(CHANNEL_RULES)}")
         self.channels = channels
         self.rule = rule
         self.proj: nn.Conv2d | None = None
@@ -72,7 +74,7 @@ class ChannelMapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
-            raise ValueError(f"input has {x.shape[1]} channels, the mapper expects {self.channels}")
+            raise VortexShapeError(f"input has {x.shape[1]} channels, the mapper expects {self.channels}")
         if self.proj is not None:
             out: torch.Tensor = self.proj(x)
             return out

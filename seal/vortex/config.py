@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from hestkit.errors import Opt, fix
+
 from ..models import LoraSpec
 from .aggregate import AGGREGATIONS, Aggregation
 from .channels import CHANNEL_RULES, ChannelRule
+from .errors import VortexConfigError
 
 __all__ = ["ENCODERS_3D", "Encoder3D", "ModelConfig", "TrainConfig", "Tuning"]
 
@@ -48,30 +51,31 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.encoder3d not in ENCODERS_3D:
-            raise ValueError(f"unknown 3D encoder {self.encoder3d!r}: expected one of {', '.join(ENCODERS_3D)}")
+            raise VortexConfigError(f"unknown 3D encoder {self.encoder3d!r}: expected one of {', '.join(ENCODERS_3D)}")
         if self.seal_model is not None:
             object.__setattr__(self, "backbone", None)  # the SEAL directory names its own backbone
         if self.backbone is None and self.seal_model is None and self.encoder3d != "cnn3d":
-            raise ValueError("a backbone name or a SEAL model directory is needed")
+            raise VortexConfigError("a backbone name or a SEAL model directory is needed")
         if self.encoder3d == "cnn3d" and self.tuning != "full":
-            raise ValueError(
-                f"the 3D CNN trains from scratch: tuning {self.tuning!r} does not apply to it; use --tuning full "
-                "(LoRA and frozen tuning are for pretrained backbones: --encoder3d slice or vit3d)"
+            full = Opt("tuning", "'full'", cli="full")
+            raise VortexConfigError(
+                f"the 3D CNN trains from scratch: tuning {self.tuning!r} does not apply to it",
+                fix=fix(f"use {full} (LoRA and frozen tuning are for pretrained backbones: encoder3d 'slice' or 'vit3d')", full),
             )
         if self.encoder3d == "vit3d" and (self.tubelet < 1 or self.n_slices % self.tubelet):
-            raise ValueError(f"--tubelet ({self.tubelet}) must divide --n-slices ({self.n_slices}) for --encoder3d vit3d")
+            raise VortexConfigError(f"tubelet ({self.tubelet}) must divide n_slices ({self.n_slices}) for encoder3d 'vit3d'")
         if self.cnn_width < 4:
-            raise ValueError(f"cnn_width must be >= 4, got {self.cnn_width}")
+            raise VortexConfigError(f"cnn_width must be >= 4, got {self.cnn_width}")
         if self.channel_rule not in CHANNEL_RULES:
-            raise ValueError(f"unknown channel rule {self.channel_rule!r}: expected one of {', '.join(CHANNEL_RULES)}")
+            raise VortexConfigError(f"unknown channel rule {self.channel_rule!r}: expected one of {', '.join(CHANNEL_RULES)}")
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}")
+            raise VortexConfigError(f"unknown aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}")
         if self.tuning not in ("lora", "full", "frozen"):
-            raise ValueError(f"unknown tuning {self.tuning!r}: expected lora, full or frozen")
+            raise VortexConfigError(f"unknown tuning {self.tuning!r}: expected lora, full or frozen")
         if self.n_slices < 1 or self.depth_um <= 0 or self.size_um <= 0:
-            raise ValueError("n_slices must be >= 1 and depth_um, size_um positive")
+            raise VortexConfigError("n_slices must be >= 1 and depth_um, size_um positive")
         if self.size_px is not None and self.size_px < 8:
-            raise ValueError(f"size_px must be >= 8, got {self.size_px}")
+            raise VortexConfigError(f"size_px must be >= 8, got {self.size_px}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,11 +122,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0 (0 writes the untouched model without a step), got {self.epochs}")
+            raise VortexConfigError(f"epochs must be >= 0 (0 writes the untouched model without a step), got {self.epochs}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (the contrastive term needs pairs), got {self.batch_size}")
+            raise VortexConfigError(f"batch_size must be >= 2 (the contrastive term needs pairs), got {self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise VortexConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import VortexShapeError
+
 __all__ = ["PairSource", "SubvolumeTransform", "VolumeDataset"]
 
 
@@ -47,7 +49,7 @@ class SubvolumeTransform:
         if sub.ndim == 3:
             sub = sub[..., None]
         if sub.ndim != 4:
-            raise ValueError(f"expected a sub-volume (slices, H, W, channels), got shape {sub.shape}")
+            raise VortexShapeError(f"expected a sub-volume (slices, H, W, channels), got shape {sub.shape}")
         x = torch.from_numpy(np.ascontiguousarray(sub)).permute(0, 3, 1, 2).float().div_(255.0)
         if self.augment:
             if torch.rand(()) < 0.5:
@@ -76,7 +78,7 @@ class VolumeDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __init__(self, source: PairSource, values: np.ndarray, transform: SubvolumeTransform, *, cache: bool = False) -> None:
         if len(values) != len(source):
-            raise ValueError(f"{len(values)} expression rows for {len(source)} pairs")
+            raise VortexShapeError(f"{len(values)} expression rows for {len(source)} pairs")
         self.source = source
         self.values = np.asarray(values, dtype=np.float32)
         self.transform = transform

@@ -11,6 +11,7 @@ from ..models import create_backbone, data_config, load_weights, wrap_lora
 from .aggregate import DepthAggregator, make_aggregator
 from .channels import ChannelMapper
 from .config import ModelConfig
+from .errors import VortexConfigError, VortexShapeError
 
 __all__ = ["VolumeEncoder", "backbone_data_config", "build_backbone", "prepare_backbone", "trainable_parameters"]
 
@@ -42,7 +43,7 @@ def build_backbone(cfg: ModelConfig, *, load: bool = True, seed: int = 0) -> tup
         name = str(info["backbone"])
         kwargs = {**info.get("create_kwargs", {}), **kwargs}
     if name is None:
-        raise ValueError("a backbone name or a SEAL model directory is needed")
+        raise VortexConfigError("a backbone name or a SEAL model directory is needed")
     if name.startswith("timm:"):
         name, w = _split(name[5:])
         weights = weights or (str(w) if w else None)
@@ -53,7 +54,7 @@ def build_backbone(cfg: ModelConfig, *, load: bool = True, seed: int = 0) -> tup
         if kwargs:
             raise BackboneError(
                 f"{name}: a model-zoo preset is built with its published architecture; "
-                f"create kwargs {sorted(kwargs)} (e.g. --img-size) apply to timm backbones only"
+                f"create kwargs {sorted(kwargs)} (e.g. img_size) apply to timm backbones only"
             )
         spec = name
         if not load:
@@ -93,12 +94,12 @@ class VolumeEncoder(nn.Module):
     def slice_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice embeddings ``(B, S, D)``."""
         if x.ndim != 5:
-            raise ValueError(f"expected sub-volumes (B, S, C, H, W), got shape {tuple(x.shape)}")
+            raise VortexShapeError(f"expected sub-volumes (B, S, C, H, W), got shape {tuple(x.shape)}")
         b, s, c, h, w = x.shape
         if c != self.channels:
-            raise ValueError(f"sub-volumes have {c} channels, the encoder was built for {self.channels}")
+            raise VortexShapeError(f"sub-volumes have {c} channels, the encoder was built for {self.channels}")
         if s != self.n_slices:
-            raise ValueError(f"sub-volumes have {s} slices, the encoder was built for {self.n_slices}")
+            raise VortexShapeError(f"sub-volumes have {s} slices, the encoder was built for {self.n_slices}")
         rgb = self.mapper(x.reshape(b * s, c, h, w))
         rgb = (rgb - self.mean.to(rgb.dtype)) / self.std.to(rgb.dtype)  # type: ignore[operator]
         f: torch.Tensor = self.backbone(rgb)

@@ -33,7 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hestkit.errors import Opt, fix
+
 from .channels import ChannelMapper
+from .errors import VortexConfigError, VortexShapeError
 
 __all__ = ["Cnn3DEncoder", "Vit3DEncoder", "inflate_patch_embedding"]
 
@@ -67,12 +70,13 @@ class Vit3DEncoder(nn.Module):
         vit = _unwrap(backbone)
         pe = getattr(vit, "patch_embed", None)
         if pe is None or not isinstance(getattr(pe, "proj", None), nn.Conv2d) or not hasattr(vit, "blocks"):
-            raise ValueError(
-                f"--encoder3d vit3d needs a timm VisionTransformer backbone (patch_embed.proj + blocks); "
-                f"{type(vit).__name__} is not one: use --encoder3d slice for this backbone"
+            vit3d, slice_ = Opt("encoder3d", "'vit3d'", cli="vit3d"), Opt("encoder3d", "'slice'", cli="slice")
+            raise VortexConfigError(
+                f"{vit3d} needs a timm VisionTransformer backbone (patch_embed.proj + blocks); {type(vit).__name__} is not one",
+                fix=fix(f"use {slice_} for this backbone", slice_, vit3d),
             )
         if tubelet < 1 or n_slices % tubelet:
-            raise ValueError(f"--tubelet must divide --n-slices: {n_slices} planes cannot be cut into tubelets of {tubelet}")
+            raise VortexConfigError(f"tubelet must divide n_slices: {n_slices} planes cannot be cut into tubelets of {tubelet}")
         self.backbone = backbone  # registered so LoRA / tuning state and weights are saved with the model
         self.channels = channels
         self.n_slices = n_slices
@@ -91,10 +95,10 @@ class Vit3DEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
-            raise ValueError(f"expected sub-volumes (B, S, C, H, W), got shape {tuple(x.shape)}")
+            raise VortexShapeError(f"expected sub-volumes (B, S, C, H, W), got shape {tuple(x.shape)}")
         b, s, c, h, w = x.shape
         if c != self.channels or s != self.n_slices:
-            raise ValueError(f"sub-volumes have {s} planes x {c} channels; the encoder was built for {self.n_slices} x {self.channels}")
+            raise VortexShapeError(f"sub-volumes have {s} planes x {c} channels; the encoder was built for {self.n_slices} x {self.channels}")
         vit = self._vit()
         rgb = self.mapper(x.reshape(b * s, c, h, w)).reshape(b, s, 3, h, w).permute(0, 2, 1, 3, 4)
         rgb = (rgb - self.mean.to(rgb.dtype)) / self.std.to(rgb.dtype)  # type: ignore[operator]
@@ -157,10 +161,10 @@ class Cnn3DEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
-            raise ValueError(f"expected sub-volumes (B, S, C, H, W), got shape {tuple(x.shape)}")
+            raise VortexShapeError(f"expected sub-volumes (B, S, C, H, W), got shape {tuple(x.shape)}")
         s, c = x.shape[1], x.shape[2]
         if c != self.channels or s != self.n_slices:
-            raise ValueError(f"sub-volumes have {s} planes x {c} channels; the encoder was built for {self.n_slices} x {self.channels}")
+            raise VortexShapeError(f"sub-volumes have {s} planes x {c} channels; the encoder was built for {self.n_slices} x {self.channels}")
         z = (x.permute(0, 2, 1, 3, 4) - 0.5) / 0.25
         out: torch.Tensor = self.features(z).mean(dim=(2, 3, 4))
         return out

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from ..errors import SealError
+from ..errors import ConfigError, SealError, ShapeError
 
-__all__ = ["ChannelMismatchError", "ModelDirError", "PredictionError", "SectionError", "VortexError"]
+__all__ = [
+    "ChannelMismatchError",
+    "ModelDirError",
+    "PredictionError",
+    "SectionError",
+    "VortexConfigError",
+    "VortexError",
+    "VortexShapeError",
+]
 
 
 class VortexError(SealError):
@@ -25,3 +33,11 @@ class SectionError(VortexError, ValueError):
 
 class PredictionError(VortexError):
     """A prediction output that cannot be written or resumed as asked."""
+
+
+class VortexConfigError(VortexError, ConfigError):
+    """A VORTEX configuration or argument that cannot be used; a ``ValueError`` too."""
+
+
+class VortexShapeError(VortexError, ShapeError):
+    """Sub-volumes or tokens of the wrong shape for a VORTEX module; a ``ValueError`` too."""

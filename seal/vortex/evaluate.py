@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hestkit.errors import Opt, fix
+
 from ..data import apply_preprocessing
 from ..errors import SelectionError
 from ..evaluate import pearson_per_gene, ridge_probe
@@ -57,6 +59,8 @@ _LABELS = {
     "2d": "(c) 2D encoder + ridge, nearest slice",
     "texture": "(d) 3D texture features + ridge",
 }
+
+_ENC2D = Opt("encoder_2d", "SPEC")
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,8 @@ class _Encoder2D:
         mcfg = loaded.model_cfg
         if spec is None and mcfg.encoder3d == "cnn3d":
             raise SectionError(
-                f"{loaded.path}: a 3D CNN model has no 2D backbone for baseline (c); give one with --encoder-2d "
-                "(timm:NAME[@WEIGHTS], a preset or a `seal fit` model directory)"
+                f"{loaded.path}: a 3D CNN model has no 2D backbone for baseline (c)",
+                fix=fix(f"give one ({_ENC2D}: timm:NAME[@WEIGHTS], a preset or a `seal fit` model directory)", _ENC2D),
             )
         if spec is None:
             bb, _, _ = build_backbone(mcfg, load=True)

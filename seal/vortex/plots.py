@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import VortexConfigError
+
 __all__ = ["depth_montage", "flythrough_gif", "orthoslices", "render_prediction"]
 
 
@@ -36,7 +38,7 @@ class _Pred:
     def gene_index(self, gene: str) -> int:
         g = gene.upper()
         if g not in self.genes:
-            raise ValueError(f"{self.path} holds no prediction for {gene!r}; it has {', '.join(self.genes)}")
+            raise VortexConfigError(f"{self.path} holds no prediction for {gene!r}; it has {', '.join(self.genes)}")
         return self.genes.index(g)
 
     def limits(self, gi: int) -> tuple[float, float]:

@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hestkit.errors import Opt, fix
+from hestkit.fixes import OVERWRITE
+
 from ..train import _amp, resolve_device
 from ._mask import Background, tissue_fraction, volume_threshold
 from .data import SubvolumeTransform
@@ -43,6 +46,9 @@ from .errors import PredictionError
 from .model import LoadedModel, load_model
 
 __all__ = ["PredictConfig", "grid_shape", "predict_catalog", "predict_volume"]
+
+_OUT = Opt("out", "PATH")
+_RESUME = Opt("resume")
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ def predict_volume(
     spec = pair_spec(mcfg, loaded.size_px)
     sxy, sz = cfg.stride_um or (mcfg.size_um / 2.0, mcfg.depth_um / 2.0)
     if sxy <= 0 or sz <= 0:
-        raise PredictionError(f"--stride-um must be two positive numbers (XY Z), got {sxy} {sz}")
+        raise PredictionError(f"stride_um must be two positive numbers (XY, Z), got {sxy} {sz}")
     stride = (float(sz), float(sxy), float(sxy))
     vox = tuple(float(v) for v in volume.voxel_size_um)
     gshape = grid_shape(volume.shape_zyx, vox, stride)
@@ -169,17 +175,18 @@ def predict_volume(
             if _finished_with(out, settings):
                 return out
             raise PredictionError(
-                f"{out} exists and is not an unfinished VORTEX prediction with these settings; choose another --out or pass --overwrite"
+                f"{out} exists and is not an unfinished VORTEX prediction with these settings",
+                fix=fix(f"choose another output ({_OUT}) or pass {OVERWRITE}", _OUT, OVERWRITE),
             )
         elif not resume:
             raise PredictionError(
-                f"{out} holds an earlier prediction; pass --resume to continue it or --overwrite to start again"
+                f"{out} holds an earlier prediction", fix=fix(f"pass {_RESUME} to continue it or {OVERWRITE} to start again", _RESUME, OVERWRITE)
             )
         elif prog["settings"] != settings:
             changed = [k for k in settings if prog["settings"].get(k) != settings[k]]
             raise PredictionError(
-                f"{out} was started with other settings ({', '.join(changed)} differ); "
-                "rerun with the same model/genes/stride, or pass --overwrite to start again"
+                f"{out} was started with other settings ({', '.join(changed)} differ)",
+                fix=fix(f"rerun with the same model/genes/stride, or pass {OVERWRITE} to start again", OVERWRITE),
             )
         else:
             done = set(prog["done"])

@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import NotFittedError
+from .errors import VortexShapeError
+
 __all__ = ["TextureProbe", "feature_names", "subvolume_features"]
 
 _HIST_BINS = 8
@@ -115,7 +118,7 @@ def subvolume_features(subs: NDArray[Any]) -> NDArray[np.float32]:
     """``(N, S, H, W, C)`` uint8 sub-volumes -> ``(N, F)`` fixed texture features."""
     a = np.asarray(subs)
     if a.ndim != 5:
-        raise ValueError(f"sub-volumes must be (N, S, H, W, C), got shape {a.shape}")
+        raise VortexShapeError(f"sub-volumes must be (N, S, H, W, C), got shape {a.shape}")
     out = np.empty((a.shape[0], len(feature_names(a.shape[4]))), dtype=np.float32)
     for i in range(a.shape[0]):
         row: list[float] = []
@@ -137,7 +140,7 @@ class TextureProbe:
 
     def _expand(self, f: NDArray[Any]) -> NDArray[np.float64]:
         if self._mean is None or self._std is None:
-            raise RuntimeError("fit the probe before predicting")
+            raise NotFittedError("fit the probe before predicting")
         z = (np.asarray(f, dtype=np.float64) - self._mean) / self._std
         if not self.quadratic:
             return z
@@ -161,6 +164,6 @@ class TextureProbe:
 
     def predict(self, features: NDArray[Any]) -> NDArray[np.float32]:
         if self._model is None:
-            raise RuntimeError("fit the probe before predicting")
+            raise NotFittedError("fit the probe before predicting")
         pred: NDArray[np.float32] = self._model.predict(self._expand(features)).astype(np.float32)
         return pred

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from hestkit.errors import Opt, fix
+
 from ..data import ExpressionPrep, apply_preprocessing, fit_preprocessing
 from ..errors import SelectionError
 from ..losses import seal_objective
 from ..train import _amp, _pearson_mean, _resume_checkpoint, _save_checkpoint, _schedule, resolve_device
 from .config import ModelConfig, TrainConfig
 from .data import PairSource, SubvolumeTransform, VolumeDataset
-from .errors import SectionError
+from .errors import SectionError, VortexConfigError
 from .model import VortexModel, build_model, load_model, save_model
 
 __all__ = ["finetune", "pair_spec", "predict_pairs", "pretrain", "train_model", "volume_view"]
@@ -34,6 +36,8 @@ __all__ = ["finetune", "pair_spec", "predict_pairs", "pretrain", "train_model", 
 logger = logging.getLogger(__name__)
 
 _SMOOTH_COLUMNS = ("sample_id", "array_row", "array_col", "technology")
+
+_VOLUMES = Opt("volumes", "[ID]", cli="ID")
 
 
 def pair_spec(cfg: ModelConfig, size_px: int) -> Any:
@@ -85,7 +89,8 @@ def _channels_of(cat: Any, volume_ids: Sequence[str]) -> int:
         raise SelectionError(
             "the selected volumes differ in channel count ("
             + ", ".join(f"{v}: {c}" for v, c in chans.items())
-            + "); pretrain one model per modality (select volumes with --volumes)"
+            + "); pretrain one model per modality",
+            fix=fix(f"select volumes of one modality ({_VOLUMES})", _VOLUMES),
         )
     return next(iter(chans.values()))
 
@@ -379,7 +384,7 @@ def finetune(
         stage = "finetune"
     else:
         if model_cfg is None or cfg is None:
-            raise ValueError("training without a pretrained model needs model_cfg and cfg")
+            raise VortexConfigError("training without a pretrained model needs model_cfg and cfg")
         mcfg = model_cfg
         _, size_px = build_model(mcfg, 1, channels, load_weights=False, seed=cfg.seed)
         view = volume_view(cat, pair_spec(mcfg, size_px), volumes=[volume_id], sections=sections)

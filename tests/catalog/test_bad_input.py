@@ -122,7 +122,7 @@ def test_existing_sample_is_skipped_refused_or_overwritten(sample: Path, tmp_pat
     # another input under the same id: refused
     other = tmp_path / "other"
     make_visium(other, n_rows=5, n_cols=5, seed=9)
-    with pytest.raises(SampleExistsError, match="--overwrite"):
+    with pytest.raises(SampleExistsError, match="overwrite=True"):
         cat.ingest([other], options=opts, workers=1)
     # --overwrite replaces it whole
     rep = cat.ingest([other], options=opts, workers=1, overwrite=True)

@@ -45,7 +45,7 @@ def test_real_missing_fullres_error_names_spaceranger_images(brain: Path) -> Non
         r.load(ref)
     msg = str(ei.value)
     assert "tissue_lowres_image.png (tissue_lowres_scalef 0.051635113, about 14 um/px)" in msg
-    assert "upsampled" in msg and "--allow-upsampling" in msg
+    assert "upsampled" in msg and "allow_upsampling=True" in msg and "--" not in msg
 
 
 def test_real_lowres_visium_upsampling_refused_then_recorded(brain: Path, tmp_path: Path) -> None:

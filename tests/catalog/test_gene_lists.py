@@ -97,6 +97,6 @@ def test_newer_manifest_or_missing_gene_list_is_a_clear_error(
         catalog.open(root).pairs()
     f.write_text(json.dumps({**m, "genes_ref": "0" * 64}))
     bad = catalog.open(root)
-    with pytest.raises(errors.CatalogError, match=r"genes/0{64}\.json: gene list of sample 'breastA' is missing.*--overwrite"):
+    with pytest.raises(errors.CatalogError, match=r"genes/0{64}\.json: gene list of sample 'breastA' is missing.*overwrite=True"):
         bad.pairs(organ="Breast")
     assert len(bad.pairs(organ="Brain")) > 0  # only the queried samples' lists are read

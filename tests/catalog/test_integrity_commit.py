@@ -243,7 +243,7 @@ def test_out_of_memory_while_planning_is_one_line(
     cat = catalog.create(tmp_path / "cat")
     rep = _ingest(cat, samples[0], "a")
     msg = rep.failed[0].message
-    assert msg == "a: reading the sample and planning its patches: out of memory; use fewer --workers " + (
-        "(or a machine with more memory) and re-run the same command"
+    assert msg == "a: reading the sample and planning its patches: out of memory; use fewer workers (workers=N, " + (
+        "or a machine with more memory) and re-run the same command"
     ), msg
     assert os.listdir(tmp_path / "cat" / "patches") == [] and check_catalog(cat.uri).ok

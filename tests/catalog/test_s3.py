@@ -183,7 +183,7 @@ def test_cli_on_s3(s3_env: str, two_samples: list[SyntheticSample]) -> None:
         cat.link_section("cli0", "vol", 10.0, affine=np.eye(3))
     from catalog.embeddings import EmbeddingStore
 
-    with pytest.raises(CatalogError, match="--no-cache"):
+    with pytest.raises(CatalogError, match="cache=False"):
         EmbeddingStore(cat, "key", {})
 
 

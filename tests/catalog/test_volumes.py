@@ -240,7 +240,7 @@ def test_bad_volumes_leave_the_catalog_untouched(vcat: catalog.Catalog, tmp_path
     with tifffile.TiffWriter(plain) as tw:
         for plane in a:
             tw.write(plane, metadata=None)
-    with pytest.raises(VoxelSizeError, match="--voxel-size-um"):
+    with pytest.raises(VoxelSizeError, match=r"voxel_size_um=\(Z, Y, X\)"):
         vcat.ingest_volume(plain, "novox")
     rgb = tmp_path / "rgb"
     rgb.mkdir()
@@ -255,7 +255,7 @@ def test_bad_volumes_leave_the_catalog_untouched(vcat: catalog.Catalog, tmp_path
     (broken / "39.png").write_bytes(b"not a png")  # fails after the first slabs are written
     with pytest.raises(ReaderError, match=r"39\.png"):
         vcat.ingest_volume(broken, "broken", (1.0, 1.0, 1.0))
-    with pytest.raises(VolumeExistsError, match="--overwrite"):
+    with pytest.raises(VolumeExistsError, match="overwrite=True"):
         vcat.ingest_volume(plain, "vol0", (1.0, 1.0, 1.0))
     with pytest.raises(VolumeError, match="volume id"):
         vcat.ingest_volume(plain, "bad id!", (1.0, 1.0, 1.0))

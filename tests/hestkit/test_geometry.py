@@ -88,7 +88,7 @@ def test_resolve_pixel_size_rules() -> None:
     assert resolve_pixel_size(embedded=0.25, estimated=0.5, override=0.3).value == 0.3
     assert resolve_pixel_size(embedded=None, estimated=0.7).source == "estimated"
     assert resolve_pixel_size(embedded=None, estimated=None, metadata=0.9).source == "metadata"
-    with pytest.raises(PixelSizeError, match="--pixel-size-um"):
+    with pytest.raises(PixelSizeError, match="pixel_size_um=UM"):
         resolve_pixel_size(embedded=None, estimated=None)
     with pytest.raises(PixelSizeError):
         resolve_pixel_size(embedded=None, estimated=None, override=-1.0)

@@ -64,7 +64,10 @@ def test_a_section_of_another_block_is_refused(volumes: dict[int, SyntheticVolum
         thumb, factor = sl.thumbnail(512)
     with pytest.raises(RegistrationError, match="landmarks"):
         register_section(thumb, 1.0, open_volume(volumes[0].path), section_px_per_image_px=factor, max_rotation_deg=45)
-    with pytest.raises(RegistrationError, match="z-range-um"):
+    with pytest.raises(RegistrationError, match=r"z_range_um=\(10, 500\) is not within") as ei:
         register_section(thumb, 1.0, open_volume(volumes[0].path), z_range_um=(10.0, 500.0))
+    from cli._common import error_text  # the CLI spells the same fix as its flags
+
+    assert "--z-range-um 10 500 is not within" in error_text(ei.value) and "give --z-range-um Z0 Z1 within" in error_text(ei.value)
     with pytest.raises(RegistrationError, match="pixel size"):
         register_section(thumb, float("nan"), open_volume(volumes[0].path))

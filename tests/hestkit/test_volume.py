@@ -65,7 +65,7 @@ def test_plain_multipage_tiff_needs_voxel_size(tmp_path: Path) -> None:
     with tifffile.TiffWriter(p) as tw:
         for plane in a:
             tw.write(plane, contiguous=False)
-    with pytest.raises(VoxelSizeError, match="--voxel-size-um"):
+    with pytest.raises(VoxelSizeError, match=r"voxel_size_um=\(Z, Y, X\)"):
         open_volume(p)
     v = open_volume(p, (4.0, 1.0, 1.0))
     assert v.shape_zyx == (5, 16, 18)

@@ -48,7 +48,7 @@ def test_changed_labels_need_overwrite(slide_cohort: tuple[Path, pd.DataFrame], 
     changed = df[["slide_id", "path", "patient", "label", "score"]].copy()
     changed.loc[0, "label"] = 1 - int(changed.loc[0, "label"])
     new_csv = _csv(tmp_path / "changed.csv", changed.to_dict(orient="records"))
-    with pytest.raises(ValidationError, match="--overwrite") as ei:
+    with pytest.raises(ValidationError, match="overwrite=True") as ei:
         add_slides(cat_dir, new_csv)
     assert str(new_csv) in str(ei.value)
     rep = add_slides(cat_dir, new_csv, overwrite=True)

@@ -69,7 +69,7 @@ def test_ingest_gives_the_stored_patches_and_refuses_wider_fields(bench: Path, t
     wide = catalog.create(tmp_path / "wide")
     rep = wide.ingest([bench], options=ReadOptions(organ="Breast"), workers=1)
     assert len(rep.failed) == 2
-    assert "wider than one patch" in rep.failed[0].message and "--patch-size 32" in rep.failed[0].message
+    assert "wider than one patch" in rep.failed[0].message and "patch_size_px=32" in rep.failed[0].message
 
 
 def test_pixel_size_without_attributes_is_assumed_only_for_224_px(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_pixel_size_without_attributes_is_assumed_only_for_224_px(tmp_path: Path
     assert src.pixel_size.value == 0.5 and src.pixel_size.source == "metadata"
     assert "assumed HEST-Benchmark's documented 0.5 um/px" in src.warnings[0]
     small = make_hest_bench(tmp_path / "b", tasks={"T": 1}, n_spots=4, extra_spots=0, attrs=False, seed=1).root
-    with pytest.raises(ReaderError, match="pass --pixel-size-um"):
+    with pytest.raises(ReaderError, match="pass pixel_size_um=UM"):
         load(scan(small / "T", ReadOptions())[0])
     assert load(scan(small / "T", ReadOptions(pixel_size_um=0.25))[0]).pixel_size.value == 0.25
     # an upsampling catalog is allowed but said

@@ -176,7 +176,7 @@ def test_real_mob_samples(mob: Path) -> None:
 
 
 def test_real_mob_option_errors(mob: Path) -> None:
-    with pytest.raises(ReaderError, match="--sample-id"):
+    with pytest.raises(ReaderError, match="sample_id=ID"):
         StReader().scan(mob, ReadOptions(sample_id="x"))
     with pytest.raises(ReaderError, match="MOB3"):
         StReader().scan(mob, ReadOptions(ids=("MOB3",)))

@@ -344,7 +344,7 @@ def test_real_all_zero_counts_give_no_pairs(visiumio: Path, tmp_path: Path) -> N
     ("no pairs: ...", issue 15) and the catalog stays empty."""
     assert VisiumHDReader().can_open(visiumio)
     img = visiumio / "binned_outputs" / "square_002um" / "spatial" / "tissue_lowres_image.png"
-    with pytest.raises(ValidationError, match="--image"):
+    with pytest.raises(ValidationError, match="image=PATH"):
         _load(visiumio)
     src = _load(visiumio, image=img)
     assert src.n_spots == 0 and src.counts.shape == (0, 10)

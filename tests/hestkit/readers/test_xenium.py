@@ -183,7 +183,7 @@ def test_several_or_no_alignment_files(bundles: dict[str, SyntheticXenium], tmp_
     shutil.copy(t.alignment_path, two / "other_he_imagealignment.csv")
     with pytest.raises(ValidationError, match="several alignment files") as err:
         _load(two)
-    assert "--alignment" in str(err.value)
+    assert "alignment=PATH" in str(err.value)
     _load(two, alignment=two / "other_he_imagealignment.csv")  # choosing one fixes it
     none = _copy(t, tmp_path / "none")
     (none / t.alignment_path.name).unlink()

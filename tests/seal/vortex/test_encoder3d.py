@@ -71,7 +71,7 @@ def test_cnn3d_sees_depth_and_trains_from_scratch_only() -> None:
     assert a.shape == (3, 64) and not torch.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="planes"):
         enc(torch.rand(1, 4, 2, 32, 32))
-    with pytest.raises(ValueError, match="--tuning full"):
+    with pytest.raises(ValueError, match="tuning='full'"):
         ModelConfig(backbone=None, encoder3d="cnn3d", tuning="lora")
     model, px = build_model(ModelConfig(backbone=None, encoder3d="cnn3d", tuning="full", n_slices=3, cnn_width=8), 4, 1)
     assert px == 64 and model.predict(torch.rand(2, 3, 1, px, px)).shape == (2, 4)
