@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 #: fine-tuning defaults (seal.vortex.config.FINETUNE_DEFAULTS; kept literal here so --help stays instant)
-_FT: dict[str, Any] = {"epochs": 32, "tune": "head", "early_stop_fraction": 0.2, "patience": 6}
+_FT: dict[str, Any] = {"epochs": 32, "tune": "all", "early_stop_fraction": 0.2, "patience": 8}
 
 Catalog = Annotated[str, typer.Argument(help="Catalog folder holding volumes and linked sections.")]
 Epochs = Annotated[int, typer.Option(min=0, help="Epochs (0 writes the untouched model, without a training step).")]

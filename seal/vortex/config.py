@@ -164,7 +164,7 @@ class TrainConfig:
 
 #: Fine-tuning defaults, chosen from the bench's shifted-rule measurements (docs/vortex.md,
 #: "Fine-tuning on blocks that differ"): see :func:`finetune_config`.
-FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 32, "tune": "head", "early_stop_fraction": 0.2, "patience": 6}
+FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 32, "tune": "all", "early_stop_fraction": 0.2, "patience": 8}
 
 
 def finetune_config(base: TrainConfig, **overrides: Any) -> TrainConfig:
