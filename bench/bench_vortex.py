@@ -46,31 +46,35 @@ def _log_norm(mu: Any) -> Any:
     return np.log1p(np.divide(mu, tot, out=np.zeros_like(mu), where=tot > 0) * 1e4)
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-    import torch
+def _cohort(args: argparse.Namespace, where: Path) -> tuple[Any, Path]:
+    """The seeded cohort, ingested and linked in a catalog under ``where``; reused when
+    ``where`` already holds it (``--data``: one cohort for several encoder runs)."""
+    import pickle
 
     import catalog
     from hestkit.sample import ReadOptions
     from hestkit.synthetic.volume import make_volume_cohort
-    from seal.evaluate import pearson_per_gene
-    from seal.vortex import ModelConfig, TrainConfig, pretrain
-    from seal.vortex.evaluate import METHODS, SerialSectionConfig, serial_section_eval
 
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    key = {"seed": args.seed, "volumes": args.volumes, "rule_shift": args.rule_shift, "stain_shift": args.stain_shift}
+    done = where / "cohort.pkl"
+    if done.exists():
+        with open(done, "rb") as fh:
+            saved = pickle.load(fh)
+        if saved["key"] != key:
+            raise SystemExit(f"{where} holds a cohort of {saved['key']}, not {key}: choose another --data")
+        return saved["cohort"], where / "cat"
+    where.mkdir(parents=True, exist_ok=True)
     coh = make_volume_cohort(
-        out / "raw",
+        where / "raw",
         seed=args.seed,
         n_volumes=args.volumes,
         shape_zyx=(40, 500, 500),
         voxel_size_um=(2.0, 2.0, 2.0),
         n_genes=40,
         section_pixel_size_um=1.0,
+        **({"rule_shift": args.rule_shift, "stain_shift": args.stain_shift} if args.rule_shift or args.stain_shift else {}),
     )
-    cat = catalog.create(out / "cat")
+    cat = catalog.create(where / "cat")
     for v in coh.volumes:
         cat.ingest_volume(v.path, v.volume_id, modality=v.modality, organ=v.organ, patient=v.patient)
         for s in v.sections:
@@ -80,15 +84,28 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
                 workers=1,
             )
             cat.link_section(s.sample_id, v.volume_id, s.z_um, affine=s.affine_path)
+    with open(done, "wb") as fh:
+        pickle.dump({"key": key, "cohort": coh}, fh)
+    return coh, where / "cat"
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from seal.evaluate import pearson_per_gene
+    from seal.vortex import TrainConfig, pretrain
+    from seal.vortex.config import finetune_config
+    from seal.vortex.evaluate import METHODS, SerialSectionConfig, serial_section_eval
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    coh, cat_dir = _cohort(args, Path(args.data) if args.data else out)
     t_data = time.perf_counter() - t0
     enc = args.encoder3d
-    mcfg = (
-        ModelConfig(backbone=None, encoder3d="cnn3d", size_px=48, tuning="full", n_slices=9, depth_um=36.0)
-        if enc == "cnn3d"
-        else ModelConfig(
-            backbone="test_vit", create_kwargs={"img_size": 48}, tuning="full", n_slices=9, depth_um=36.0, encoder3d=enc, tubelet=3
-        )
-    )
+    mcfg = _model_cfg(enc, args.context_scale)
     tcfg = TrainConfig(
         epochs=args.pretrain_epochs,
         batch_size=16,
@@ -102,12 +119,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     pre_vols = [v.volume_id for v in coh.volumes[: args.pretrain]]
     targets = [v.volume_id for v in coh.volumes[args.pretrain :]]
     t0 = time.perf_counter()
-    pretrain(out / "cat", mcfg, tcfg, out / "pretrained", volumes=pre_vols, progress=False)
+    pretrain(cat_dir, mcfg, tcfg, out / "pretrained", volumes=pre_vols, progress=False)
     t_pre = time.perf_counter() - t0
-    ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs)
+    # fine-tuning: the library's defaults (epochs, what is tuned, early stopping) unless --finetune-epochs is given
+    ft = finetune_config(tcfg, **({"epochs": args.finetune_epochs, "early_stop_fraction": 0.0} if args.finetune_epochs else {}))
     t0 = time.perf_counter()
     res = serial_section_eval(
-        out / "cat",
+        cat_dir,
         out / "pretrained",
         targets,
         out / "eval",
@@ -138,6 +156,127 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     (out / "bench_eval.json").write_text(json.dumps(report, indent=1))
     print((out / "eval" / "results.md").read_text())
     print(json.dumps({k: report[k] for k in ("seconds", "truth_mean", "measured")}, indent=1))
+    return report
+
+
+def _model_cfg(enc: str, context_scale: float = 1.0) -> Any:
+    from seal.vortex import ModelConfig
+
+    ctx: dict[str, Any] = {"context_scale": context_scale} if context_scale != 1.0 else {}
+    if enc == "cnn3d":
+        return ModelConfig(backbone=None, encoder3d="cnn3d", size_px=48, tuning="full", n_slices=9, depth_um=36.0, **ctx)
+    return ModelConfig(
+        backbone="test_vit",
+        create_kwargs={"img_size": 48},
+        tuning="full",
+        n_slices=9,
+        depth_um=36.0,
+        encoder3d=enc,  # type: ignore[arg-type]
+        tubelet=3,
+        **ctx,
+    )
+
+
+def _finetune_variants(max_epochs: int) -> dict[str, dict[str, Any]]:
+    """Fine-tuning settings compared on shifted targets (name -> TrainConfig overrides)."""
+    v: dict[str, dict[str, Any]] = {}
+    for e in (4, 8, 16, max_epochs):
+        v[f"all, {e} ep"] = {"epochs": e, "tune": "all", "early_stop_fraction": 0.0}
+    for e in (8, max_epochs):
+        v[f"head, {e} ep"] = {"epochs": e, "tune": "head", "early_stop_fraction": 0.0}
+    for tune in ("all", "head"):
+        for p in (4, 6, 8):
+            v[f"{tune}, <= {max_epochs} ep, early stop p{p}"] = {
+                "epochs": max_epochs, "tune": tune, "early_stop_fraction": 0.2, "patience": p
+            }
+    return v
+
+
+def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """Pretrained-only vs fine-tuned (several settings) on targets whose rule and stain differ."""
+    import numpy as np
+    import torch
+
+    import catalog
+    from seal.data import apply_preprocessing
+    from seal.evaluate import pearson_per_gene
+    from seal.vortex import TrainConfig, finetune, load_model, pretrain
+    from seal.vortex.train import pair_spec, predict_pairs, volume_view
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    coh, cat_dir = _cohort(args, Path(args.data) if args.data else out)
+    t_data = time.perf_counter() - t0
+    mcfg = _model_cfg(args.encoder3d, args.context_scale)
+    tcfg = TrainConfig(
+        epochs=args.pretrain_epochs, batch_size=16, lr=1e-3, weight_decay=0.05, n_genes=40, device="cpu", cache_pairs=True, seed=args.seed
+    )
+    pre_vols = [v.volume_id for v in coh.volumes[: args.pretrain]]
+    t0 = time.perf_counter()
+    pre_dir = pretrain(cat_dir, mcfg, tcfg, out / "pretrained", volumes=pre_vols, progress=False)
+    t_pre = time.perf_counter() - t0
+    pre = load_model(pre_dir)
+    cat = catalog.open(cat_dir)
+    spec = pair_spec(pre.model_cfg, pre.size_px)
+    genes = list(pre.prep.genes)
+    variants = {"pretrained only": None, **_finetune_variants(args.max_epochs)}
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k == "pretrained only" or any(w in k for w in args.variants)}
+    rows: list[dict[str, Any]] = []
+    for v in coh.volumes[args.pretrain :]:
+        col = {g.upper(): i for i, g in enumerate(v.genes)}
+        secs = [s.sample_id for s in v.sections]
+        held = {}
+        for sec in secs[1:]:
+            view = volume_view(cat, spec, volumes=[v.volume_id], sections=[sec])
+            truth = _log_norm(v.true_expression(view.obs[["z_um", "y_um", "x_um"]].to_numpy(dtype=float)))[:, [col[g] for g in genes]]
+            held[sec] = (view, truth, apply_preprocessing(view, pre.prep))
+        for name, over in variants.items():
+            t0 = time.perf_counter()
+            model, note = pre, {}
+            if over is not None:
+                d = finetune(
+                    cat_dir, pre_dir, v.volume_id, out / "ft" / v.volume_id / name.replace(" ", "_").replace(",", ""),
+                    cfg=dataclasses.replace(tcfg, **over), sections=[secs[0]], progress=False,
+                )
+                model = load_model(d)
+                log = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
+                ep = [r for r in log if "loss" not in r]
+                note = {"epochs_run": len(ep), "best_epoch": ep[-1].get("best_epoch", len(ep) - 1) + 1 if ep else 0}
+            t_ft = time.perf_counter() - t0
+            for sec, (view, truth, measured) in held.items():
+                pred = predict_pairs(model.model, view, model.size_px, batch_size=32, device="cpu")
+                rows.append(
+                    {
+                        "variant": name,
+                        "volume": v.volume_id,
+                        "section": sec,
+                        "z_um": float(view.obs["z_um"].iloc[0]),
+                        "truth": float(np.nanmean(pearson_per_gene(truth, pred))),
+                        "measured": float(np.nanmean(pearson_per_gene(measured, pred))),
+                        "seconds": t_ft,
+                        **note,
+                    }
+                )
+            print(json.dumps(rows[-1]), flush=True)
+    mean = {
+        n: {k: float(np.mean([r[k] for r in rows if r["variant"] == n])) for k in ("truth", "measured", "seconds")}
+        for n in variants
+    }
+    report = {
+        "machine": _machine(),
+        "command": " ".join(sys.argv),
+        "seconds": {"data": t_data, "pretrain": t_pre},
+        "rows": rows,
+        "mean": mean,
+    }
+    (out / "bench_finetune.json").write_text(json.dumps(report, indent=1))
+    print("| fine-tuning | " + " | ".join(f"{v.volume_id} {s.sample_id}" for v in coh.volumes[args.pretrain :] for s in v.sections[1:]) + " | mean truth | mean measured |")
+    for n in variants:
+        cells = [f"{r['truth']:.3f}" for r in rows if r["variant"] == n]
+        print(f"| {n} | " + " | ".join(cells) + f" | {mean[n]['truth']:.3f} | {mean[n]['measured']:.3f} |")
     return report
 
 
@@ -272,15 +411,32 @@ def main() -> None:
     e.add_argument("--volumes", type=int, default=4)
     e.add_argument("--pretrain", type=int, default=2)
     e.add_argument("--pretrain-epochs", type=int, default=15)
-    e.add_argument("--finetune-epochs", type=int, default=12)
+    e.add_argument("--finetune-epochs", type=int, default=None, help="fixed epochs, no early stopping (default: the library's fine-tuning defaults)")
     e.add_argument("--encoder3d", choices=["slice", "vit3d", "cnn3d"], default="slice")
+    e.add_argument("--data", default=None, help="cohort + catalog folder shared between runs (made once)")
+    e.add_argument("--context-scale", type=float, default=1.0, help="multi-scale context (1: off)")
+    e.add_argument("--rule-shift", type=float, default=0.0, help="per-block change of the expression rule (0: shared)")
+    e.add_argument("--stain-shift", type=float, default=0.0, help="per-block stain/intensity change (0: none)")
+    f = sub.add_parser("finetune", help="pretrained-only vs fine-tuned on targets with their own rule and stain")
+    f.add_argument("--out", required=True)
+    f.add_argument("--data", default=None)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--volumes", type=int, default=4)
+    f.add_argument("--pretrain", type=int, default=2)
+    f.add_argument("--pretrain-epochs", type=int, default=8)
+    f.add_argument("--max-epochs", type=int, default=32)
+    f.add_argument("--rule-shift", type=float, default=0.7)
+    f.add_argument("--stain-shift", type=float, default=0.5)
+    f.add_argument("--encoder3d", choices=["slice", "vit3d", "cnn3d"], default="slice")
+    f.add_argument("--context-scale", type=float, default=1.0)
+    f.add_argument("--variants", nargs="*", default=None, help="only the variants whose name contains one of these")
     t = sub.add_parser("throughput")
     t.add_argument("--out", required=True)
     t.add_argument("--shapes", nargs="+", default=["100x1000x1000", "200x2000x2000"])
     t.add_argument("--stride-xy", type=float, default=112.0)
     t.add_argument("--stride-z", type=float, default=36.0)
     args = ap.parse_args()
-    run_eval(args) if args.part == "eval" else run_throughput(args)
+    {"eval": run_eval, "finetune": run_finetune, "throughput": run_throughput}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+#: fine-tuning defaults (seal.vortex.config.FINETUNE_DEFAULTS; kept literal here so --help stays instant)
+_FT: dict[str, Any] = {"epochs": 32, "tune": "all", "early_stop_fraction": 0.2, "patience": 8}
+
 Catalog = Annotated[str, typer.Argument(help="Catalog folder holding volumes and linked sections.")]
 Epochs = Annotated[int, typer.Option(min=0, help="Epochs (0 writes the untouched model, without a training step).")]
 BatchSize = Annotated[int, typer.Option(help="Sub-volumes per step.")]
@@ -35,6 +38,15 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
 Seed = Annotated[int, typer.Option(help="Seed (runs are deterministic on CPU).")]
 MaxSteps = Annotated[int | None, typer.Option(help="Cap steps per epoch (quick runs).")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")]
+Tune = Annotated[
+    str,
+    typer.Option(help="What fine-tuning trains: all (what the model's tuning mode leaves trainable), head (the expression head), last (its last layer)."),
+]
+EarlyStop = Annotated[
+    float,
+    typer.Option(help="Fraction of the section's spots held out (whole 200 um blocks) for early stopping; the best epoch (or the starting weights) is kept; 0 = off."),
+]
+Patience = Annotated[int, typer.Option(min=1, help="Epochs without a better held-out Pearson before stopping.")]
 
 
 def _train_cfg(**kw: Any) -> Any:
@@ -94,6 +106,10 @@ def pretrain(
     ] = "slice",
     tubelet: Annotated[int, typer.Option(help="vit3d: planes per 3D patch (must divide --n-slices).")] = 3,
     cnn_width: Annotated[int, typer.Option(help="cnn3d: channels of the first stage (embedding = 8 x width).")] = 32,
+    context_scale: Annotated[
+        float,
+        typer.Option(help="Multi-scale context: also read a sub-volume of this many times the field of view (in-plane and depth) around each point, at the same px and planes (coarser), fused with the model's own; 1 = off."),
+    ] = 1.0,
     aggregation: Annotated[str, typer.Option(help="Depth aggregation: attention, transformer or mean.")] = "attention",
     transformer_layers: Annotated[int, typer.Option(help="Layers of the slice transformer.")] = 1,
     tuning: Annotated[str, typer.Option(help="Backbone tuning: lora, full or frozen.")] = "lora",
@@ -146,6 +162,7 @@ def pretrain(
                 encoder3d=encoder3d,  # type: ignore[arg-type]
                 tubelet=tubelet,
                 cnn_width=cnn_width,
+                context_scale=context_scale,
             )
         except ValueError as exc:
             fail(error_text(exc))
@@ -184,7 +201,10 @@ def finetune(
     sections: Annotated[
         list[str] | None, typer.Option("--sections", help="Sections of the volume to train on (repeat; default: all linked).")
     ] = None,
-    epochs: Epochs = 10,
+    epochs: Epochs = _FT["epochs"],
+    tune: Tune = _FT["tune"],
+    early_stop_fraction: EarlyStop = _FT["early_stop_fraction"],
+    patience: Patience = _FT["patience"],
     batch_size: BatchSize = 32,
     lr: Lr = 1e-4,
     weight_decay: WeightDecay = 0.2,
@@ -226,6 +246,9 @@ def finetune(
             device=device,
             seed=seed,
             max_steps_per_epoch=max_steps_per_epoch,
+            tune=tune,
+            early_stop_fraction=early_stop_fraction,
+            patience=patience,
         )
         path = run(catalog_dir, model, volume, out, cfg=tcfg, sections=sections or None, resume=resume)
         typer.echo(f"wrote {path}")
@@ -300,7 +323,10 @@ def eval_(
         typer.Option(help="2D baseline encoder spec: PRESET[@WEIGHTS], timm:NAME[@WEIGHTS] or a seal fit dir (default: the model's backbone, frozen)."),
     ] = None,
     n_components: Annotated[int, typer.Option(help="PCA components of the 2D ridge probe.")] = 256,
-    epochs: Epochs = 10,
+    epochs: Epochs = _FT["epochs"],
+    tune: Tune = _FT["tune"],
+    early_stop_fraction: EarlyStop = _FT["early_stop_fraction"],
+    patience: Patience = _FT["patience"],
     batch_size: BatchSize = 32,
     lr: Lr = 1e-4,
     weight_decay: WeightDecay = 0.2,
@@ -334,6 +360,9 @@ def eval_(
             cache_pairs=cache_pairs,
             device=device,
             seed=seed,
+            tune=tune,
+            early_stop_fraction=early_stop_fraction,
+            patience=patience,
         )
         cfg = SerialSectionConfig(
             finetune_section=finetune_section,

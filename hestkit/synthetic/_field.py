@@ -12,6 +12,12 @@ drive disjoint gene blocks (as in the 2D generators) and the morphology:
 
 Rendered as microCT-like grayscale (``microct``: one channel), as a two-channel light-sheet
 analog (``otls``: nuclear and cytoplasmic stains), and as RGB H&E (sections).
+
+Blocks can differ the way patients do (:func:`block_variation`): ``gene_mix`` changes the
+morphology-to-expression rule (gene ``g`` follows a mix of programmes instead of its own
+one, with its own gain), ``stain`` the block's stain/intensity (gain, offset and gamma of
+the volume's intensities; the gain scales the H&E optical densities too). Without them
+(the defaults) every block of a cohort follows one rule and one stain.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from numpy.typing import NDArray
 from ..errors import OptionError
 from ._expression import N_PROGRAMS, gene_programs
 
-__all__ = ["TissueField", "make_field"]
+__all__ = ["TissueField", "block_variation", "make_field"]
 
 NUCLEUS_CELL_UM = 9.0
 NUCLEUS_RADIUS_UM = (2.5, 3.5)
@@ -72,6 +78,8 @@ class TissueField:
     gene_base: NDArray[np.float64]  # (G,) mean count of each gene at unit drive
     tissue: tuple[float, float, float, float, float, float]  # cy, cx, ay, ax, wobble, phase
     seed: int
+    gene_mix: NDArray[np.float64] | None = None  # (G, K) programme weights per gene; None: its own programme
+    stain: tuple[float, float, float] = (1.0, 0.0, 1.0)  # intensity gain, offset, gamma of this block
 
     @property
     def n_genes(self) -> int:
@@ -108,11 +116,15 @@ class TissueField:
     def true_expression(self, points_um_zyx: NDArray[np.float64]) -> NDArray[np.float64]:
         """Expected counts ``(N, G)`` per spot (library size 1) of a tissue point; 0 off tissue.
 
-        Gene ``g`` of programme ``k``: ``base_g * (0.1 + 6 a_k^1.5)``."""
+        Gene ``g`` of programme ``k``: ``base_g * (0.1 + 6 a_k^1.5)``; with ``gene_mix``,
+        ``a_k`` is replaced by the gene's mix of programmes ``sum_j gene_mix[g, j] a_j``."""
         p = np.asarray(points_um_zyx, dtype=np.float64).reshape(-1, 3)
         a = self.activity(p)
-        prog = gene_programs(self.n_genes, N_PROGRAMS)
-        mu: NDArray[np.float64] = self.gene_base[None, :] * (0.1 + 6.0 * a[:, prog] ** 1.5)
+        if self.gene_mix is None:
+            drive = a[:, gene_programs(self.n_genes, N_PROGRAMS)]
+        else:
+            drive = np.clip(a @ self.gene_mix.T, 0.0, 1.0)
+        mu: NDArray[np.float64] = self.gene_base[None, :] * (0.1 + 6.0 * drive**1.5)
         mu[~self.in_tissue(p)] = 0.0
         return mu
 
@@ -169,6 +181,7 @@ class TissueField:
                 m[k][inside] = v
         t, nuc, lum, s, tex = m["tissue"], m["nucleus"], m["lumen"], m["stroma"], m["texture"]
         body = t * (1 - nuc) * (1 - lum)
+        gain, offset, gamma = self.stain
         if modality == "microct":
             v = 14.0 * (1 - t) + lum * 30.0 + nuc * 225.0 + body * (70.0 + 110.0 * s * (0.65 + 0.35 * tex))
             out = (v + 16.0 * self._noise(p, 0))[:, None]
@@ -179,12 +192,14 @@ class TissueField:
         elif modality == "he":
             h = nuc * 1.0 + body * 0.08 * tex
             e = body * (0.25 + 0.6 * s * (0.6 + 0.4 * tex)) + nuc * 0.2
-            od_h = np.array([0.65, 0.70, 0.29]) * 2.2
-            od_e = np.array([0.07, 0.99, 0.11]) * 1.6
+            od_h = np.array([0.65, 0.70, 0.29]) * 2.2 * gain
+            od_e = np.array([0.07, 0.99, 0.11]) * 1.6 * gain
             rgb = 250.0 * np.exp(-(h[:, None] * od_h + e[:, None] * od_e))
             out = rgb + 8.0 * self._noise(p, 3)[:, None]
         else:
             raise OptionError(f"modality must be 'microct', 'otls' or 'he', got {modality!r}")
+        if modality != "he" and self.stain != (1.0, 0.0, 1.0):
+            out = offset + gain * 255.0 * (np.clip(out, 0.0, 255.0) / 255.0) ** gamma
         res: NDArray[np.uint8] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         return res
 
@@ -222,3 +237,30 @@ def make_field(
     lo, hi = np.percentile(raw, 2, axis=0), np.percentile(raw, 98, axis=0)
     hi = np.where(hi > lo, hi, lo + 1.0)
     return TissueField(tuple(float(e) for e in ext), centres, scales, weights, lo, hi, gene_base, tissue, seed)  # type: ignore[arg-type]
+
+
+def block_variation(
+    n_genes: int, rule_shift: float, stain_shift: float, seed: int
+) -> tuple[NDArray[np.float64] | None, NDArray[np.float64], tuple[float, float, float]]:
+    """How one block differs from the cohort's shared rule and stain: ``(gene_mix, gain,
+    stain)``, seeded by ``seed`` alone (so the tissue itself is unchanged).
+
+    ``rule_shift`` r in [0, 1]: gene ``g`` is driven by ``(1 - r)`` x its own programme
+    + ``r`` x a random mix of all programmes (Dirichlet(0.5)), and its base count is
+    multiplied by ``exp(N(0, 0.5 r))``; r = 0 gives ``gene_mix=None`` and gains of 1.
+    ``stain_shift`` s >= 0: intensity gain ``exp(N(0, 0.25 s))``, offset ``N(0, 15 s)``
+    (grey levels) and gamma ``exp(N(0, 0.3 s))``.
+    """
+    if not 0.0 <= rule_shift <= 1.0:
+        raise ValueError(f"rule_shift must be in [0, 1], got {rule_shift}")
+    if stain_shift < 0.0:
+        raise ValueError(f"stain_shift must be >= 0, got {stain_shift}")
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    own = np.zeros((n_genes, N_PROGRAMS))
+    own[np.arange(n_genes), gene_programs(n_genes, N_PROGRAMS)] = 1.0
+    mix_rand = rng.dirichlet(np.full(N_PROGRAMS, 0.5), size=n_genes)
+    gain = np.exp(rng.normal(0.0, 0.5 * rule_shift, size=n_genes))
+    z = rng.normal(size=3)
+    stain = (float(np.exp(0.25 * stain_shift * z[0])), float(15.0 * stain_shift * z[1]), float(np.exp(0.3 * stain_shift * z[2])))
+    mix = None if rule_shift == 0.0 else (1.0 - rule_shift) * own + rule_shift * mix_rand
+    return mix, gain, stain

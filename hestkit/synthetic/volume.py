@@ -22,6 +22,7 @@ Spot counts are negative-binomial around ``library x`` the mean of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from numpy.typing import NDArray
 from ..errors import OptionError
 from ..geometry import Affine
 from ._expression import gene_table
-from ._field import TissueField, make_field
+from ._field import TissueField, block_variation, make_field
 from ._grid import VISIUM_FIDUCIAL_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM, random_barcodes, visium_grid
 from ._tenx import write_10x_h5, write_scalefactors, write_tissue_positions
 from ._tiff import write_flat_image, write_pyramidal_tiff
@@ -294,13 +295,18 @@ def make_volume(
     organ: str = "Prostate",
     patient: str | None = None,
     gene_seed: int = 1234,
+    rule_shift: float = 0.0,
+    stain_shift: float = 0.0,
 ) -> SyntheticVolume:
     """One volume (OME-TIFF) and its Visium sections (see the module docstring).
 
     ``section_depths_um`` default: a quarter, half and three quarters of the depth.
     ``rotation_deg`` (default: seeded, within +-10 degrees) rotates each section in-plane.
     Gene bases depend on ``gene_seed`` only, so volumes of a cohort share one
-    morphology-to-expression rule.
+    morphology-to-expression rule, unless ``rule_shift`` > 0 changes it for this block
+    (each gene driven partly by a seeded mix of programmes, with its own gain) and
+    ``stain_shift`` > 0 its stain/intensity (see
+    :func:`hestkit.synthetic._field.block_variation`; both seeded by ``seed``, 0 = none).
     """
     if modality not in ("microct", "otls"):
         raise OptionError(f"modality must be 'microct' or 'otls', got {modality!r}")
@@ -310,6 +316,9 @@ def make_volume(
     base = np.random.default_rng(gene_seed).lognormal(np.log(2.5), 0.5, size=n_genes)
     extent = tuple(float(s * v) for s, v in zip(shape_zyx, voxel_size_um, strict=True))
     tissue = make_field(extent, base, rng, seed)  # type: ignore[arg-type]
+    if rule_shift or stain_shift:  # its own generator: the tissue and sections are the unshifted block's
+        mix, gain, stain = block_variation(n_genes, rule_shift, stain_shift, seed)
+        tissue = dataclasses.replace(tissue, gene_mix=mix, gene_base=tissue.gene_base * gain, stain=stain)
     gene_ids, genes = gene_table(n_genes, "Homo sapiens")
     vpath = out / "volume.ome.tif"
     channels = _render_volume_tiff(vpath, tissue, shape_zyx, voxel_size_um, modality)
@@ -360,9 +369,13 @@ def make_volume_cohort(
     section_pixel_size_um: float = 0.5,
     landmark_noise_um: float = 0.0,
     organ: str = "Prostate",
+    rule_shift: float = 0.0,
+    stain_shift: float = 0.0,
 ) -> SyntheticVolumeCohort:
-    """``n_volumes`` volumes ``vol{i}`` (one patient each) sharing genes and the
-    morphology-to-expression rule, each with Visium sections at ``section_depths_um``."""
+    """``n_volumes`` volumes ``vol{i}`` (one patient each) sharing genes, each with Visium
+    sections at ``section_depths_um``. By default they share the morphology-to-expression
+    rule and the stain; ``rule_shift`` (0-1) and ``stain_shift`` (>= 0) give every block
+    its own seeded change of both, as patients differ (see :func:`make_volume`)."""
     root = Path(root)
     vols = [
         make_volume(
@@ -379,6 +392,8 @@ def make_volume_cohort(
             organ=organ,
             patient=f"P{i}",
             gene_seed=1234 + seed,
+            rule_shift=rule_shift,
+            stain_shift=stain_shift,
         )
         for i in range(n_volumes)
     ]

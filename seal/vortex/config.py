@@ -12,9 +12,10 @@ from .aggregate import AGGREGATIONS, Aggregation
 from .channels import CHANNEL_RULES, ChannelRule
 from .errors import VortexConfigError
 
-__all__ = ["ENCODERS_3D", "Encoder3D", "ModelConfig", "TrainConfig", "Tuning"]
+__all__ = ["ENCODERS_3D", "FINETUNE_DEFAULTS", "Encoder3D", "ModelConfig", "TrainConfig", "TrainedParts", "Tuning", "finetune_config"]
 
 Tuning = Literal["lora", "full", "frozen"]
+TrainedParts = Literal["all", "head", "last"]
 Encoder3D = Literal["slice", "vit3d", "cnn3d"]
 ENCODERS_3D: tuple[str, ...] = ("slice", "vit3d", "cnn3d")
 
@@ -28,7 +29,8 @@ class ModelConfig:
     which names its own backbone). ``size_px`` is the in-plane size of the sub-volume
     given to the backbone (None: the backbone's own input size); the sub-volume covers
     ``size_um`` in-plane and ``depth_um`` in depth as ``n_slices`` slab-averaged planes
-    centred on the point (see :class:`hestkit.volume.VolumePairSpec`).
+    centred on the point (see :class:`hestkit.volume.VolumePairSpec`). ``context_scale``
+    > 1 adds a coarser, wider sub-volume around the same centre (:mod:`seal.vortex.context`).
     """
 
     backbone: str | None = "vit_base_patch16_224"
@@ -48,8 +50,13 @@ class ModelConfig:
     encoder3d: Encoder3D = "slice"
     tubelet: int = 3
     cnn_width: int = 32
+    context_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.context_scale >= 1.0:
+            raise ValueError(
+                f"context_scale must be >= 1 (1: no context; 2: a second sub-volume of twice the field of view), got {self.context_scale}"
+            )
         if self.encoder3d not in ENCODERS_3D:
             raise VortexConfigError(f"unknown 3D encoder {self.encoder3d!r}: expected one of {', '.join(ENCODERS_3D)}")
         if self.seal_model is not None:
@@ -96,6 +103,14 @@ class TrainConfig:
     Objective: ``w_pred`` x expression regression from the volume embedding (per-gene
     1 - Pearson + standardised MSE) + ``w_clip`` x InfoNCE between the volume embedding and
     the expression-VAE mean + ``w_recon`` x the VAE's reconstruction + ``kl_weight`` x KL.
+
+    ``tune``: what this stage trains: ``all`` (every parameter the model's tuning mode
+    leaves trainable), ``head`` (the image-to-expression head only; the 3D encoder and the
+    VAE stay as they are) or ``last`` (the head's last linear layer only: the pretrained
+    model's expression features are re-weighted per gene). ``early_stop_fraction`` > 0 holds out that fraction of the
+    training spots (whole spatial blocks of ``holdout_block_um``, so neighbours of a held-out
+    spot do not train) and stops when their mean per-gene Pearson has not improved for
+    ``patience`` epochs, keeping the best epoch's weights.
     """
 
     epochs: int = 10
@@ -119,8 +134,20 @@ class TrainConfig:
     cache_pairs: bool = False
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    tune: TrainedParts = "all"
+    early_stop_fraction: float = 0.0
+    patience: int = 3
+    holdout_block_um: float = 200.0
 
     def __post_init__(self) -> None:
+        if self.tune not in ("all", "head", "last"):
+            raise ValueError(f"tune must be 'all', 'head' or 'last', got {self.tune!r}")
+        if not 0.0 <= self.early_stop_fraction < 0.9:
+            raise ValueError(f"early_stop_fraction must be in [0, 0.9), got {self.early_stop_fraction}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.holdout_block_um <= 0:
+            raise ValueError(f"holdout_block_um must be positive, got {self.holdout_block_um}")
         if self.epochs < 0:
             raise VortexConfigError(f"epochs must be >= 0 (0 writes the untouched model without a step), got {self.epochs}")
         if self.batch_size < 2:
@@ -137,3 +164,17 @@ class TrainConfig:
         if d.get("genes") is not None:
             d["genes"] = tuple(d["genes"])
         return cls(**d)
+
+
+#: Fine-tuning defaults, chosen from the bench's shifted-rule measurements (docs/vortex.md,
+#: "Fine-tuning on blocks that differ"): see :func:`finetune_config`.
+FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 32, "tune": "all", "early_stop_fraction": 0.2, "patience": 8}
+
+
+def finetune_config(base: TrainConfig, **overrides: Any) -> TrainConfig:
+    """The fine-tuning stage's settings: the pretraining run's (learning rate, batch size,
+    loss weights, genes, ...) with :data:`FINETUNE_DEFAULTS` (epochs, what is tuned, early
+    stopping on held-out spots of the section), then ``overrides``."""
+    from dataclasses import replace
+
+    return replace(base, **{**FINETUNE_DEFAULTS, "val_fraction": 0.0, **overrides})

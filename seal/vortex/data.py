@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from .errors import VortexShapeError
 
-__all__ = ["PairSource", "SubvolumeTransform", "VolumeDataset"]
+__all__ = ["PairSource", "SubvolumeTransform", "VolumeDataset", "spatial_holdout"]
 
 
 class PairSource(Protocol):
@@ -37,13 +37,15 @@ class SubvolumeTransform:
     Resized in-plane to ``size`` px when needed (bilinear, antialiased). Augmentation
     (training only) applies ONE random flip / 90-degree rotation to every slice of a
     sub-volume, optionally reverses the slice order (``depth_flip``), and jitters
-    brightness and contrast by up to +-10 %.
+    brightness and contrast by up to +-10 %. ``groups`` sub-volumes stacked along the slice
+    axis (multi-scale context: 2) are flipped in depth each within itself.
     """
 
-    def __init__(self, size: int, *, augment: bool = False, depth_flip: bool = True) -> None:
+    def __init__(self, size: int, *, augment: bool = False, depth_flip: bool = True, groups: int = 1) -> None:
         self.size = int(size)
         self.augment = augment
         self.depth_flip = depth_flip
+        self.groups = int(groups)
 
     def __call__(self, sub: np.ndarray) -> torch.Tensor:
         if sub.ndim == 3:
@@ -58,7 +60,7 @@ class SubvolumeTransform:
                 x = x.flip(2)
             x = torch.rot90(x, int(torch.randint(0, 4, ())), dims=(2, 3))
             if self.depth_flip and torch.rand(()) < 0.5:
-                x = x.flip(0)
+                x = x.reshape(self.groups, -1, *x.shape[1:]).flip(1).reshape(x.shape)
             b = 1.0 + (torch.rand(()) - 0.5) * 0.2
             c = 1.0 + (torch.rand(()) - 0.5) * 0.2
             m = x.mean()
@@ -96,3 +98,29 @@ class VolumeDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             if self.cache is not None:
                 self.cache[i] = sub
         return self.transform(np.asarray(sub)), torch.from_numpy(self.values[int(i)])
+
+
+def spatial_holdout(obs: Any, fraction: float, block_um: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, held out)``: whole square blocks of ``block_um`` (per section,
+    on the spots' ``y_um``/``x_um`` volume coordinates) are held out, in a seeded random
+    order, until at least ``fraction`` of the spots are; at least 2 spots stay on each side.
+    Neighbouring spots correlate, so a random spot split would flatter the held-out score."""
+    n = len(obs)
+    if fraction <= 0 or n < 4:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    sec = obs["sample_id"].astype(str).to_numpy() if "sample_id" in obs.columns else np.zeros(n, dtype=str)
+    by = np.floor(obs["y_um"].to_numpy(dtype=float) / block_um).astype(np.int64)
+    bx = np.floor(obs["x_um"].to_numpy(dtype=float) / block_um).astype(np.int64)
+    keys = np.array([f"{s}|{y}|{x}" for s, y, x in zip(sec, by, bx, strict=True)])
+    uniq = np.unique(keys)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    want = min(max(2, int(np.ceil(fraction * n))), n - 2)
+    held = np.zeros(n, dtype=bool)
+    for k in order:
+        if held.sum() >= want:
+            break
+        cand = held | (keys == uniq[k])
+        if n - cand.sum() < 2:
+            continue
+        held = cand
+    return np.flatnonzero(~held), np.flatnonzero(held)

@@ -41,7 +41,8 @@ from ..errors import SelectionError
 from ..evaluate import pearson_per_gene, ridge_probe
 from ..train import _amp, resolve_device
 from .channels import ChannelMapper
-from .config import TrainConfig
+from .config import TrainConfig, finetune_config
+from .context import context_spec
 from .data import SubvolumeTransform
 from .encoder import backbone_data_config, build_backbone
 from .errors import SectionError
@@ -71,7 +72,7 @@ class SerialSectionConfig:
 
     finetune_section: str | None = None
     heldout: tuple[str, ...] | None = None
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: finetune_config(TrainConfig(lr=1e-4)))
     encoder_2d: str | None = None
     n_components: int = 256
     batch_size: int = 32
@@ -243,8 +244,9 @@ def serial_section_eval(
         )
         models = {"vortex": load_model(ft_dir), "pretrained": pre, "scratch": load_model(sc_dir)}
         spec = pair_spec(pre.model_cfg, pre.size_px)
+        ctx = context_spec(pre.model_cfg, pre.size_px)  # the models read their context planes after their own
         enc2d = _Encoder2D(pre, cfg.encoder_2d, pre.channels, device)
-        ft_view = volume_view(cat, spec, volumes=[vid], sections=[ft])
+        ft_view = volume_view(cat, spec, volumes=[vid], sections=[ft])  # baselines (c), (d): the model's sub-volume only
         ft_y = apply_preprocessing(ft_view, pre.prep)
         c = spec.centre_slice
         ft_emb = np.concatenate([enc2d(ft_view.subvolumes(rows)[:, c]) for rows in _chunks(len(ft_view), cfg.read_chunk)])
@@ -261,13 +263,14 @@ def serial_section_eval(
         preds[vid], targets[vid], obs_out[vid] = {}, {}, {}
         for sec in held:
             view = volume_view(cat, spec, volumes=[vid], sections=[sec])
+            cview = view if ctx is None else volume_view(cat, ctx, volumes=[vid], sections=[sec])
             y = apply_preprocessing(view, pre.prep)
             parts: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
             emb, tex = [], []
             for rows in _chunks(len(view), cfg.read_chunk):
                 sub = view.subvolumes(rows)
                 tex.append(subvolume_features(sub))
-                src: Any = _ArraySource(sub)
+                src: Any = _ArraySource(sub if ctx is None else np.concatenate([sub, cview.subvolumes(rows)], axis=1))
                 for m, lm in models.items():
                     parts[m].append(predict_pairs(lm.model, src, lm.size_px, batch_size=cfg.batch_size, device=device))
                 emb.append(enc2d(sub[:, c]))

@@ -25,6 +25,7 @@ from torch import nn
 from ..data import ExpressionPrep
 from ..models import ExpressionVAE, ImageHead
 from .config import ModelConfig, TrainConfig
+from .context import ContextEncoder
 from .encoder import VolumeEncoder, backbone_data_config, build_backbone, prepare_backbone
 from .encoder3d import Cnn3DEncoder, Vit3DEncoder
 from .errors import ChannelMismatchError, ModelDirError
@@ -38,7 +39,7 @@ class VortexModel(nn.Module):
     backbone_name: str = ""
     backbone_kwargs: dict[str, Any]
 
-    def __init__(self, encoder: VolumeEncoder | Vit3DEncoder | Cnn3DEncoder, n_genes: int) -> None:
+    def __init__(self, encoder: VolumeEncoder | Vit3DEncoder | Cnn3DEncoder | ContextEncoder, n_genes: int) -> None:
         super().__init__()
         self.backbone_kwargs = {}
         self.n_genes = int(n_genes)
@@ -49,6 +50,11 @@ class VortexModel(nn.Module):
     @property
     def channels(self) -> int:
         return self.encoder.channels
+
+    @property
+    def input_groups(self) -> int:
+        """Sub-volumes stacked along the slice axis of the input: 2 with multi-scale context."""
+        return 2 if isinstance(self.encoder, ContextEncoder) else 1
 
     def embed_volume(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.encoder(x)
@@ -71,7 +77,8 @@ def build_model(
     if cfg.encoder3d == "cnn3d":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
-            model = VortexModel(Cnn3DEncoder(channels, cfg.n_slices, cfg.cnn_width), n_genes)
+            cnn: Cnn3DEncoder | ContextEncoder = Cnn3DEncoder(channels, cfg.n_slices, cfg.cnn_width)
+            model = VortexModel(ContextEncoder(cnn) if cfg.context_scale > 1 else cnn, n_genes)
         model.backbone_name = "cnn3d"
         return model, int(cfg.size_px or 64)
     backbone, name, kwargs = build_backbone(cfg, load=load_weights, seed=seed)
@@ -82,11 +89,13 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)  # LoRA adapters, aggregator, VAE and head: seeded
         backbone = prepare_backbone(backbone, cfg)
-        enc: VolumeEncoder | Vit3DEncoder
+        enc: VolumeEncoder | Vit3DEncoder | ContextEncoder
         if cfg.encoder3d == "vit3d":
             enc = Vit3DEncoder(backbone, channels, cfg.n_slices, cfg.tubelet, cfg.channel_rule, dcfg)
         else:
             enc = VolumeEncoder(backbone, channels, cfg, dcfg)
+        if cfg.context_scale > 1:
+            enc = ContextEncoder(enc)
         model = VortexModel(enc, n_genes)
     model.backbone_name = name
     model.backbone_kwargs = dict(kwargs)

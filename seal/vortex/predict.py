@@ -113,6 +113,7 @@ def predict_volume(
     from hestkit.ngff import NgffVolumeWriter
     from hestkit.volume import extract_subvolumes
 
+    from .context import context_spec
     from .train import pair_spec
 
     cfg = cfg or PredictConfig()
@@ -133,13 +134,14 @@ def predict_volume(
         cols = list(range(len(genes)))
     mcfg = loaded.model_cfg
     spec = pair_spec(mcfg, loaded.size_px)
+    ctx = context_spec(mcfg, loaded.size_px)  # multi-scale context: a second, coarser read per block
     sxy, sz = cfg.stride_um or (mcfg.size_um / 2.0, mcfg.depth_um / 2.0)
     if sxy <= 0 or sz <= 0:
         raise PredictionError(f"stride_um must be two positive numbers (XY, Z), got {sxy} {sz}")
     stride = (float(sz), float(sxy), float(sxy))
     vox = tuple(float(v) for v in volume.voxel_size_um)
     gshape = grid_shape(volume.shape_zyx, vox, stride)
-    per_sub = spec.n_slices * spec.size_px**2 * int(volume.channels)
+    per_sub = spec.n_slices * spec.size_px**2 * int(volume.channels) * (2 if ctx is not None else 1)
     if cfg.block_points:
         block = tuple(int(b) for b in cfg.block_points)
     else:
@@ -160,6 +162,8 @@ def predict_volume(
         "min_tissue": cfg.min_tissue,
         "all_points": cfg.all_points,
     }
+    if ctx is not None:
+        settings["context_spec"] = asdict(ctx)
     out = Path(out)
     prog_path = progress_path(out)
     done: set[int] = set()
@@ -269,10 +273,14 @@ def predict_volume(
             keep = tissue_fraction(subs[:, spec.centre_slice], float(threshold or 0.0), background) >= cfg.min_tissue  # type: ignore[arg-type]
         pred = np.zeros((len(centres), len(genes)), dtype=np.float32)
         idx = np.flatnonzero(keep)
+        csubs = extract_subvolumes(volume, centres[idx], ctx, fill=fill) if ctx is not None and len(idx) else None
         with torch.no_grad():
             for s in range(0, len(idx), cfg.batch_size):
                 part = idx[s : s + cfg.batch_size]
-                x = torch.stack([tf(subs[i]) for i in part]).to(device)
+                if csubs is None:
+                    x = torch.stack([tf(subs[i]) for i in part]).to(device)
+                else:
+                    x = torch.stack([tf(np.concatenate([subs[i], csubs[s + j]])) for j, i in enumerate(part)]).to(device)
                 with _amp(device):
                     y = net.predict(x).float().cpu().numpy()
                 pred[part] = y[:, cols]

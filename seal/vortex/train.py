@@ -27,11 +27,12 @@ from ..errors import SelectionError
 from ..losses import seal_objective
 from ..train import _amp, _pearson_mean, _resume_checkpoint, _save_checkpoint, _schedule, resolve_device
 from .config import ModelConfig, TrainConfig
+from .context import ContextPairView, context_spec
 from .data import PairSource, SubvolumeTransform, VolumeDataset
 from .errors import SectionError, VortexConfigError
 from .model import VortexModel, build_model, load_model, save_model
 
-__all__ = ["finetune", "pair_spec", "predict_pairs", "pretrain", "train_model", "volume_view"]
+__all__ = ["finetune", "model_view", "pair_spec", "predict_pairs", "pretrain", "train_model", "volume_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,12 @@ def pair_spec(cfg: ModelConfig, size_px: int) -> Any:
     return VolumePairSpec(size_um=cfg.size_um, size_px=int(size_px), depth_um=cfg.depth_um, n_slices=cfg.n_slices)
 
 
-def volume_view(cat: Any, spec: Any, *, volumes: Sequence[str] | None = None, sections: Sequence[str] | None = None) -> Any:
-    """The 3D pairs of the linked sections of ``volumes`` (all when None), optionally only ``sections``."""
+def volume_view(
+    cat: Any, spec: Any, *, volumes: Sequence[str] | None = None, sections: Sequence[str] | None = None, context: Any = None
+) -> Any:
+    """The 3D pairs of the linked sections of ``volumes`` (all when None), optionally only
+    ``sections``; with a ``context`` spec, each pair also carries its context planes
+    (:class:`seal.vortex.context.ContextPairView`)."""
     known = set(_volume_ids(cat))
     if volumes:
         unknown = [v for v in volumes if v not in known]
@@ -72,7 +77,14 @@ def volume_view(cat: Any, spec: Any, *, volumes: Sequence[str] | None = None, se
         missing = [s for s in sections if s not in found]
         if missing:
             raise SectionError(f"section(s) {', '.join(missing)} are not linked to volume(s) {', '.join(volumes or [])}")
-    return view
+    return view if context is None else ContextPairView(view, context)
+
+
+def model_view(
+    cat: Any, cfg: ModelConfig, size_px: int, *, volumes: Sequence[str] | None = None, sections: Sequence[str] | None = None
+) -> Any:
+    """The pairs as a model of ``cfg`` reads them (its sub-volume, and its context if any)."""
+    return volume_view(cat, pair_spec(cfg, size_px), volumes=volumes, sections=sections, context=context_spec(cfg, size_px))
 
 
 def _volume_ids(cat: Any) -> list[str]:
@@ -195,7 +207,7 @@ def train_model(
     mean = torch.tensor(prep.mean, device=device, dtype=torch.float32)
     std = torch.tensor(prep.std, device=device, dtype=torch.float32)
     ds = VolumeDataset(
-        source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip), cache=cfg.cache_pairs
+        source, values, SubvolumeTransform(size_px, augment=cfg.augment, depth_flip=cfg.depth_flip, groups=model.input_groups), cache=cfg.cache_pairs
     )
     bs = min(cfg.batch_size, len(ds))
     if bs < 2:
@@ -204,6 +216,10 @@ def train_model(
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     total = max(1, cfg.epochs * steps)
+    if cfg.tune != "all":  # only the image head (or its last layer) learns; the encoder and the VAE stay as loaded
+        last_layer = f"head.net.{len(model.head.net) - 1}."
+        for name, par in model.named_parameters():
+            par.requires_grad_(name.startswith("head." if cfg.tune == "head" else last_layer))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, int(cfg.warmup_fraction * total)))
@@ -215,8 +231,14 @@ def train_model(
         )
 
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    stopper = _EarlyStop(out / "best_state.pt", cfg.patience, log_path if resume else None, rank == 0) if _early(cfg, val) else None
     if rank == 0:
         log_path.touch()
+        if stopper is not None and start == 0 and val is not None:  # the starting weights are a candidate too
+            score = _pearson_mean(predict_pairs(model, val[0], size_px, batch_size=bs, device=device), val[1])
+            with open(log_path, "a") as log:
+                log.write(json.dumps({"epoch": -1, "step": 0, "val_pearson": score, **stopper.update(model, -1, score)}) + "\n")
+            model.train()
     if cfg.epochs == 0:
         logger.info("epochs=0: writing the untouched model to %s without a training step", out)
     for epoch in range(start, last):
@@ -236,6 +258,9 @@ def train_model(
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         t_last = time.perf_counter()
         model.train()
+        if cfg.tune != "all":
+            model.encoder.eval()
+            model.vae.eval()
         with open(log_path if rank == 0 else os.devnull, "a") as log:
             for i, (x, expr) in enumerate(loader):
                 if i >= steps:
@@ -269,9 +294,16 @@ def train_model(
                 pred = predict_pairs(model, val[0], size_px, batch_size=bs, device=device)
                 ep["val_pearson"] = _pearson_mean(pred, val[1])
                 model.train()
+                if stopper is not None:
+                    ep.update(stopper.update(model, epoch, ep["val_pearson"]))
             log.write(json.dumps(ep) + "\n")
         if rank == 0:
             _save_checkpoint(ckpt_path, model, opt, sched, epoch, step, cfg.to_dict())
+        if stopper is not None and _agree(stopper.stop, world, device):
+            last = cfg.epochs  # finished: the model directory is written with the best epoch's weights
+            break
+    if stopper is not None and rank == 0:
+        stopper.restore(model)
     if owns_group:
         import torch.distributed as dist
 
@@ -294,6 +326,63 @@ def train_model(
         save_model(out, model.cpu().eval(), prep, meta)
         plot_loss_curve(log_path, out / "loss_curve.png")
     return out
+
+
+def _early(cfg: TrainConfig, val: tuple[PairSource, np.ndarray] | None) -> bool:
+    return cfg.early_stop_fraction > 0 and val is not None and len(val[0]) > 1
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's decision, shared with every rank (only rank 0 scores the held-out spots)."""
+    if world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item() > 0.5)
+
+
+class _EarlyStop:
+    """Keeps the weights of the epoch with the best held-out Pearson (``path``, so a resumed
+    run keeps them too) and says when ``patience`` epochs have passed without improving."""
+
+    def __init__(self, path: Path, patience: int, resumed_log: Path | None, owner: bool) -> None:
+        self.path, self.patience = path, patience
+        self.best, self.best_epoch, self.stop = -float("inf"), -1, False
+        if not owner:  # other ranks only hear rank 0's decision
+            return
+        if resumed_log is not None and resumed_log.exists() and path.exists():
+            for line in resumed_log.read_text().splitlines():
+                rec = json.loads(line)
+                v = rec.get("val_pearson")
+                if "loss" not in rec and v is not None and np.isfinite(v) and v > self.best:
+                    self.best, self.best_epoch = float(v), int(rec["epoch"])
+        elif path.exists():
+            path.unlink()
+
+    def update(self, model: VortexModel, epoch: int, score: float) -> dict[str, Any]:
+        if np.isfinite(score) and score > self.best:
+            self.best, self.best_epoch = float(score), epoch
+            torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, self.path)
+        self.stop = epoch - self.best_epoch >= self.patience
+        return {"best_epoch": self.best_epoch, "early_stop": self.stop}
+
+    def restore(self, model: VortexModel) -> None:
+        if self.path.exists():
+            model.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
+            self.path.unlink()
+            logger.info("early stopping: kept epoch %d of this run (0: the starting weights; held-out Pearson %.3f)", self.best_epoch + 1, self.best)
+
+
+def _spot_holdout(view: Any, cfg: TrainConfig) -> tuple[Any, tuple[Any, np.ndarray] | None, np.ndarray]:
+    """(training view, held-out (view, rows) or None, training rows) for early stopping."""
+    from .data import spatial_holdout
+
+    tr, va = spatial_holdout(view.obs, cfg.early_stop_fraction, cfg.holdout_block_um, cfg.seed)
+    if len(va) < 2:
+        return view, None, tr
+    return view.subset(tr), (view.subset(va), va), tr
 
 
 def _split_by_volume(obs: Any, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -326,7 +415,7 @@ def pretrain(
     channels = _channels_of(cat, vols)
     torch.manual_seed(cfg.seed)
     _, size_px = build_model(model_cfg, 1, channels, load_weights=False, seed=cfg.seed)  # input size only
-    view = volume_view(cat, pair_spec(model_cfg, size_px), volumes=vols)
+    view = model_view(cat, model_cfg, size_px, volumes=vols)
     tr, va = _split_by_volume(view.obs, cfg.val_fraction, cfg.seed)
     train_view = view.subset(tr)
     prep, values = fit_preprocessing(train_view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=_smooth_ok(train_view, cfg.smooth))
@@ -379,7 +468,7 @@ def finetune(
         model, size_px, prep, mcfg = loaded.model, loaded.size_px, loaded.prep, loaded.model_cfg
         cfg = cfg or loaded.train_cfg
         parent = str(Path(model_dir).resolve())
-        view = volume_view(cat, pair_spec(mcfg, size_px), volumes=[volume_id], sections=sections)
+        view = model_view(cat, mcfg, size_px, volumes=[volume_id], sections=sections)
         values = apply_preprocessing(view, prep)
         stage = "finetune"
     else:
@@ -387,18 +476,27 @@ def finetune(
             raise VortexConfigError("training without a pretrained model needs model_cfg and cfg")
         mcfg = model_cfg
         _, size_px = build_model(mcfg, 1, channels, load_weights=False, seed=cfg.seed)
-        view = volume_view(cat, pair_spec(mcfg, size_px), volumes=[volume_id], sections=sections)
+        view = model_view(cat, mcfg, size_px, volumes=[volume_id], sections=sections)
         if prep is None:
             prep, values = fit_preprocessing(view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=_smooth_ok(view, cfg.smooth))
         else:
             values = apply_preprocessing(view, prep)
         model, size_px = build_model(mcfg, len(prep.genes), channels, load_weights=True, seed=cfg.seed)
         stage = "scratch"
-    meta = {
+    meta: dict[str, Any] = {
         "stage": stage,
         "model": mcfg.to_dict(),
         "volumes": [volume_id],
         "sections": sorted(set(view.obs["sample_id"].astype(str))),
         "parent": parent,
     }
-    return train_model(model, size_px, view, values, prep, cfg, out, meta, resume=resume, progress=progress)
+    val = None
+    if cfg.early_stop_fraction > 0:
+        view, held, tr = _spot_holdout(view, cfg)
+        if held is None:
+            warnings.warn(f"{len(tr)} spots are too few to hold some out: fine-tuning without early stopping", stacklevel=2)
+        else:
+            val = (held[0], values[held[1]])
+            values = values[tr]
+            meta["early_stop_spots"] = len(held[1])
+    return train_model(model, size_px, view, values, prep, cfg, out, meta, val=val, resume=resume, progress=progress)
