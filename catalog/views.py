@@ -222,7 +222,11 @@ class PairView:
             yield self[i]
 
     def to_torch(self, **kwargs: Any) -> PairDataset:
-        """A :class:`catalog.torch.PairDataset` over this view (see its arguments)."""
+        """A :class:`catalog.torch.PairDataset` over this view (see its arguments); needs
+        the ``train`` extra (torch)."""
+        from hestkit.extras import require
+
+        require("PairView.to_torch", ("torch",))
         from .torch import PairDataset
 
         return PairDataset(self, **kwargs)

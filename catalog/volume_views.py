@@ -160,7 +160,11 @@ class VolumePairView:
             yield self[i]
 
     def to_torch(self, **kwargs: Any) -> VolumePairDataset:
-        """A :class:`catalog.torch.VolumePairDataset` over this view (see its arguments)."""
+        """A :class:`catalog.torch.VolumePairDataset` over this view (see its arguments);
+        needs the ``train`` extra (torch)."""
+        from hestkit.extras import require
+
+        require("VolumePairView.to_torch", ("torch",))
         from .torch import VolumePairDataset
 
         return VolumePairDataset(self, **kwargs)

@@ -30,6 +30,7 @@ __all__ = [
     "Fix",
     "HestkitError",
     "ImageError",
+    "MissingDependencyError",
     "NoPairsError",
     "NoReaderError",
     "Opt",
@@ -117,7 +118,8 @@ class HestkitError(Exception):
     ) -> None:
         fx = Fix(fix) if isinstance(fix, str) else fix
         if fx is not None and fx.text and fx.text not in message:
-            message = f"{message}{' ' if message.rstrip().endswith('.') else '. '}Fix: {fx.text}" if message else fx.text
+            sep = "" if message.endswith("\n") else " " if message.rstrip().endswith(".") else ". "
+            message = f"{message}{sep}Fix: {fx.text}" if message else fx.text
         self.found = found
         self.expected = expected
         self.fix = fx
@@ -141,6 +143,10 @@ class OptionError(HestkitError, ValueError):
 class DataError(HestkitError, ValueError):
     """Values read from a file or given as arrays do not fit together (shapes, lengths,
     metadata that contradicts the data)."""
+
+
+class MissingDependencyError(HestkitError, ImportError):
+    """An optional dependency is not installed; the fix names the extra to install."""
 
 
 class StateError(HestkitError, RuntimeError):

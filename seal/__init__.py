@@ -3,10 +3,14 @@ catalog pairs, with a HEST-Benchmark style evaluator and gene-to-image retrieval
 
 from __future__ import annotations
 
-from .errors import BackboneError, EvalError, GeneListError, SealError, SelectionError, WeightsError
-from .io import load_encoder, load_seal
-from .models import LoraSpec, create_backbone, wrap_lora
-from .train import FitConfig, fit
+from hestkit.extras import require as _require
+
+_require("seal (models, training, evaluation)")  # torch, torchvision, timm, peft: the train extra
+
+from .errors import BackboneError, EvalError, GeneListError, SealError, SelectionError, WeightsError  # noqa: E402
+from .io import load_encoder, load_seal  # noqa: E402
+from .models import LoraSpec, create_backbone, wrap_lora  # noqa: E402
+from .train import FitConfig, fit  # noqa: E402
 
 __all__ = [
     "BackboneError",

@@ -86,9 +86,10 @@ def test_unreadable_image(sample: Path, tmp_path: Path) -> None:
 def test_unknown_pixel_size(tmp_path: Path) -> None:
     # no embedded pixel size and a single row of spots: nothing to estimate from
     s = make_visium(tmp_path / "one", n_rows=1, n_cols=6, embed_pixel_size=False, seed=4, in_tissue_fraction=1.0)
-    _ingest_fails(tmp_path, s.path, "--pixel-size-um")
-    # the override fixes it
+    _ingest_fails(tmp_path, s.path, "pass pixel_size_um=UM")
+    # the override fixes it; the failure carried it as a structured fix (the CLI spells the flag)
     cat = catalog.open(tmp_path / "cat")
+    assert [o.name for o in cat.ingest([s.path], options=ReadOptions(sample_id="s1"), workers=1).failed[0].options] == ["pixel_size_um"]
     rep = cat.ingest([s.path], options=ReadOptions(sample_id="s1", pixel_size_um=0.5), workers=1)
     assert not rep.failed and cat.samples()["pixel_size_source"].tolist() == ["override"]
 
