@@ -416,6 +416,11 @@ def pretrain(
     prep, values = fit_preprocessing(train_view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=_smooth_ok(train_view, cfg.smooth))
     model, size_px = build_model(model_cfg, len(prep.genes), channels, load_weights=True, seed=cfg.seed)
     val = None
+    if cfg.early_stop_fraction > 0 and not len(va):
+        warnings.warn(
+            "pretraining stops early on the held-out volumes (val_fraction); none are held out, so all epochs are trained",
+            stacklevel=2,
+        )
     if len(va):
         val_view = view.subset(va)
         val = (val_view, apply_preprocessing(val_view, prep))
