@@ -8,6 +8,17 @@ a target: fine-tune on its 20 um section, predict the 40 and 60 um sections; VOR
 Mean Pearson over genes per held-out section against the measured spots (protocol) and
 against the generator's true expression at the same spot centres.
 
+Fine-tuning uses the library's defaults (``finetune_config``) unless ``--finetune-epochs`` fixes
+the epochs; ``--data DIR`` makes the cohort once and reuses it across runs (encoders, context);
+``--rule-shift`` / ``--stain-shift`` give every block its own expression rule and stain;
+``--context-scale 2`` adds the multi-scale context.
+
+``finetune``: on a cohort whose blocks have their own rule and stain (``--rule-shift 0.7
+--stain-shift 0.5``), the pretrained model alone against fine-tuning on the target's 20 um
+section with several settings (epochs; everything or the head only; early stopping on held-out
+spots), scored against the truth at the held-out depths: the measurements behind the
+fine-tuning defaults.
+
 ``throughput``: dense prediction (``predict_volume``: blocks of grid points, one read per
 block) on CPU through synthetic OME-Zarr volumes of two sizes, each in a fresh process:
 sub-volumes/s, volume voxels/s and the process's peak RSS (VmHWM), with its high-water mark
@@ -16,6 +27,7 @@ predicted with one ``extract_subvolume`` read per grid point (how a per-spot pai
 would do it), on the smaller volume, in the same run (ratio).
 
     .venv/bin/python bench/bench_vortex.py eval --out /tmp/vortex_eval
+    .venv/bin/python bench/bench_vortex.py finetune --out /tmp/vortex_ft --seed 0
     .venv/bin/python bench/bench_vortex.py throughput --out /tmp/vortex_tp --shapes 100x1000x1000 200x2000x2000
 """
 

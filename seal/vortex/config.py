@@ -110,7 +110,9 @@ class TrainConfig:
     model's expression features are re-weighted per gene). ``early_stop_fraction`` > 0 holds out that fraction of the
     training spots (whole spatial blocks of ``holdout_block_um``, so neighbours of a held-out
     spot do not train) and stops when their mean per-gene Pearson has not improved for
-    ``patience`` epochs, keeping the best epoch's weights.
+    ``patience`` epochs, keeping the best epoch's weights (the starting weights count as a
+    candidate). In fine-tuning the held-out spots come from the section; in pretraining the
+    validation volumes (``val_fraction``) serve instead.
     """
 
     epochs: int = 10

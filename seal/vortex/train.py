@@ -26,7 +26,7 @@ from ..data import ExpressionPrep, apply_preprocessing, fit_preprocessing
 from ..errors import SelectionError
 from ..losses import seal_objective
 from ..train import _amp, _pearson_mean, _resume_checkpoint, _save_checkpoint, _schedule, resolve_device
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, finetune_config
 from .context import ContextPairView, context_spec
 from .data import PairSource, SubvolumeTransform, VolumeDataset
 from .errors import SectionError, VortexConfigError
@@ -421,6 +421,11 @@ def pretrain(
     prep, values = fit_preprocessing(train_view, n_genes=cfg.n_genes, genes=cfg.genes, smooth=_smooth_ok(train_view, cfg.smooth))
     model, size_px = build_model(model_cfg, len(prep.genes), channels, load_weights=True, seed=cfg.seed)
     val = None
+    if cfg.early_stop_fraction > 0 and not len(va):
+        warnings.warn(
+            "pretraining stops early on the held-out volumes (val_fraction); none are held out, so all epochs are trained",
+            stacklevel=2,
+        )
     if len(va):
         val_view = view.subset(va)
         val = (val_view, apply_preprocessing(val_view, prep))
@@ -452,7 +457,9 @@ def finetune(
 ) -> Path:
     """Finetune a pretrained model directory on the section(s) of one volume (all its linked
     sections, or ``sections``). The genes and their normalisation stay the pretrained
-    model's. With ``model_dir=None`` a new model of ``model_cfg`` is trained from its
+    model's. Without ``cfg``: the pretraining run's settings with the fine-tuning defaults
+    (:func:`seal.vortex.config.finetune_config`: up to 32 epochs, early stopping on held-out
+    spots of the section). With ``model_dir=None`` a new model of ``model_cfg`` is trained from its
     backbone initialisation on the same pairs (the "no pretraining" baseline); the genes
     are then ``prep``'s, or chosen on these sections."""
     import catalog
@@ -466,7 +473,7 @@ def finetune(
         loaded = load_model(model_dir)
         loaded.check_channels(channels, f"volume {volume_id!r}")
         model, size_px, prep, mcfg = loaded.model, loaded.size_px, loaded.prep, loaded.model_cfg
-        cfg = cfg or loaded.train_cfg
+        cfg = cfg or finetune_config(loaded.train_cfg)
         parent = str(Path(model_dir).resolve())
         view = model_view(cat, mcfg, size_px, volumes=[volume_id], sections=sections)
         values = apply_preprocessing(view, prep)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,10 +43,18 @@ def test_cli_pretrain_finetune_predict_eval(vortex_cohort: tuple[SyntheticVolume
             "vol2_s1",
             "--out",
             str(ft),
+            "--tune",
+            "head",
+            "--early-stop-fraction",
+            "0.3",
+            "--patience",
+            "2",
             *QUICK,
         ],
     )
     assert r.exit_code == 0, r.output
+    tr = json.loads((ft / "config.json").read_text())["train"]
+    assert (tr["tune"], tr["early_stop_fraction"], tr["patience"]) == ("head", 0.3, 2)
     gene = (pre / "genes.txt").read_text().split()[0]
     pred = tmp_path / "pred.zarr"
     r = runner.invoke(
@@ -109,6 +118,8 @@ def test_cli_errors(vortex_cohort: tuple[SyntheticVolumeCohort, Path], tmp_path:
     assert r.exit_code == 1 and "no volume 'nope'" in r.output
     r = runner.invoke(app, ["vortex", "pretrain", str(cat), "--out", str(tmp_path / "m"), "--aggregation", "max", *TINY])
     assert r.exit_code == 1 and "unknown aggregation" in r.output
+    r = runner.invoke(app, ["vortex", "pretrain", str(cat), "--out", str(tmp_path / "m"), "--context-scale", "0.5", *TINY])
+    assert r.exit_code == 1 and "context_scale must be >= 1" in r.output
     r = runner.invoke(app, ["vortex", "--help"])
     assert r.exit_code == 0 and "predict" in r.output
 
