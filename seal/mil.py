@@ -62,6 +62,9 @@ class MilConfig:
     weight_decay: float = 1e-4
     max_epochs: int = 50
     patience: int = 10
+    #: no early stop before this many epochs (CLAM's ``stop_epoch``): on small cohorts the
+    #: validation loss of the first epochs is noisy and attention needs epochs to focus
+    min_epochs: int = 20
     seed: int = 0
     device: str = "cpu"
     #: CPU threads for torch while training (None: leave torch's setting). Bags are small
@@ -71,8 +74,8 @@ class MilConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("max_epochs and patience must be >= 1")
+        if self.max_epochs < 1 or self.patience < 1 or self.min_epochs < 0:
+            raise ValueError("max_epochs and patience must be >= 1, min_epochs >= 0")
 
 
 class ABMIL(nn.Module):
@@ -184,7 +187,8 @@ def train_mil(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train an ``abmil`` or ``mean`` model on ``train_items`` (one bag per step, in a
     seeded random order), keeping the weights of the epoch with the lowest validation loss
-    and stopping after ``cfg.patience`` epochs without improvement. ``targets[i]`` is the
+    and stopping after ``cfg.patience`` epochs without improvement, but not before
+    ``cfg.min_epochs``. ``targets[i]`` is the
     class index (classification) or the standardised value (regression) of item ``i``."""
     prev = torch.get_num_threads()
     if cfg.threads:
@@ -252,7 +256,7 @@ def _train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= cfg.patience:
+            if stale >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 break
     model.load_state_dict(best_state)
     return model, {"best_epoch": float(best_epoch + 1), "epochs_run": float(epoch + 1), "val_loss": float(best)}
