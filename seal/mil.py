@@ -62,8 +62,11 @@ class MilConfig:
     weight_decay: float = 1e-4
     max_epochs: int = 50
     patience: int = 10
-    #: no early stop before this many epochs (CLAM's ``stop_epoch``): on small cohorts the
-    #: validation loss of the first epochs is noisy and attention needs epochs to focus
+    #: warm-up epochs: the weights kept (lowest validation loss) and the early stop are
+    #: chosen among epochs ``min_epochs .. max_epochs`` only (all epochs when
+    #: ``max_epochs <= min_epochs``: the last one is kept). On small cohorts the
+    #: near-uniform attention of the first epochs gives cautious outputs whose validation
+    #: loss is often lowest, which would select a model that has not found the region yet
     min_epochs: int = 20
     seed: int = 0
     device: str = "cpu"
@@ -187,8 +190,8 @@ def train_mil(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train an ``abmil`` or ``mean`` model on ``train_items`` (one bag per step, in a
     seeded random order), keeping the weights of the epoch with the lowest validation loss
-    and stopping after ``cfg.patience`` epochs without improvement, but not before
-    ``cfg.min_epochs``. ``targets[i]`` is the
+    and stopping after ``cfg.patience`` epochs without improvement, both counted from epoch
+    ``cfg.min_epochs`` (warm-up). ``targets[i]`` is the
     class index (classification) or the standardised value (regression) of item ``i``."""
     prev = torch.get_num_threads()
     if cfg.threads:
@@ -248,6 +251,8 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if epoch + 1 < min(cfg.min_epochs, cfg.max_epochs):
+            continue  # warm-up: attention has not focused yet; no selection, no stop
         outs, _ = predict_mil(model, source, val, norm, device)
         yv = torch.tensor(targets[val], device="cpu")
         vl = float(np.mean([float(loss_fn(torch.from_numpy(o), y)) for o, y in zip(outs, yv, strict=True)]))
@@ -256,7 +261,7 @@ def _train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+            if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
     return model, {"best_epoch": float(best_epoch + 1), "epochs_run": float(epoch + 1), "val_loss": float(best)}
