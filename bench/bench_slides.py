@@ -147,7 +147,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     n_ours = sum(rep.n_tiles.values())
     read_ours, read_tr, _ = _read_only(cat_dir, rep.feature_set, args.mpp, args.tile_px, args.workers)
     if args.read_only:
-        out = {"tiles": n_ours, "read_hestkit_tiles_per_s": read_ours, "read_trident_tiles_per_s": read_tr, "read_ratio": read_ours / read_tr}
+        out: dict[str, object] = {"tiles": n_ours, "read_hestkit_tiles_per_s": read_ours, "read_trident_tiles_per_s": read_tr, "read_ratio": read_ours / read_tr}
         print(json.dumps(out, indent=1))
         return out
     n_tr, tr_s = _trident_loop(cat_dir, rep.feature_set, args.encoder, args.mpp, args.tile_px, args.batch)
@@ -207,7 +207,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
         "results": [],
     }
-    for (task, enc, model), g in df.groupby(["task", "encoder", "model"], sort=False):
+    for key, g in df.groupby(["task", "encoder", "model"], sort=False):
+        task, enc, model = (str(k) for k in key)
         v = g[metric[task]].to_numpy(dtype=float)
         per_seed = g.groupby("seed")[metric[task]].mean().round(3).tolist()
         extra = {"balanced_accuracy_mean": float(np.nanmean(g["balanced_accuracy"]))} if task == "label" else {}
