@@ -191,7 +191,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
         for seed in range(args.seeds):
             cfg = MilConfig(lr=1e-3, max_epochs=args.max_epochs, patience=10, min_epochs=args.min_epochs, threads=1, seed=seed)
             res, _ = run_slide_eval(
-                cat_dir, task, encoders, root / f"eval_{task}_seed{seed}", folds=5, mpp=args.mpp, tile_px=args.tile_px, cfg=cfg,
+                cat_dir, task, encoders, root / f"eval{args.tag}_{task}_seed{seed}", folds=5, mpp=args.mpp, tile_px=args.tile_px, cfg=cfg,
             )
             for fs, models in res.per_fold.items():
                 for model, folds in models.items():
@@ -204,6 +204,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
         "cohort": f"make_slide_cohort(n_slides={args.n_slides}, size_px={args.size}, seed={args.seed})",
         "tiling": f"{args.tile_px} px at {args.mpp} um/px, min tissue {args.min_tissue}",
         "seeds": args.seeds,
+        "mil": f"lr 1e-3, max_epochs {args.max_epochs}, patience 10, min_epochs {args.min_epochs}",
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
         "results": [],
     }
@@ -217,7 +218,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
              "per_seed_means": per_seed, "n_folds": len(v), **extra}
         )
         print(f"{task:6s} {enc:14s} {model:6s} {metric[task]} {np.nanmean(v):.3f} +- {np.nanstd(v):.3f} (per seed {per_seed})")
-    (root / "eval.json").write_text(json.dumps(out, indent=1))
+    (root / f"eval{args.tag}.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -232,7 +233,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="eval: fold/training seeds")
     p.add_argument("--min-tissue", type=float, default=0.25)
     p.add_argument("--max-epochs", type=int, default=40)
-    p.add_argument("--min-epochs", type=int, default=20)
+    p.add_argument("--min-epochs", type=int, default=20, help="eval: MIL warm-up (0: weights chosen from epoch 1, the behaviour before)")
+    p.add_argument("--tag", default="", help="eval: suffix of the output folders and eval{tag}.json")
     p.add_argument("--mpp", type=float, default=0.5)
     p.add_argument("--tile-px", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)

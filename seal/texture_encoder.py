@@ -198,7 +198,11 @@ class TextureEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().clamp(0.0, 1.0)
+        # fixed statistics in fp32 even under the callers' bf16 autocast (quantiles, sums of shares)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._features(x.float().clamp(0.0, 1.0))
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         od = -torch.log10(x.clamp_min(1.0 / 255.0))  # (B, 3, H, W)
         hed = torch.einsum("bchw,cs->bshw", od, self.unmix).flatten(2)  # (B, 3, N)

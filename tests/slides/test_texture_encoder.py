@@ -57,6 +57,10 @@ def test_features_are_fixed_native_size_and_describe_the_tile() -> None:
     assert f[1, col["haem_mean"]] > f[0, col["haem_mean"]] + 0.05
     assert f[1, col["dog2_dark"]] > f[0, col["dog2_dark"]]
     assert f[2, col["lum_mean"]] > f[0, col["lum_mean"]] and f[2, col["dog4_bright"]] > f[0, col["dog4_bright"]]
+    # fp32 statistics under a bf16 autocast (slide-embed's CUDA path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = model(x)
+    assert g.dtype == torch.float32 and np.allclose(g.numpy(), f, atol=1e-5)
     # another tile size works too (48 px)
     assert model(torch.stack([tf(sparse[:48, :48])])).shape == (1, len(feature_names()))
 
