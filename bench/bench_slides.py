@@ -7,11 +7,13 @@ level, a resize to the tile size, then the same encoder in the same batches). Ti
 are computed before both timings (the same cached mask serves both), so only reading,
 resampling and the model are timed. Prints both rates and their ratio.
 
-``eval``: ``seal slide-eval`` (ABMIL and mean pooling, 5 patient-level folds) on the small
--region label ``label`` and the continuous score ``score``.
+``eval``: ``seal slide-eval`` (ABMIL and mean pooling, 5 patient-level folds, ``--seeds``
+fold seeds) on the small-region label ``label`` and the continuous score ``score``, for
+each ``--encoder`` (default: the ``texture`` baseline and random-init ``timm:test_resnet``).
 
     .venv/bin/python bench/bench_slides.py speed --cohort /tmp/cohort --n-slides 8 --size 4096
-    .venv/bin/python bench/bench_slides.py eval --cohort /tmp/cohort --n-slides 40 --size 2048
+    .venv/bin/python bench/bench_slides.py eval --cohort /tmp/cohort --n-slides 120 --size 2048 --seed 1 \
+        --tile-px 64 --mpp 0.5 --min-tissue 0.75 --seeds 3
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _cohort(root: Path, n: int, size: int) -> Path:
+def _cohort(root: Path, n: int, size: int, seed: int = 0) -> Path:
     from catalog.slides import add_slides
     from hestkit.synthetic.slides import make_slide_cohort
 
     cat = root / "cat"
     if not (root / "raw" / "slides.csv").exists():
         t = time.perf_counter()
-        make_slide_cohort(root / "raw", n_slides=n, size_px=size, seed=0)
+        make_slide_cohort(root / "raw", n_slides=n, size_px=size, seed=seed)
         print(f"cohort: {n} slides of {size} px in {time.perf_counter() - t:.0f} s")
     add_slides(cat, root / "raw" / "slides.csv")
     return cat
@@ -131,7 +133,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     from catalog.slides import slide_manifests
     from seal.slide_embed import SlideEmbedConfig, embed_slides, slide_tissue_mask
 
-    cat_dir = _cohort(Path(args.cohort), args.n_slides, args.size)
+    cat_dir = _cohort(Path(args.cohort), args.n_slides, args.size, args.seed)
     cat = catalog.open(cat_dir)
     t = time.perf_counter()
     for m in slide_manifests(cat.layout)[: args.limit or None]:
@@ -145,7 +147,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     n_ours = sum(rep.n_tiles.values())
     read_ours, read_tr, _ = _read_only(cat_dir, rep.feature_set, args.mpp, args.tile_px, args.workers)
     if args.read_only:
-        out = {"tiles": n_ours, "read_hestkit_tiles_per_s": read_ours, "read_trident_tiles_per_s": read_tr, "read_ratio": read_ours / read_tr}
+        out: dict[str, object] = {"tiles": n_ours, "read_hestkit_tiles_per_s": read_ours, "read_trident_tiles_per_s": read_tr, "read_ratio": read_ours / read_tr}
         print(json.dumps(out, indent=1))
         return out
     n_tr, tr_s = _trident_loop(cat_dir, rep.feature_set, args.encoder, args.mpp, args.tile_px, args.batch)
@@ -166,19 +168,58 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def evaluate(args: argparse.Namespace) -> None:
+def evaluate(args: argparse.Namespace) -> dict[str, object]:
+    """Every encoder on both labels, ``--seeds`` fold seeds x 5 patient-level folds; prints
+    and writes (``eval.json`` in the cohort folder) mean +- std over all folds of all seeds."""
+    import pandas as pd
+
     from seal.mil import MilConfig
     from seal.slide_embed import SlideEmbedConfig, embed_slides
     from seal.slide_eval import run_slide_eval
 
-    cat_dir = _cohort(Path(args.cohort), args.n_slides, args.size)
-    embed_slides(cat_dir, args.encoder, SlideEmbedConfig(mpp=args.mpp, tile_px=args.tile_px, workers=args.workers, device="cpu"))
-    for task in ("label", "score"):
-        res, _ = run_slide_eval(
-            cat_dir, task, [args.encoder], Path(args.cohort) / f"eval_{task}", folds=5, mpp=args.mpp, tile_px=args.tile_px,
-            cfg=MilConfig(lr=1e-3, max_epochs=30, patience=8, threads=1),
+    root = Path(args.cohort)
+    cat_dir = _cohort(root, args.n_slides, args.size, args.seed)
+    encoders = args.encoder or ["texture", "timm:test_resnet"]
+    for enc in encoders:
+        t = time.perf_counter()
+        rep = embed_slides(
+            cat_dir, enc, SlideEmbedConfig(mpp=args.mpp, tile_px=args.tile_px, min_tissue=args.min_tissue, workers=args.workers, device="cpu", keep_tiles=True)
         )
-        print(res.summary().to_string())
+        print(f"{enc}: {sum(rep.n_tiles.values())} tiles embedded in {time.perf_counter() - t:.0f} s ({len(rep.skipped)} slides stored before)")
+    rows = []
+    for task in ("label", "score"):
+        for seed in range(args.seeds):
+            cfg = MilConfig(lr=1e-3, max_epochs=args.max_epochs, patience=10, min_epochs=args.min_epochs, threads=1, seed=seed)
+            res, _ = run_slide_eval(
+                cat_dir, task, encoders, root / f"eval{args.tag}_{task}_seed{seed}", folds=5, mpp=args.mpp, tile_px=args.tile_px, cfg=cfg,
+            )
+            for fs, models in res.per_fold.items():
+                for model, folds in models.items():
+                    for k, m in enumerate(folds):
+                        rows.append({"task": task, "encoder": res.labels.get(fs, fs), "model": model, "seed": seed, "fold": k, **m})
+            print(res.summary().to_string(), flush=True)
+    df = pd.DataFrame(rows)
+    metric = {"label": "auc", "score": "pearson"}
+    out: dict[str, object] = {
+        "cohort": f"make_slide_cohort(n_slides={args.n_slides}, size_px={args.size}, seed={args.seed})",
+        "tiling": f"{args.tile_px} px at {args.mpp} um/px, min tissue {args.min_tissue}",
+        "seeds": args.seeds,
+        "mil": f"lr 1e-3, max_epochs {args.max_epochs}, patience 10, min_epochs {args.min_epochs}",
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "results": [],
+    }
+    for key, g in df.groupby(["task", "encoder", "model"], sort=False):
+        task, enc, model = (str(k) for k in key)
+        v = g[metric[task]].to_numpy(dtype=float)
+        per_seed = g.groupby("seed")[metric[task]].mean().round(3).tolist()
+        extra = {"balanced_accuracy_mean": float(np.nanmean(g["balanced_accuracy"]))} if task == "label" else {}
+        out["results"].append(  # type: ignore[attr-defined]
+            {"task": task, "encoder": enc, "model": model, "metric": metric[task], "mean": float(np.nanmean(v)), "std": float(np.nanstd(v)),
+             "per_seed_means": per_seed, "n_folds": len(v), **extra}
+        )
+        print(f"{task:6s} {enc:14s} {model:6s} {metric[task]} {np.nanmean(v):.3f} +- {np.nanstd(v):.3f} (per seed {per_seed})")
+    (root / f"eval{args.tag}.json").write_text(json.dumps(out, indent=1))
+    return out
 
 
 def main() -> None:
@@ -187,7 +228,13 @@ def main() -> None:
     p.add_argument("--cohort", default="/tmp/hestkit_slide_cohort")
     p.add_argument("--n-slides", type=int, default=8)
     p.add_argument("--size", type=int, default=4096)
-    p.add_argument("--encoder", default="timm:test_resnet")
+    p.add_argument("--encoder", action="append", help="speed: one encoder (default timm:test_resnet); eval: repeat (default texture and timm:test_resnet)")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed")
+    p.add_argument("--seeds", type=int, default=3, help="eval: fold/training seeds")
+    p.add_argument("--min-tissue", type=float, default=0.25)
+    p.add_argument("--max-epochs", type=int, default=40)
+    p.add_argument("--min-epochs", type=int, default=20, help="eval: MIL warm-up (0: weights chosen from epoch 1, the behaviour before)")
+    p.add_argument("--tag", default="", help="eval: suffix of the output folders and eval{tag}.json")
     p.add_argument("--mpp", type=float, default=0.5)
     p.add_argument("--tile-px", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
@@ -196,6 +243,7 @@ def main() -> None:
     p.add_argument("--read-only", action="store_true", help="speed: after embedding, time reading alone (no model) both ways")
     args = p.parse_args()
     if args.what == "speed":
+        args.encoder = (args.encoder or ["timm:test_resnet"])[0]
         speed(args)
     else:
         evaluate(args)

@@ -74,6 +74,7 @@ def slide_eval(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-4,
     max_epochs: Annotated[int, typer.Option(help="Epoch limit (early stopping on the validation part).")] = 50,
     patience: Annotated[int, typer.Option(help="Epochs without validation improvement before stopping.")] = 10,
+    min_epochs: Annotated[int, typer.Option(help="No early stop before this epoch (CLAM's stop_epoch).")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of folds and training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ... (bf16 on CUDA)")] = "auto",
     heatmaps: Annotated[int, typer.Option(help="Attention heatmaps per encoder.")] = 4,
@@ -89,7 +90,7 @@ def slide_eval(
         if splits is not None and not splits.is_dir():
             fail(f"--splits {splits}: not a folder of splits_{{k}}.csv files")
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        cfg = MilConfig(lr=lr, max_epochs=max_epochs, patience=patience, seed=seed, device=dev, threads=threads)
+        cfg = MilConfig(lr=lr, max_epochs=max_epochs, patience=patience, min_epochs=min_epochs, seed=seed, device=dev, threads=threads)
         models = ("abmil", "mean") if model == MilModel.both else (model.value,)
         res, paths = run_slide_eval(
             catalog_dir, task, encoder, out, models=models, folds=folds, splits=splits, task_type=task_type.value,

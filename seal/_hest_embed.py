@@ -29,7 +29,7 @@ __all__ = ["PatchBatches", "embed_patch_file", "file_fingerprint", "load_cached"
 
 def _normalise(imgs: NDArray[np.uint8], size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[-1] != size or x.shape[-2] != size:
+    if size > 0 and (x.shape[-1] != size or x.shape[-2] != size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (x - mean) / std
 

@@ -245,7 +245,8 @@ def apply_preprocessing(view: PairView, prep: ExpressionPrep) -> np.ndarray:
 
 class PatchTransform:
     """uint8 HWC patch -> normalised float CHW tensor at the model's input size, with
-    optional augmentation (flips, 90-degree rotations, mild colour jitter)."""
+    optional augmentation (flips, 90-degree rotations, mild colour jitter). An input size
+    of 0 keeps the patch's own size (the ``texture`` encoder)."""
 
     def __init__(self, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float], augment: bool = False) -> None:
         self.size = int(input_size[-1])
@@ -266,7 +267,7 @@ class PatchTransform:
             m = x.mean()
             x = ((x - m) * c + m) * b
             x = x.clamp_(0.0, 1.0)
-        if x.shape[-1] != self.size:
+        if self.size > 0 and x.shape[-1] != self.size:
             x = torch.nn.functional.interpolate(
                 x[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
             )[0]

@@ -7,6 +7,7 @@ One spec syntax everywhere (``seal fit --backbone``, ``seal embed``, ``seal eval
 ``timm:NAME`` / ``timm:NAME@WEIGHTS`` any timm architecture (``num_classes=0``)
 ``seal-release:BACKBONE@FILE``       a SEAL-tuned encoder released by mahmoodlab/SEAL
 ``DIR``                              a ``seal fit`` model directory
+``texture``                          fixed colour/texture features, no weights (:mod:`seal.texture_encoder`)
 
 :func:`parse_encoder` turns a spec into an :class:`EncoderSpec`; ``spec.open(device)``
 gives the model, its data config (input size, mean, std) and embedding size.
@@ -65,12 +66,18 @@ class EncoderSpec:
     model_dir: Path | None = None
     preset: str | None = None
     release: bool = False
+    #: a fixed, weight-free feature extractor (``texture``)
+    handcrafted: bool = False
 
     @property
     def key(self) -> str:
         """Identity of the weights: same key, same embeddings."""
         kind = "release" if self.release else "preset" if self.preset else "timm"
-        if self.model_dir is not None:
+        if self.handcrafted:
+            from .texture_encoder import TEXTURE_VERSION
+
+            ident = f"handcrafted|{self.backbone}|v{TEXTURE_VERSION}"
+        elif self.model_dir is not None:
             ident = f"seal|{self.backbone}|{_file_hash(self.model_dir / 'encoder.safetensors')}"
         elif self.weights is not None:
             ident = f"{kind}|{self.backbone}|{_file_hash(self.weights)}"
@@ -82,6 +89,10 @@ class EncoderSpec:
     @property
     def dim(self) -> int:
         """Embedding size, known without loading weights."""
+        if self.handcrafted:
+            from .texture_encoder import feature_names
+
+            return len(feature_names())
         if self.model_dir is not None:
             return int(read_encoder_info(self.model_dir)["dim"])
         if self.preset is not None:
@@ -98,6 +109,10 @@ class EncoderSpec:
         return LoadedEncoder(model, dcfg, int(getattr(model, "num_features", 0) or self.dim), self.label)
 
     def load(self, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+        if self.handcrafted:
+            from .texture_encoder import TEXTURE_DATA_CONFIG, TextureEncoder
+
+            return TextureEncoder().to(device).eval(), dict(TEXTURE_DATA_CONFIG)
         if self.model_dir is not None:
             info = read_encoder_info(self.model_dir)
             return load_encoder(self.model_dir, device), info["data_config"]
@@ -130,6 +145,10 @@ def parse_encoder(spec: str) -> EncoderSpec:
     from . import zoo
     from ._zoo_layouts import SEAL_BACKBONES
 
+    if spec == "texture" or spec.startswith("texture@"):
+        if spec != "texture":
+            raise BackboneError(f"encoder spec {spec!r}: texture is a fixed feature extractor with no weights; write just `texture`")
+        return EncoderSpec("texture", "texture", handcrafted=True)
     if spec.startswith("timm:"):
         name, w = _split(spec[5:])
         if not name:
@@ -160,7 +179,7 @@ def parse_encoder(spec: str) -> EncoderSpec:
         )
     raise BackboneError(
         f"encoder spec {spec!r} is not PRESET[@WEIGHTS] (presets: {', '.join(zoo.PRESETS)}; see `seal models`), "
-        "timm:NAME[@WEIGHTS], seal-release:BACKBONE@FILE or a `seal fit` model directory"
+        "timm:NAME[@WEIGHTS], seal-release:BACKBONE@FILE, a `seal fit` model directory or texture"
     )
 
 
@@ -196,6 +215,11 @@ def build_backbone(
     from . import zoo
     from ._zoo_layouts import load_preset_weights, load_seal_release
 
+    if backbone == "texture":
+        raise BackboneError(
+            "texture is a fixed feature extractor (no weights to tune); use it as an --encoder of "
+            "seal embed / slide-embed / slide-eval / hest-bench, and tune a timm or zoo backbone instead"
+        )
     name, w = _split(backbone[5:] if backbone.startswith("timm:") else backbone)
     wpath = Path(weights).expanduser() if weights else w
     if not backbone.startswith("timm:") and (backbone.startswith("seal-release:") or name in zoo.PRESETS or is_model_dir(backbone)):

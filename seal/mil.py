@@ -64,6 +64,12 @@ class MilConfig:
     weight_decay: float = 1e-4
     max_epochs: int = 50
     patience: int = 10
+    #: warm-up epochs: the weights kept (lowest validation loss) and the early stop are
+    #: chosen among epochs ``min_epochs .. max_epochs`` only (all epochs when
+    #: ``max_epochs <= min_epochs``: the last one is kept). On small cohorts the
+    #: near-uniform attention of the first epochs gives cautious outputs whose validation
+    #: loss is often lowest, which would select a model that has not found the region yet
+    min_epochs: int = 20
     seed: int = 0
     device: str = "cpu"
     #: CPU threads for torch while training (None: leave torch's setting). Bags are small
@@ -73,8 +79,8 @@ class MilConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.max_epochs < 1 or self.patience < 1:
-            raise ConfigError("max_epochs and patience must be >= 1")
+        if self.max_epochs < 1 or self.patience < 1 or self.min_epochs < 0:
+            raise ConfigError("max_epochs and patience must be >= 1, min_epochs >= 0")
 
 
 class ABMIL(nn.Module):
@@ -186,7 +192,8 @@ def train_mil(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train an ``abmil`` or ``mean`` model on ``train_items`` (one bag per step, in a
     seeded random order), keeping the weights of the epoch with the lowest validation loss
-    and stopping after ``cfg.patience`` epochs without improvement. ``targets[i]`` is the
+    and stopping after ``cfg.patience`` epochs without improvement, both counted from epoch
+    ``cfg.min_epochs`` (warm-up). ``targets[i]`` is the
     class index (classification) or the standardised value (regression) of item ``i``."""
     prev = torch.get_num_threads()
     if cfg.threads:
@@ -246,6 +253,8 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if epoch + 1 < min(cfg.min_epochs, cfg.max_epochs):
+            continue  # warm-up: attention has not focused yet; no selection, no stop
         outs, _ = predict_mil(model, source, val, norm, device)
         yv = torch.tensor(targets[val], device="cpu")
         vl = float(np.mean([float(loss_fn(torch.from_numpy(o), y)) for o, y in zip(outs, yv, strict=True)]))

@@ -122,6 +122,8 @@ def _texture(kind: str, rng: np.random.Generator, gain: NDArray[np.float64]) -> 
 
 def _downsample(pattern: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
     p = pattern.shape[0]
+    if factor == 1:
+        return pattern  # identical to the mean over 1 x 1 blocks, without the float pass
     if factor >= p:
         return np.round(pattern.reshape(-1, 3).mean(axis=0)).astype(np.uint8)[None, None, :]
     q = p // factor
