@@ -252,9 +252,9 @@ def block_variation(
     (grey levels) and gamma ``exp(N(0, 0.3 s))``.
     """
     if not 0.0 <= rule_shift <= 1.0:
-        raise ValueError(f"rule_shift must be in [0, 1], got {rule_shift}")
+        raise OptionError(f"rule_shift must be in [0, 1], got {rule_shift}")
     if stain_shift < 0.0:
-        raise ValueError(f"stain_shift must be >= 0, got {stain_shift}")
+        raise OptionError(f"stain_shift must be >= 0, got {stain_shift}")
     rng = np.random.default_rng([int(seed), 0x5EED])
     own = np.zeros((n_genes, N_PROGRAMS))
     own[np.arange(n_genes), gene_programs(n_genes, N_PROGRAMS)] = 1.0

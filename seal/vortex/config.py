@@ -54,7 +54,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.context_scale >= 1.0:
-            raise ValueError(
+            raise VortexConfigError(
                 f"context_scale must be >= 1 (1: no context; 2: a second sub-volume of twice the field of view), got {self.context_scale}"
             )
         if self.encoder3d not in ENCODERS_3D:
@@ -143,13 +143,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.tune not in ("all", "head", "last"):
-            raise ValueError(f"tune must be 'all', 'head' or 'last', got {self.tune!r}")
+            raise VortexConfigError(f"tune must be 'all', 'head' or 'last', got {self.tune!r}")
         if not 0.0 <= self.early_stop_fraction < 0.9:
-            raise ValueError(f"early_stop_fraction must be in [0, 0.9), got {self.early_stop_fraction}")
+            raise VortexConfigError(f"early_stop_fraction must be in [0, 0.9), got {self.early_stop_fraction}")
         if self.patience < 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+            raise VortexConfigError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.holdout_block_um <= 0:
-            raise ValueError(f"holdout_block_um must be positive, got {self.holdout_block_um}")
+            raise VortexConfigError(f"holdout_block_um must be positive, got {self.holdout_block_um}")
         if self.epochs < 0:
             raise VortexConfigError(f"epochs must be >= 0 (0 writes the untouched model without a step), got {self.epochs}")
         if self.batch_size < 2:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import VortexShapeError
+
 __all__ = ["ContextEncoder", "ContextPairView", "context_spec"]
 
 
@@ -91,7 +93,7 @@ class ContextEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != 2 * self.n_slices:
-            raise ValueError(
+            raise VortexShapeError(
                 f"expected sub-volumes with their context planes (B, {2 * self.n_slices}, C, H, W), got shape {tuple(x.shape)}"
             )
         b, s = x.shape[0], self.n_slices
