@@ -217,8 +217,9 @@ def build_backbone(
 
     if backbone == "texture":
         raise BackboneError(
-            "texture is a fixed feature extractor (no weights to tune); use it as an --encoder of "
-            "seal embed / slide-embed / slide-eval / hest-bench, and tune a timm or zoo backbone instead"
+            "texture is a fixed feature extractor (no weights to tune): it can embed and be evaluated "
+            "(encoder='texture' of the embedding, slide-embedding and evaluation functions) but not be "
+            "fine-tuned; tune a timm or zoo backbone instead"
         )
     name, w = _split(backbone[5:] if backbone.startswith("timm:") else backbone)
     wpath = Path(weights).expanduser() if weights else w
