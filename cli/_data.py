@@ -47,8 +47,9 @@ def warn_unmeasured_genes(view: Any, named: bool) -> None:
     if named:
         for g, k in bad.items():
             typer.secho(
-                f"warning: {g} was not measured by {int(k)} of {n} selected samples; their pairs hold 0 for it, "
-                "which is not a measurement (see PairView.measured)",
+                f"warning: {g} was not measured by {int(k)} of {n} selected samples; their pairs have no "
+                "measurement of it (left empty in TSV output; written as 0 in the .h5ad export, which records "
+                "uns['hestkit']['measured'])",
                 fg=typer.colors.YELLOW,
                 err=True,
             )
@@ -56,8 +57,8 @@ def warn_unmeasured_genes(view: Any, named: bool) -> None:
         worst = ", ".join(f"{g} ({int(k)})" for g, k in bad.sort_values(ascending=False).head(5).items())
         typer.secho(
             f"warning: {len(bad)} of {len(lacking)} genes were not measured by some of the {n} selected samples "
-            f"(samples lacking: {worst}, ...); their zeros are not measurements (see PairView.measured; the .h5ad "
-            "export records uns['hestkit']['measured'])",
+            f"(samples lacking: {worst}, ...); their values are not measurements (empty in TSV output; 0 in the "
+            ".h5ad export, which records uns['hestkit']['measured']; see PairView.measured)",
             fg=typer.colors.YELLOW,
             err=True,
         )
