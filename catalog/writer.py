@@ -567,13 +567,39 @@ def _client(workers: int | None, scheduler: str | None, dashboard: str | None = 
     return local_client(workers, dashboard)
 
 
-def _error_text(exc: BaseException) -> str:
+@dataclass(frozen=True)
+class _TaskFailed:
+    """A task's failure, returned instead of raised. A raised exception makes every dask
+    worker log "Compute Failed" with the traceback at ERROR level, on stderr and past
+    ``-q``, for what is an ordinary, reported outcome (a sample that fails validation);
+    returned, the failure reaches the report below and nothing else. ``trace`` keeps the
+    last frames of the worker's traceback for errors that are not hestkit's own."""
+
+    exc: BaseException
+    trace: str = ""
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or :class:`_TaskFailed` when it raises an ``Exception``. A task that
+    depends on failed tasks passes the first failure on without running ``fn``."""
+    for a in args:
+        failed = a if isinstance(a, _TaskFailed) else next((x for x in a if isinstance(x, _TaskFailed)), None) if isinstance(a, list) else None
+        if failed is not None:
+            return failed
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported per sample by ingest_refs
+        trace = "" if isinstance(exc, HestkitError) else "".join(traceback.format_exception(exc)[-3:])
+        return _TaskFailed(exc, trace)
+
+
+def _error_text(exc: BaseException, trace: str = "") -> str:
     if isinstance(exc, HestkitError):
         return str(exc)
     short = resource_message(exc, "ingest")
     if short is not None:
         return short
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
+    return f"{type(exc).__name__}: {exc}\n" + (trace or "".join(traceback.format_exception(exc)[-3:]))
 
 
 def ingest_refs(
@@ -657,7 +683,7 @@ def ingest_refs(
             while pending and inflight < max_inflight:
                 ref = pending.pop(0)
                 t_start[ref.sample_id] = time.perf_counter()
-                fut = client.submit(_prepare, root_s, ref, spec, new_ingest_id(), pure=False, priority=-len(t_start))
+                fut = client.submit(_guarded, _prepare, root_s, ref, spec, new_ingest_id(), pure=False, priority=-len(t_start))
                 kinds[fut] = ("prepare", ref, None)
                 ac.add(fut)
                 inflight += 1
@@ -665,12 +691,26 @@ def ingest_refs(
         submit_next()
         for fut in ac:
             kind, ref, prep_fut = kinds.pop(fut)
-            if fut.status != "finished" and kind == "block":
-                blocks_done += 1  # its commit fails with the same error and reports it
-                continue
+            # a task's own failure comes back as a _TaskFailed result; a task that never ran
+            # to the end (a lost worker, a cancelled future) comes back erred
+            failed: _TaskFailed | None = None
+            result: Any = None
             if fut.status != "finished":
-                exc = fut.exception()
-                report.results.append(SampleResult(ref.sample_id, "failed", _error_text(exc), options=getattr(exc, "options", ())))
+                failed = _TaskFailed(fut.exception())
+            elif kind != "block":  # a block's result (a count or a failure) goes to its commit, not here
+                result = fut.result()
+                if isinstance(result, _TaskFailed):
+                    failed = result
+            if kind == "block":
+                blocks_done += 1  # a failed block: its commit passes the failure on and reports it
+                if progress:
+                    progress("blocks", blocks_done, blocks_total)
+                continue
+            if failed is not None:
+                exc = failed.exc
+                report.results.append(
+                    SampleResult(ref.sample_id, "failed", _error_text(exc, failed.trace), options=getattr(exc, "options", ()))
+                )
                 if kind == "commit" and prep_fut is not None:
                     discards.append(client.submit(_discard, root_s, prep_fut, pure=False))
                 inflight -= 1
@@ -680,24 +720,20 @@ def ingest_refs(
                 submit_next()
                 continue
             if kind == "prepare":
-                prep: _Prepared = fut.result()
+                prep: _Prepared = result
                 nb = len(prep.job.plan.blocks)
                 blocks_total += nb
-                block_futs = [client.submit(_cut, prep.job, i, pure=False, priority=10) for i in range(nb)]
+                block_futs = [client.submit(_guarded, _cut, prep.job, i, pure=False, priority=10) for i in range(nb)]
                 for bf in block_futs:
                     kinds[bf] = ("block", ref, None)
                     ac.add(bf)
-                cf = client.submit(_commit, root_s, fut, block_futs, overwrite, version, pure=False, priority=20)
+                cf = client.submit(_guarded, _commit, root_s, fut, block_futs, overwrite, version, pure=False, priority=20)
                 kinds[cf] = ("commit", ref, fut)
                 ac.add(cf)
                 if progress:
                     progress("blocks", blocks_done, blocks_total)
-            elif kind == "block":
-                blocks_done += 1
-                if progress:
-                    progress("blocks", blocks_done, blocks_total)
             else:
-                res: SampleResult = fut.result()
+                res: SampleResult = result
                 res = SampleResult(**{**res.__dict__, "seconds": time.perf_counter() - t_start[ref.sample_id]})
                 report.results.append(res)
                 inflight -= 1

@@ -66,3 +66,29 @@ def test_ingest_and_spatialdata_export_are_quiet(
     _clean(r2.output)
     out, err = capfd.readouterr()
     _clean(out + err)
+
+
+def test_a_failing_sample_is_reported_once_without_worker_tracebacks(tmp_path: Path) -> None:
+    """A sample that fails validation is an ordinary outcome: hestkit reports it (with its
+    fix) and exits 1; the dask worker that ran it logs no "Compute Failed" traceback. Run
+    as a user runs it (a fresh process: dask's log handlers write to the real stderr)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    good = make_visium(tmp_path / "good" / "outs", n_rows=5, n_cols=5, seed=30).path
+    bad = make_visium(tmp_path / "bad" / "outs", n_rows=5, n_cols=5, seed=31).path
+    (Path(bad) / "filtered_feature_bc_matrix.h5").write_bytes(b"not an HDF5 file")
+    cat = tmp_path / "cat"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "cli.hestkit", "ingest", str(good), str(bad), "-c", str(cat), "--organ", "Brain", "--workers", "2", "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "filtered_feature_bc_matrix.h5" in r.stderr and "not a readable HDF5 file" in r.stderr
+    assert "Compute Failed" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    _clean(r.stdout + r.stderr)
+    ls = subprocess.run([sys.executable, "-m", "cli.hestkit", "ls", str(cat), "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert ls.returncode == 0, ls.stderr
+    assert [row["sample_id"] for row in json.loads(ls.stdout)["samples"]] == ["good"]
