@@ -11,7 +11,7 @@ spots (64-d embeddings, ~70 spots each, alpha ~0.03: nearly least squares) and i
 is mostly noise; ``tuned_2``/``frozen_2`` also report the two-patient protocol on the first
 two test patients, for comparison (docs/benchmarks.md).
 
-.venv/bin/python bench/bench_seal_cohorts.py --morphology nuclei --seed 0 --lr 2e-3 --lora-blocks 0
+.venv/bin/python bench/bench_seal_cohorts.py --morphology nuclei --seed 0          # lr 5e-3, LoRA on all blocks, 12 epochs
 .venv/bin/python bench/bench_seal_cohorts.py --morphology glands --seed 0 --set std_floor=0 --set centre_heads=false
 
 ``--set KEY=VALUE`` overrides any FitConfig field (ablations); ``--legacy`` starts from the
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="test_vit")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--lora-blocks", type=int, default=0, help="0 = all")
     ap.add_argument("--legacy", action="store_true", help="the settings before issue 18")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
