@@ -94,7 +94,7 @@ def test_seal_beats_frozen_on_held_out_patients(morphology: str, tmp_path: Path)
 
 # the full-strength run: bench/bench_seal_cohorts.py --seed 0 (figures in docs/benchmarks.md)
 FULL = {"train": 4, "held": 8, "epochs": 12}
-FULL_MARGIN = {"nuclei": 0.04, "glands": 0.01}
+FULL_MARGIN = {"nuclei": 0.03, "glands": 0.03}  # bench seed 0 at lr 5e-3: +0.050, +0.081
 
 
 @pytest.mark.slow
@@ -113,4 +113,4 @@ def test_seal_learns_on_histology_cohorts_full(morphology: str, tmp_path: Path) 
     frozen, tuned = res["encoders"][FROZEN], res["encoders"][f"seal:{model.name}"]
     print(f"{morphology}: frozen {frozen['pearson_mean']:.3f}, tuned {tuned['pearson_mean']:.3f}, recall@10 {tuned['recall_at_10']:.3f} (chance {tuned['chance_recall_at_10']:.3f})")
     assert tuned["pearson_mean"] > frozen["pearson_mean"] + FULL_MARGIN[morphology]
-    assert tuned["recall_at_10"] > 2.0 * tuned["chance_recall_at_10"]
+    assert tuned["recall_at_10"] > 1.5 * tuned["chance_recall_at_10"]  # bench: 3.7x, 2.1x
