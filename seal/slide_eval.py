@@ -137,6 +137,14 @@ def patient_stratified_folds(task: SlideTask, n_folds: int = 5, seed: int = 0, v
         nf = Opt("folds", str(n_folds))
         raise EvalError(f"{nf}: needs 2 .. {n_pat} (the number of patients with a {task.column!r} label)", fix=fix("", nf))
     strata = _strata(task)
+    if task.kind == "classification" and np.bincount(strata).max() < n_folds:
+        # sklearn's StratifiedGroupKFold raises a bare ValueError here
+        nf, reg = Opt("folds", str(n_folds)), Opt("task_type", "'regression'", cli="regression")
+        raise EvalError(
+            f"label {task.column!r}: {len(task.classes)} classes, none with {n_folds} slides: too few for stratified folds ({nf})"
+            f" (a numeric label with <= {MAX_CLASSES} distinct values is read as classes)",
+            fix=fix(f"give fewer folds, or {reg} for a continuous label", reg),
+        )
     folds = []
     for k, test in enumerate(_group_split(strata, groups, n_folds, seed)):
         train_all = np.setdiff1d(np.arange(len(groups)), test)

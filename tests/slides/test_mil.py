@@ -102,6 +102,12 @@ def test_folds_are_patient_disjoint_stratified_and_seeded() -> None:
         slide_task(slides, "stage")
     with pytest.raises(EvalError, match="needs 2"):
         patient_stratified_folds(task, 50)
+    # a continuous score on few slides is read as one class per value (auto): a clear error,
+    # not sklearn's bare ValueError
+    few = slides.iloc[:8].copy()
+    with pytest.raises(EvalError, match=r"8 classes, none with 2 slides.*regression"):
+        patient_stratified_folds(slide_task(few, "score"), 2)
+    assert len(patient_stratified_folds(slide_task(few, "score", "regression"), 2)) == 2
 
 
 def test_abmil_attention_is_a_distribution_and_bf16_safe() -> None:
