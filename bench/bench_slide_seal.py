@@ -14,7 +14,7 @@ on spatial transcriptomics, then compare it with its frozen self on slide-level 
    seed; the ``results.md`` tables are printed and a summary (mean over fold seeds) is
    written to ``OUT/summary.md`` and ``OUT/summary.json``.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_slide_seal.py --out /tmp/slide_seal --seeds 2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_slide_seal.py --out /tmp/slide_seal
 
 Every step is a subprocess of the installed ``hestkit`` / ``seal`` commands (next to the
 running interpreter); a failing command stops the bench with its output.
@@ -60,13 +60,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the ST cohort, the slide cohort and the fit")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--n-slides", type=int, default=32)
+    ap.add_argument("--n-slides", type=int, default=64)
     ap.add_argument("--size", type=int, default=1536, help="slide side in px (0.5 um/px)")
     ap.add_argument("--tile-px", type=int, default=64)
     ap.add_argument("--mpp", type=float, default=0.5)
     ap.add_argument("--min-tissue", type=float, default=0.75)
     ap.add_argument("--folds", type=int, default=4)
-    ap.add_argument("--seeds", type=int, default=1, help="fold/training seeds of slide-eval")
+    ap.add_argument("--seeds", type=int, default=3, help="fold/training seeds of slide-eval")
     ap.add_argument("--tasks", default="label,score")
     args = ap.parse_args()
     if args.seed != 0:
