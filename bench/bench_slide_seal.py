@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the ST cohort, the slide cohort and the fit")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--slide-seed", type=int, default=None, help="seed of the slide cohort (default: --seed)")
     ap.add_argument("--n-slides", type=int, default=64)
     ap.add_argument("--size", type=int, default=1536, help="slide side in px (0.5 um/px)")
     ap.add_argument("--tile-px", type=int, default=64)
@@ -78,6 +79,7 @@ def main() -> None:
     from hestkit.synthetic import make_visium
     from hestkit.synthetic.slides import make_slide_cohort
 
+    slide_seed = args.seed if args.slide_seed is None else args.slide_seed
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -104,7 +106,7 @@ def main() -> None:
 
     # 2. slide cohort -> add-slides -> slide-embed (frozen, tuned, texture)
     t = time.perf_counter()
-    df = make_slide_cohort(out / "slides", n_slides=args.n_slides, size_px=args.size, seed=args.seed, region_share=(0.07, 0.095))
+    df = make_slide_cohort(out / "slides", n_slides=args.n_slides, size_px=args.size, seed=slide_seed, region_share=(0.07, 0.095))
     times["slides_generate_s"] = time.perf_counter() - t
     cat = out / "slide_cat"
     times["add_slides_s"] = _cli("hestkit", "add-slides", out / "slides" / "slides.csv", "--catalog", cat, log=log)
@@ -152,7 +154,7 @@ def main() -> None:
     info = {
         "st_cohort": f"{args.st_samples} x make_visium(grid {args.grid}, morphology={args.morphology}), {summary['n_train_pairs']} training pairs",
         "fit": f"timm:test_vit, LoRA all blocks, lr {args.lr}, batch 16, {args.epochs} epochs, seed {args.seed}",
-        "slides": f"make_slide_cohort(n_slides={args.n_slides}, size_px={args.size}, seed={args.seed}, region_share=(0.07, 0.095))",
+        "slides": f"make_slide_cohort(n_slides={args.n_slides}, size_px={args.size}, seed={slide_seed}, region_share=(0.07, 0.095))",
         "positives": int(df["label"].sum()),
         "tiling": f"{args.tile_px} px at {args.mpp} um/px, min tissue {args.min_tissue}",
         "eval": f"{args.folds} patient-level folds x {args.seeds} seeds, ABMIL/mean, lr 1e-3, 40 epochs max, min 20, patience 10",
