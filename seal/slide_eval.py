@@ -11,6 +11,7 @@ model; out-of-fold predictions and ABMIL attention are kept for the report
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,20 +138,33 @@ def patient_stratified_folds(task: SlideTask, n_folds: int = 5, seed: int = 0, v
         nf = Opt("folds", str(n_folds))
         raise EvalError(f"{nf}: needs 2 .. {n_pat} (the number of patients with a {task.column!r} label)", fix=fix("", nf))
     strata = _strata(task)
-    if task.kind == "classification" and np.bincount(strata).max() < n_folds:
+    if np.bincount(strata).max() < n_folds:
         # sklearn's StratifiedGroupKFold raises a bare ValueError here
         nf, reg = Opt("folds", str(n_folds)), Opt("task_type", "'regression'", cli="regression")
+        if task.kind == "classification":
+            raise EvalError(
+                f"label {task.column!r}: {len(task.classes)} classes, none with {n_folds} slides: too few for stratified folds ({nf})"
+                f" (a numeric label with <= {MAX_CLASSES} distinct values is read as classes)",
+                fix=fix(f"give fewer folds, or {reg} for a continuous label", reg),
+            )
         raise EvalError(
-            f"label {task.column!r}: {len(task.classes)} classes, none with {n_folds} slides: too few for stratified folds ({nf})"
-            f" (a numeric label with <= {MAX_CLASSES} distinct values is read as classes)",
-            fix=fix(f"give fewer folds, or {reg} for a continuous label", reg),
+            f"label {task.column!r}: {len(strata)} slides, no tertile of the values with {n_folds}: too few for stratified folds ({nf})",
+            fix=fix("give fewer folds", nf),
         )
     folds = []
     for k, test in enumerate(_group_split(strata, groups, n_folds, seed)):
         train_all = np.setdiff1d(np.arange(len(groups)), test)
         n_parts = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
         if n_parts and len(set(groups[train_all])) >= max(n_parts, 4):
-            parts = _group_split(strata[train_all], groups[train_all], n_parts, seed + 1000 + k)
+            st = strata[train_all]
+            if np.bincount(st).max() < n_parts:
+                warnings.warn(
+                    f"label {task.column!r}, fold {k}: no class (or tertile) has {n_parts} training slides; "
+                    "its validation part is patient-disjoint but not stratified",
+                    stacklevel=2,
+                )
+                st = np.zeros_like(st)
+            parts = _group_split(st, groups[train_all], n_parts, seed + 1000 + k)
             val = train_all[parts[0]]
         else:
             val = np.zeros(0, np.int64)

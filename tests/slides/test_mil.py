@@ -108,6 +108,12 @@ def test_folds_are_patient_disjoint_stratified_and_seeded() -> None:
     with pytest.raises(EvalError, match=r"8 classes, none with 2 slides.*regression"):
         patient_stratified_folds(slide_task(few, "score"), 2)
     assert len(patient_stratified_folds(slide_task(few, "score", "regression"), 2)) == 2
+    # four classes of three slides, 3 folds: the validation part of each training fold (8
+    # slides, 5 parts) cannot be stratified; it is still made, patient-disjoint, and said
+    four = pd.DataFrame({"slide_id": [f"s{i}" for i in range(12)], "patient": [f"p{i}" for i in range(12)], "path": "x", "c": [f"k{i % 4}" for i in range(12)]})
+    with pytest.warns(UserWarning, match="not stratified"):
+        f4 = patient_stratified_folds(slide_task(four, "c"), 3)
+    assert all(len(f.val) > 0 and not set(f.val) & set(f.train) for f in f4)
 
 
 def test_abmil_attention_is_a_distribution_and_bf16_safe() -> None:
