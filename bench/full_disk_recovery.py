@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import catalog
-from catalog import writer
+from catalog import _faults
 from catalog.check import check_catalog
 from hestkit.sample import ReadOptions
 
@@ -31,22 +31,10 @@ def main() -> None:
     filler = mnt / "filler"
     try:
         cat = catalog.create(mnt / "cat")
-        real = writer._maybe_kill
-
-        def fill(point: str) -> None:
-            if point == "before-soma" and not filler.exists():
-                with open(filler, "wb") as fh:
-                    try:
-                        while True:
-                            fh.write(b"\0" * 65536)
-                    except OSError:
-                        pass
-            real(point)
-
-        writer._maybe_kill = fill  # type: ignore[assignment]
+        _faults.set_fault_hook(_faults.fill_disk_at("before-soma", filler))
         t0 = time.perf_counter()
         rep = cat.ingest([src], options=opts, workers=2)
-        writer._maybe_kill = real  # type: ignore[assignment]
+        _faults.set_fault_hook(None)
         r = rep.results[0]
         print(f"full disk: {r.status} | {r.message} | {time.perf_counter() - t0:.1f} s")
         zero = [p for p in (mnt / "cat" / "soma").rglob("__schema/*") if p.is_file() and p.stat().st_size == 0]

@@ -16,7 +16,7 @@ from hestkit.fixes import WORKERS
 
 from .errors import CatalogError
 
-__all__ = ["FAIL_ENV", "ResourceError", "fault_point", "resource_message", "set_fault_hook", "writing"]
+__all__ = ["FAIL_ENV", "ResourceError", "fault_point", "fill_disk_at", "resource_message", "set_fault_hook", "writing"]
 
 #: Fault injection for tests (and the CLI tests, through the environment): raise
 #: ``OSError(ENOSPC)`` at the named fault point (``POINT`` or ``POINT,POINT``).
@@ -34,6 +34,23 @@ def set_fault_hook(hook: Callable[[str], None] | None) -> None:
     _HOOK.clear()
     if hook is not None:
         _HOOK.append(hook)
+
+
+def fill_disk_at(point: str, filler: str | os.PathLike[str]) -> Callable[[str], None]:
+    """Tests and benches: a fault hook that, the first time ``point`` is reached, writes
+    ``filler`` until its file system is full (a real ENOSPC for what comes next)."""
+
+    def hook(p: str) -> None:
+        if p != point or os.path.exists(filler):
+            return
+        with open(filler, "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+            except OSError:
+                pass
+
+    return hook
 
 
 def fault_point(point: str) -> None:

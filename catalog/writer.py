@@ -146,6 +146,7 @@ def fingerprint(ref: SampleRef) -> str:
 
 
 def _maybe_kill(point: str) -> None:
+    fault_point(point)  # a kill point is a fault point too (hooks may fill the disk here)
     sleep = os.environ.get(_SLEEP_ENV, "")
     if sleep.startswith(point + ":"):
         time.sleep(float(sleep.split(":", 1)[1]))

@@ -197,25 +197,11 @@ def test_real_full_disk_while_domains_grow(samples: list[SyntheticSample], tmp_p
         root = mnt / "cat"
         cat = catalog.create(root)
         filler = mnt / "filler"
-        from catalog import writer
-
-        real = writer._maybe_kill
-
-        def fill_disk(point: str) -> None:
-            if point == "before-soma" and not filler.exists():
-                with open(filler, "wb") as fh:
-                    try:
-                        while True:
-                            fh.write(b"\0" * 65536)
-                    except OSError:
-                        pass
-            real(point)
-
-        writer._maybe_kill = fill_disk  # type: ignore[assignment]
+        _faults.set_fault_hook(_faults.fill_disk_at("before-soma", filler))
         try:
             rep = _ingest(cat, samples[0], "a")
         finally:
-            writer._maybe_kill = real  # type: ignore[assignment]
+            _faults.set_fault_hook(None)
         assert rep.failed, "the commit should have hit the full disk"
         msg = rep.failed[0].message
         assert "no space left" in msg and "\n" not in msg, msg
