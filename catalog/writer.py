@@ -583,10 +583,10 @@ class _TaskFailed:
 def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, or :class:`_TaskFailed` when it raises an ``Exception``. A task that
     depends on failed tasks passes the first failure on without running ``fn``."""
-    for a in args:
-        failed = a if isinstance(a, _TaskFailed) else next((x for x in a if isinstance(x, _TaskFailed)), None) if isinstance(a, list) else None
-        if failed is not None:
-            return failed
+    for arg in args:
+        for x in arg if isinstance(arg, list) else (arg,):
+            if isinstance(x, _TaskFailed):
+                return x
     try:
         return fn(*args)
     except Exception as exc:  # noqa: BLE001 - every failure is reported per sample by ingest_refs
